@@ -1,0 +1,187 @@
+//! The command line: `serve`, `check-config`, `demo`. Flags override `DNSLENS_*`
+//! environment variables (clap reads both), which override the YAML file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, Mode, Overrides, UpstreamAddr};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dnslens",
+    version,
+    about = "A DNS forwarder for Kubernetes that makes DNS visible"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Forward DNS until SIGTERM/SIGINT.
+    Serve(ServeArgs),
+    /// Validate a configuration file and exit (0 valid, 2 invalid).
+    CheckConfig {
+        #[arg(long, env = "DNSLENS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the proxy in front of an embedded Kubernetes-like upstream (no network needed).
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:5353")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9253")]
+        metrics_listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// YAML configuration file.
+    #[arg(long, env = "DNSLENS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve DNS on, UDP and TCP (repeatable).
+    #[arg(long = "listen", env = "DNSLENS_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<SocketAddr>,
+    /// Upstream server ADDR[:PORT] (repeatable; port 53 by default).
+    #[arg(long = "upstream", env = "DNSLENS_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<UpstreamAddr>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "DNSLENS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[arg(long, env = "DNSLENS_MODE", value_enum)]
+    pub mode: Option<Mode>,
+    /// Per-try upstream timeout, e.g. 2s or 500ms.
+    #[arg(long, env = "DNSLENS_UPSTREAM_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Option<Duration>,
+    /// Tries per query across upstreams.
+    #[arg(long, env = "DNSLENS_ATTEMPTS")]
+    pub attempts: Option<u32>,
+    /// resolv.conf whose nameservers are the upstreams when none is configured.
+    #[arg(long, env = "DNSLENS_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+}
+
+impl ServeArgs {
+    /// The effective configuration: file, then environment and flags, then defaults.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(Overrides {
+            mode: self.mode,
+            listen: self.listen.clone(),
+            upstreams: self.upstreams.clone(),
+            metrics_listen: self.metrics_listen,
+            upstream_timeout: self.upstream_timeout,
+            attempts: self.attempts,
+        });
+        config.finish(&self.resolv_conf)
+    }
+}
+
+/// Exit status for configuration errors (and command-line errors, as clap does).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Serve(args) => {
+            let config = match args.load() {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            run_async(async move {
+                crate::serve_until_signal(&config)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        Command::Demo {
+            listen,
+            metrics_listen,
+        } => {
+            let config = Config {
+                listen: vec![listen],
+                metrics_listen,
+                ..Config::default()
+            };
+            run_async(crate::demo::run(config))
+        }
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let loaded = Config::from_file(path).and_then(|c| {
+        // Upstreams may legitimately come from resolv.conf at run time; check the rest.
+        if c.upstreams.is_empty() {
+            let mut probe = c.clone();
+            probe.upstreams = vec![UpstreamAddr(
+                "192.0.2.1:53".parse().unwrap_or_else(|_| unreachable!()),
+            )];
+            probe.listen = if c.listen.is_empty() {
+                vec!["127.0.0.1:53".parse().unwrap_or_else(|_| unreachable!())]
+            } else {
+                c.listen.clone()
+            };
+            probe.validate().map(|_| c)
+        } else {
+            let mut c = c;
+            if c.listen.is_empty() {
+                c = c.finish(Path::new("/nonexistent"))?;
+            }
+            c.validate().map(|_| c)
+        }
+    });
+    match loaded {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_error(&e),
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("dnslens: config error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn run_async<F>(future: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dnslens: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dnslens: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

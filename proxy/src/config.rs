@@ -1,0 +1,406 @@
+//! Configuration: one serde tree, its defaults, and validation with one-line errors.
+//!
+//! Sources, later wins: the YAML file (`--config FILE`), then `DNSLENS_*` environment
+//! variables, then command-line flags (the last two are merged by `cli`, which calls
+//! [`Config::apply`]). With no upstream anywhere, upstreams come from `/etc/resolv.conf`,
+//! excluding the proxy's own listen addresses.
+//!
+//! Keys (YAML, snake_case; defaults in brackets):
+//! - `mode`: `sidecar` | `node-local` [sidecar]
+//! - `listen`: list of `ADDR:PORT`, UDP and TCP on each [sidecar: `127.0.0.1:53`,
+//!   node-local: `169.254.20.10:53`]
+//! - `upstreams`: list of `ADDR[:PORT]`, port 53 by default [from /etc/resolv.conf]
+//! - `metrics_listen`: `ADDR:PORT` of /metrics, /healthz, /readyz [`127.0.0.1:9253`]
+//! - `upstream_timeout`: per-try timeout [2s]; `attempts`: tries per query over all upstreams [2]
+//! - `shutdown_grace`: how long in-flight queries may take after SIGTERM [5s]
+//! - `listener:` `udp_workers` [0 = one per core], `tcp_max_connections` [1024],
+//!   `tcp_idle_timeout` [10s], `tcp_max_inflight_per_connection` [64]
+//! - `forward:` `udp_sockets` [4], `max_inflight` [16384], `socket_lifetime` [5m],
+//!   `failure_threshold` [3], `backoff_min` [1s], `backoff_max` [30s], `tcp_idle_timeout` [20s],
+//!   `tcp_connect_timeout` [1s]
+//!
+//! Every error is one line naming the key or value at fault; the binary exits 2 on it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Default DNS port for upstreams given without one.
+pub const DNS_PORT: u16 = 53;
+
+/// A configuration error: one line, names the key or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where dnslens runs: beside one pod, or on a node in front of many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Sidecar,
+    NodeLocal,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sidecar => "sidecar",
+            Mode::NodeLocal => "node-local",
+        }
+    }
+
+    /// Listen address when none is configured: loopback for a sidecar, NodeLocal DNSCache's
+    /// link-local convention for node-local.
+    fn default_listen(self) -> SocketAddr {
+        match self {
+            Mode::Sidecar => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DNS_PORT),
+            Mode::NodeLocal => {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 20, 10)), DNS_PORT)
+            }
+        }
+    }
+}
+
+/// An upstream address: `ADDR[:PORT]`, IPv6 as `[ADDR]:PORT` or bare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamAddr(pub SocketAddr);
+
+impl FromStr for UpstreamAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(UpstreamAddr(addr));
+        }
+        let bare = s.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>()
+            .map(|ip| UpstreamAddr(SocketAddr::new(ip, DNS_PORT)))
+            .map_err(|_| format!("'{s}' is not an IP address with an optional port"))
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Client-facing listener tuning.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// UDP sockets (SO_REUSEPORT) per listen address; 0 means one per core.
+    pub udp_workers: usize,
+    pub tcp_max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    pub tcp_max_inflight_per_connection: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            udp_workers: 0,
+            tcp_max_connections: 1024,
+            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_max_inflight_per_connection: 64,
+        }
+    }
+}
+
+/// Upstream-side tuning.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Persistent UDP sockets towards the upstreams (each on its own random source port).
+    pub udp_sockets: usize,
+    /// Queries waiting for an upstream answer, all sockets together; beyond it, SERVFAIL.
+    pub max_inflight: usize,
+    /// A UDP socket is replaced by one on a fresh random port after this long.
+    #[serde(with = "humantime_serde")]
+    pub socket_lifetime: Duration,
+    /// Consecutive failures that put an upstream aside.
+    pub failure_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_connect_timeout: Duration,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            udp_sockets: 4,
+            max_inflight: 16_384,
+            socket_lifetime: Duration::from_secs(300),
+            failure_threshold: 3,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            tcp_idle_timeout: Duration::from_secs(20),
+            tcp_connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mode: Mode,
+    pub listen: Vec<SocketAddr>,
+    pub upstreams: Vec<UpstreamAddr>,
+    pub metrics_listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub listener: ListenerConfig,
+    pub forward: ForwardConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Sidecar,
+            listen: Vec::new(),
+            upstreams: Vec::new(),
+            metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9253),
+            upstream_timeout: Duration::from_secs(2),
+            attempts: 2,
+            shutdown_grace: Duration::from_secs(5),
+            listener: ListenerConfig::default(),
+            forward: ForwardConfig::default(),
+        }
+    }
+}
+
+/// Values from the environment and the command line that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub mode: Option<Mode>,
+    pub listen: Vec<SocketAddr>,
+    pub upstreams: Vec<UpstreamAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub upstream_timeout: Option<Duration>,
+    pub attempts: Option<u32>,
+}
+
+impl Config {
+    /// Reads and parses a YAML file. Unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Config::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses YAML text; an empty document is the default configuration.
+    pub fn from_yaml(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string().replace('\n', " "))
+    }
+
+    /// Applies environment/flag overrides on top of the file's values.
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(mode) = o.mode {
+            self.mode = mode;
+        }
+        if !o.listen.is_empty() {
+            self.listen = o.listen;
+        }
+        if !o.upstreams.is_empty() {
+            self.upstreams = o.upstreams;
+        }
+        if let Some(addr) = o.metrics_listen {
+            self.metrics_listen = addr;
+        }
+        if let Some(t) = o.upstream_timeout {
+            self.upstream_timeout = t;
+        }
+        if let Some(a) = o.attempts {
+            self.attempts = a;
+        }
+    }
+
+    /// Fills in what was left empty (listen addresses from the mode, upstreams from
+    /// `resolv_conf`) and checks the result.
+    pub fn finish(mut self, resolv_conf: &Path) -> Result<Config, ConfigError> {
+        if self.listen.is_empty() {
+            self.listen.push(self.mode.default_listen());
+        }
+        if self.upstreams.is_empty() {
+            self.upstreams = upstreams_from_resolv_conf(resolv_conf, &self.listen)?;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                "listen",
+                "at least one address is needed",
+            ));
+        }
+        if self.upstreams.is_empty() {
+            return Err(ConfigError::invalid(
+                "upstreams",
+                "at least one upstream is needed",
+            ));
+        }
+        for upstream in &self.upstreams {
+            if upstream.0.port() == 0 || upstream.0.ip().is_unspecified() {
+                return Err(ConfigError::invalid(
+                    "upstreams",
+                    format!("{upstream} cannot be sent to"),
+                ));
+            }
+            if let Some(listen) = self.listen.iter().find(|l| is_loop(**l, upstream.0)) {
+                return Err(ConfigError::invalid(
+                    "upstreams",
+                    format!(
+                        "{upstream} is the proxy's own listen address {listen}: a forwarding loop"
+                    ),
+                ));
+            }
+        }
+        if self.upstream_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "upstream_timeout",
+                "must be above zero",
+            ));
+        }
+        if !(1..=10).contains(&self.attempts) {
+            return Err(ConfigError::invalid(
+                "attempts",
+                format!("{} is not within 1..=10", self.attempts),
+            ));
+        }
+        let f = &self.forward;
+        if !(1..=64).contains(&f.udp_sockets) {
+            return Err(ConfigError::invalid(
+                "forward.udp_sockets",
+                format!("{} is not within 1..=64", f.udp_sockets),
+            ));
+        }
+        if f.max_inflight == 0 {
+            return Err(ConfigError::invalid(
+                "forward.max_inflight",
+                "must be above zero",
+            ));
+        }
+        if f.failure_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "forward.failure_threshold",
+                "must be above zero",
+            ));
+        }
+        if f.backoff_min.is_zero() || f.backoff_max < f.backoff_min {
+            return Err(ConfigError::invalid(
+                "forward.backoff_max",
+                "backoff_min must be above zero and not above backoff_max",
+            ));
+        }
+        if f.socket_lifetime < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "forward.socket_lifetime",
+                "must be at least 1s",
+            ));
+        }
+        let l = &self.listener;
+        if l.tcp_max_connections == 0 || l.tcp_max_inflight_per_connection == 0 {
+            return Err(ConfigError::invalid(
+                "listener",
+                "tcp_max_connections and tcp_max_inflight_per_connection must be above zero",
+            ));
+        }
+        if l.udp_workers > 64 {
+            return Err(ConfigError::invalid("listener.udp_workers", "at most 64"));
+        }
+        Ok(())
+    }
+}
+
+/// True when sending to `upstream` would reach the proxy's own listener `listen`.
+fn is_loop(listen: SocketAddr, upstream: SocketAddr) -> bool {
+    if listen.port() != upstream.port() {
+        return false;
+    }
+    listen.ip() == upstream.ip() || (listen.ip().is_unspecified() && upstream.ip().is_loopback())
+}
+
+/// Nameservers of a resolv.conf file, port 53, minus the proxy's own listen addresses.
+pub fn upstreams_from_resolv_conf(
+    path: &Path,
+    listen: &[SocketAddr],
+) -> Result<Vec<UpstreamAddr>, ConfigError> {
+    let text = std::fs::read(path).map_err(|e| {
+        ConfigError::invalid(
+            "upstreams",
+            format!("none given, and {} cannot be read: {e}", path.display()),
+        )
+    })?;
+    let parsed = resolv_conf::Config::parse(&text).map_err(|e| {
+        ConfigError::invalid(
+            "upstreams",
+            format!("none given, and {}: {e}", path.display()),
+        )
+    })?;
+    let upstreams: Vec<UpstreamAddr> = parsed
+        .nameservers
+        .iter()
+        .map(|ns| UpstreamAddr(SocketAddr::new(IpAddr::from(ns.clone()), DNS_PORT)))
+        .filter(|u| !listen.iter().any(|l| is_loop(*l, u.0)))
+        .collect();
+    if upstreams.is_empty() {
+        return Err(ConfigError::invalid(
+            "upstreams",
+            format!(
+                "none given, and {} lists no nameserver besides dnslens itself",
+                path.display()
+            ),
+        ));
+    }
+    Ok(upstreams)
+}
+
+#[cfg(test)]
+mod tests;

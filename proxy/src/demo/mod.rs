@@ -1,0 +1,105 @@
+//! `dnslens demo`: the whole product on a machine with no network and no config.
+//!
+//! Starts, in one process, an embedded authoritative upstream (hickory-server serving the
+//! zone files beside this module: a Kubernetes-like `cluster.local` and a small "internet"
+//! under a root zone, including the incident's misbehaviour — NOERROR with no address for
+//! the search-expanded `alauda.cn.default.svc.cluster.local`), then the proxy in front of it
+//! on `127.0.0.1:5353`, and serves until Ctrl-C. The same zones are the upstream of the
+//! integration tests ([`EmbeddedUpstream`]) and are served by Knot in the end-to-end suite.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use hickory_proto::serialize::txt::Parser;
+use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use hickory_server::Server;
+
+use crate::config::{Config, UpstreamAddr};
+
+/// The demo world's zone files: (origin, text).
+pub const ZONES: [(&str, &str); 2] = [
+    ("cluster.local.", include_str!("cluster.local.zone")),
+    (".", include_str!("root.zone")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("zone {origin}: {message}")]
+    Zone { origin: String, message: String },
+    #[error("embedded upstream: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An authoritative DNS server on a loopback port, UDP and TCP, serving zone files.
+pub struct EmbeddedUpstream {
+    pub addr: SocketAddr,
+    server: Server<Catalog>,
+}
+
+impl EmbeddedUpstream {
+    /// Serves `zones` (origin, zone-file text) on `addr` (port 0 picks one).
+    pub async fn start(addr: SocketAddr, zones: &[(&str, &str)]) -> Result<Self, DemoError> {
+        let mut catalog = Catalog::new();
+        for (origin, text) in zones {
+            let zone_error = |message: String| DemoError::Zone {
+                origin: origin.to_string(),
+                message,
+            };
+            let origin_name = Name::from_ascii(origin).map_err(|e| zone_error(e.to_string()))?;
+            let (name, records) = Parser::new(*text, None, Some(origin_name))
+                .parse()
+                .map_err(|e| zone_error(e.to_string()))?;
+            let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+                name.clone(),
+                records,
+                ZoneType::Primary,
+                AxfrPolicy::Deny,
+            )
+            .map_err(zone_error)?;
+            catalog.upsert(name.into(), vec![Arc::new(handler)]);
+        }
+        let udp = tokio::net::UdpSocket::bind(addr).await?;
+        let addr = udp.local_addr()?;
+        let tcp = tokio::net::TcpListener::bind(addr).await?;
+        let mut server = Server::new(catalog);
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(5), 64);
+        Ok(EmbeddedUpstream { addr, server })
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.server.shutdown_gracefully().await;
+    }
+}
+
+/// Runs the demo until SIGINT/SIGTERM. `config` carries the proxy's listen and metrics
+/// addresses; its upstreams are replaced by the embedded server.
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    let upstream = EmbeddedUpstream::start("127.0.0.1:0".parse()?, &ZONES).await?;
+    config.upstreams = vec![UpstreamAddr(upstream.addr)];
+    config.validate()?;
+    let proxy = crate::Proxy::start(&config).await?;
+    let dns = proxy.dns_addrs[0];
+    let (ip, port) = (dns.ip(), dns.port());
+    println!(
+        "\ndnslens demo: proxy on {dns} (UDP+TCP) in front of an embedded Kubernetes-like upstream on {}\n\n\
+         Try:\n  \
+         dig @{ip} -p {port} kubernetes.default.svc.cluster.local\n  \
+         dig @{ip} -p {port} web.default.svc.cluster.local AAAA\n  \
+         dig @{ip} -p {port} www.example.org                      # CNAME chain\n  \
+         dig @{ip} -p {port} big.example.org TXT +noedns          # truncated over UDP; dig retries over TCP\n  \
+         dig @{ip} -p {port} alauda.cn.default.svc.cluster.local  # NOERROR, no address: the musl trap\n  \
+         dig @{ip} -p {port} nosuch.example.org                   # NXDOMAIN\n\n\
+         Metrics: curl -s http://{}/metrics | grep ^dnslens_\n\
+         Ctrl-C stops.\n",
+        upstream.addr, proxy.metrics_addr
+    );
+    crate::wait_for_signal().await;
+    proxy.shutdown().await;
+    upstream.stop().await;
+    Ok(())
+}

@@ -1,0 +1,552 @@
+//! Upstream forwarding: picks an upstream, sends the client's query with a fresh random ID
+//! from a pool of persistent UDP sockets, matches the answer, retries, and gives up with a
+//! fast SERVFAIL.
+//!
+//! - **UDP pool** (`forward.udp_sockets`, default 4): unconnected sockets on random source
+//!   ports, used round-robin, each replaced by a socket on a new random port after
+//!   `forward.socket_lifetime` (the old one keeps receiving until its queries are done).
+//!   Persistent sockets are already-confirmed conntrack flows, and round-robin puts the two
+//!   queries of an A/AAAA pair on different sockets, so dnslens never triggers the conntrack
+//!   insertion race on a DNAT'ed path (see shared/CONTEXT.md).
+//! - **Matching** (RFC 5452): an answer is accepted only if its ID is outstanding on that
+//!   socket, it comes from the address the query went to, and its question equals the
+//!   query's. Anything else is dropped and counted.
+//! - **Retries**: a try that gets no answer in `upstream_timeout` is retried on the next
+//!   upstream, `attempts` tries in all, then SERVFAIL. A UDP answer with TC set is fetched
+//!   again over TCP. TCP clients are forwarded over TCP ([`tcp_pool`]: one reused, pipelined
+//!   connection per upstream).
+//! - **Health**: `forward.failure_threshold` consecutive failures put an upstream aside for
+//!   a back-off (`forward.backoff_min`, doubling up to `forward.backoff_max`); the first
+//!   query after the back-off probes it. With every upstream aside, clients get SERVFAIL at
+//!   once instead of waiting out timeouts.
+//! - **Bounds**: at most `forward.max_inflight` queries wait on upstreams; beyond that,
+//!   SERVFAIL. Expiry is a sweep every `upstream_timeout / 8` (5-100 ms) over outstanding
+//!   entries only.
+//!
+//! Metrics:
+//! - `dnslens_upstream_requests_total{upstream,transport,outcome}`: tries, outcome `answer`,
+//!   `servfail`, `refused`, `timeout`, `truncated`, `error`.
+//! - `dnslens_upstream_duration_seconds{upstream,transport}`: time to an upstream's answer.
+//! - `dnslens_upstream_healthy{upstream}`: 1 in service, 0 put aside.
+//! - `dnslens_responses_dropped_total{reason}`: upstream responses discarded: `malformed`,
+//!   `unknown_id` (late, or spoofed), `wrong_source` and `question_mismatch` (spoofing).
+//! - `dnslens_forward_failures_total{reason}`: queries answered SERVFAIL by dnslens:
+//!   `exhausted` (every try failed), `no_upstream` (all put aside), `overload` (inflight cap).
+//! - `dnslens_inflight_queries`: queries waiting on an upstream.
+
+mod tcp_pool;
+mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::config::Config;
+use crate::listen::{ListenMetrics, UdpRequest};
+use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
+use crate::wire::{self, Rcode};
+use upstream::{Outcome, Upstream, UpstreamFamilies};
+
+/// Outstanding queries on one UDP socket: IDs are 16 bits, keep some free for fast picks.
+const MAX_PENDING_PER_SOCKET: usize = 49_152;
+const RESPONSE_DROP_REASONS: &[&str] = &[
+    "malformed",
+    "unknown_id",
+    "wrong_source",
+    "question_mismatch",
+];
+const FAILURE_REASONS: &[&str] = &["exhausted", "no_upstream", "overload"];
+
+/// Settings the forwarder reads on every query.
+#[derive(Debug, Clone)]
+struct Settings {
+    timeout: Duration,
+    attempts: u32,
+    max_inflight: usize,
+    socket_lifetime: Duration,
+}
+
+/// A query waiting for its upstream answer.
+struct Pending {
+    request: UdpRequest,
+    upstream: usize,
+    sent_at: Instant,
+    deadline: Instant,
+    /// Tries made so far, this one included.
+    tries: u32,
+    /// Bit i set: upstream i was tried.
+    tried: u64,
+}
+
+/// One upstream-facing UDP socket and the queries outstanding on it.
+struct PoolSocket {
+    socket: UdpSocket,
+    pending: Mutex<HashMap<u16, Pending>>,
+    created: Instant,
+    /// Ends the receive task once the socket is retired and drained.
+    retired: CancellationToken,
+}
+
+pub struct Forwarder {
+    settings: Settings,
+    upstreams: Vec<Upstream>,
+    /// Current sockets, used round-robin.
+    slots: Vec<Mutex<Arc<PoolSocket>>>,
+    /// Replaced sockets still waiting for answers.
+    retiring: Mutex<Vec<Arc<PoolSocket>>>,
+    next_slot: AtomicUsize,
+    next_upstream: AtomicUsize,
+    inflight: Gauge,
+    responses_dropped: ReasonCounters,
+    failures: ReasonCounters,
+    listen_metrics: Arc<ListenMetrics>,
+}
+
+impl Forwarder {
+    /// Builds the forwarder, binds its UDP sockets and registers its metrics. Call
+    /// [`Forwarder::spawn`] from inside the runtime to start its tasks.
+    pub fn build(
+        config: &Config,
+        registry: &mut Registry,
+        listen_metrics: Arc<ListenMetrics>,
+    ) -> std::io::Result<Arc<Forwarder>> {
+        let families = UpstreamFamilies {
+            tries: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+            }),
+            healthy: Family::default(),
+        };
+        registry.register(
+            "upstream_requests",
+            "Tries sent to upstreams, by upstream, transport and outcome",
+            families.tries.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a try to its upstream answer",
+            families.duration.clone(),
+        );
+        registry.register(
+            "upstream_healthy",
+            "1 while the upstream is in service, 0 while it is put aside",
+            families.healthy.clone(),
+        );
+        let responses_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "responses_dropped",
+            "Upstream responses discarded, by reason",
+            responses_dropped.clone(),
+        );
+        let failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "forward_failures",
+            "Queries answered SERVFAIL by dnslens itself, by reason",
+            failures.clone(),
+        );
+        let inflight = Gauge::default();
+        registry.register(
+            "inflight_queries",
+            "Queries waiting on an upstream",
+            inflight.clone(),
+        );
+
+        let f = &config.forward;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u.0, f, &families))
+            .collect();
+        let v6 = config.upstreams.iter().any(|u| u.0.is_ipv6());
+        let slots = (0..f.udp_sockets)
+            .map(|_| Ok(Mutex::new(Arc::new(PoolSocket::bind(v6)?))))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Arc::new(Forwarder {
+            settings: Settings {
+                timeout: config.upstream_timeout,
+                attempts: config.attempts,
+                max_inflight: f.max_inflight,
+                socket_lifetime: f.socket_lifetime,
+            },
+            upstreams,
+            slots,
+            retiring: Mutex::new(Vec::new()),
+            next_slot: AtomicUsize::new(0),
+            next_upstream: AtomicUsize::new(0),
+            inflight,
+            responses_dropped: ReasonCounters::new(&responses_dropped, RESPONSE_DROP_REASONS),
+            failures: ReasonCounters::new(&failures, FAILURE_REASONS),
+            listen_metrics,
+        }))
+    }
+
+    /// Starts the receive task of every socket and the sweeper. They run until `stop`.
+    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
+        for slot in &self.slots {
+            let socket = lock(slot).clone();
+            tokio::spawn(self.clone().receive_udp(socket, stop.clone()));
+        }
+        tokio::spawn(self.clone().sweep(stop));
+    }
+
+    pub fn listen_metrics(&self) -> &ListenMetrics {
+        &self.listen_metrics
+    }
+
+    /// True while at least one upstream is in service (or due for a probe).
+    pub fn ready(&self) -> bool {
+        let now = Instant::now();
+        self.upstreams.iter().any(|u| u.available(now))
+    }
+
+    /// Queries waiting on an upstream.
+    pub fn inflight(&self) -> i64 {
+        self.inflight.get()
+    }
+
+    /// Forwards a UDP client query. Never blocks: the answer is sent by the receive task.
+    pub fn submit_udp(&self, request: UdpRequest) {
+        self.try_udp(request, 0, 0);
+    }
+
+    fn try_udp(&self, mut request: UdpRequest, tries: u32, tried: u64) {
+        if self.inflight.get() >= self.settings.max_inflight as i64 {
+            self.failures.inc("overload");
+            request.respond_error(Rcode::ServFail);
+            return;
+        }
+        let Some(index) = self.pick_upstream(tried) else {
+            self.failures.inc("no_upstream");
+            request.respond_error(Rcode::ServFail);
+            return;
+        };
+        let upstream = &self.upstreams[index];
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let socket = lock(&self.slots[slot]).clone();
+        let mut pending = lock(&socket.pending);
+        if pending.len() >= MAX_PENDING_PER_SOCKET {
+            drop(pending);
+            self.failures.inc("overload");
+            request.respond_error(Rcode::ServFail);
+            return;
+        }
+        let id = loop {
+            let id = rand::random::<u16>();
+            if !pending.contains_key(&id) {
+                break id;
+            }
+        };
+        wire::set_id(&mut request.query, id);
+        // Sent under the lock, so the answer cannot be read before its entry exists.
+        match socket.socket.try_send_to(&request.query, upstream.addr) {
+            Ok(_) => {
+                let now = Instant::now();
+                pending.insert(
+                    id,
+                    Pending {
+                        request,
+                        upstream: index,
+                        sent_at: now,
+                        deadline: now + self.settings.timeout,
+                        tries: tries + 1,
+                        tried: tried | bit(index),
+                    },
+                );
+                self.inflight.inc();
+            }
+            Err(e) => {
+                drop(pending);
+                debug!(upstream = %upstream.addr, error = %e, "udp send failed");
+                upstream.record(Transport::Udp, Outcome::error, Duration::ZERO);
+                self.retry_or_fail(request, tries + 1, tried | bit(index));
+            }
+        }
+    }
+
+    fn retry_or_fail(&self, request: UdpRequest, tries: u32, tried: u64) {
+        if tries < self.settings.attempts {
+            self.try_udp(request, tries, tried);
+        } else {
+            self.failures.inc("exhausted");
+            request.respond_error(Rcode::ServFail);
+        }
+    }
+
+    /// The next upstream in rotation that is available, preferring ones not yet tried for
+    /// this query. `None` when every upstream is put aside.
+    fn pick_upstream(&self, tried: u64) -> Option<usize> {
+        let n = self.upstreams.len();
+        let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let candidates = (0..n).map(|i| (start + i) % n);
+        let mut fallback = None;
+        for i in candidates {
+            if !self.upstreams[i].available(now) {
+                continue;
+            }
+            if tried & bit(i) == 0 {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback
+    }
+
+    async fn receive_udp(self: Arc<Self>, socket: Arc<PoolSocket>, stop: CancellationToken) {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let (len, from) = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = socket.retired.cancelled() => return,
+                received = socket.socket.recv_from(&mut buf) => match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        debug!(error = %e, "upstream socket receive error");
+                        continue;
+                    }
+                },
+            };
+            self.on_udp_answer(&socket, &mut buf[..len], from);
+        }
+    }
+
+    fn on_udp_answer(self: &Arc<Self>, socket: &PoolSocket, answer: &mut [u8], from: SocketAddr) {
+        let Ok(info) = wire::parse_response(answer) else {
+            self.responses_dropped.inc("malformed");
+            return;
+        };
+        let entry = {
+            let mut pending = lock(&socket.pending);
+            let verdict = match pending.get(&info.id) {
+                None => Err("unknown_id"),
+                Some(p) if self.upstreams[p.upstream].addr != from => Err("wrong_source"),
+                Some(p)
+                    if !wire::same_question(
+                        &p.request.query,
+                        p.request.info.question_end,
+                        answer,
+                        info.question_end,
+                    ) =>
+                {
+                    Err("question_mismatch")
+                }
+                Some(_) => Ok(()),
+            };
+            match verdict {
+                Ok(()) => pending.remove(&info.id),
+                Err(reason) => {
+                    self.responses_dropped.inc(reason);
+                    return;
+                }
+            }
+        };
+        let Some(entry) = entry else { return };
+        self.inflight.dec();
+        let upstream = &self.upstreams[entry.upstream];
+        let elapsed = entry.sent_at.elapsed();
+        if info.truncated {
+            upstream.record(Transport::Udp, Outcome::truncated, elapsed);
+            self.fetch_over_tcp(entry);
+            return;
+        }
+        upstream.record(Transport::Udp, Outcome::of_rcode(info.rcode), elapsed);
+        entry.request.respond(answer);
+    }
+
+    /// Fetches a truncated answer again over TCP, from the same upstream first.
+    fn fetch_over_tcp(self: &Arc<Self>, entry: Pending) {
+        let forwarder = self.clone();
+        tokio::spawn(async move {
+            let mut request = entry.request;
+            let question_end = request.info.question_end;
+            match forwarder
+                .exchange_tcp(&mut request.query, question_end, Some(entry.upstream))
+                .await
+            {
+                Some(mut answer) => request.respond(&mut answer),
+                None => {
+                    forwarder.failures.inc("exhausted");
+                    request.respond_error(Rcode::ServFail);
+                }
+            }
+        });
+    }
+
+    /// Answers a query that arrived over TCP (length prefix already stripped). `None` means
+    /// the message deserves no answer (a stray response, a runt).
+    pub async fn answer_tcp(&self, mut message: Vec<u8>) -> Option<Vec<u8>> {
+        let info = match wire::parse_query(&message) {
+            Ok(info) => info,
+            Err(e) => {
+                self.listen_metrics.dropped(e.reason());
+                let rcode = e.answer_rcode()?;
+                self.listen_metrics.answered(Transport::Tcp, 0, rcode as u8);
+                return Some(wire::error_answer(&message, None, rcode));
+            }
+        };
+        let mut answer = match self
+            .exchange_tcp(&mut message, info.question_end, None)
+            .await
+        {
+            Some(answer) => answer,
+            None => {
+                self.failures.inc("exhausted");
+                wire::error_answer(&message, Some(info.question_end), Rcode::ServFail)
+            }
+        };
+        wire::set_id(&mut answer, info.id);
+        self.listen_metrics
+            .answered(Transport::Tcp, info.qtype, wire::rcode(&answer));
+        Some(answer)
+    }
+
+    /// Up to `attempts` TCP tries over the available upstreams, `first` first.
+    async fn exchange_tcp(
+        &self,
+        query: &mut [u8],
+        question_end: usize,
+        first: Option<usize>,
+    ) -> Option<Vec<u8>> {
+        let mut tried = 0u64;
+        for attempt in 0..self.settings.attempts {
+            let index = match (attempt, first) {
+                (0, Some(first)) => first,
+                _ => self.pick_upstream(tried)?,
+            };
+            tried |= bit(index);
+            let upstream = &self.upstreams[index];
+            let started = Instant::now();
+            match upstream
+                .tcp
+                .exchange(query, question_end, self.settings.timeout)
+                .await
+            {
+                Ok(answer) => {
+                    upstream.record(
+                        Transport::Tcp,
+                        Outcome::of_rcode(wire::rcode(&answer)),
+                        started.elapsed(),
+                    );
+                    return Some(answer);
+                }
+                Err(e) => {
+                    debug!(upstream = %upstream.addr, error = %e, "tcp try failed");
+                    let outcome = if matches!(e, tcp_pool::TcpError::Timeout) {
+                        Outcome::timeout
+                    } else {
+                        Outcome::error
+                    };
+                    upstream.record(Transport::Tcp, outcome, started.elapsed());
+                }
+            }
+        }
+        None
+    }
+
+    /// Expires timed-out tries, rotates old sockets and drops drained retired ones.
+    async fn sweep(self: Arc<Self>, stop: CancellationToken) {
+        let tick =
+            (self.settings.timeout / 8).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let now = Instant::now();
+            let mut sockets: Vec<Arc<PoolSocket>> =
+                self.slots.iter().map(|s| lock(s).clone()).collect();
+            sockets.extend(lock(&self.retiring).iter().cloned());
+            for socket in &sockets {
+                let expired: Vec<Pending> = lock(&socket.pending)
+                    .extract_if(|_, p| p.deadline <= now)
+                    .map(|(_, p)| p)
+                    .collect();
+                for p in expired {
+                    self.inflight.dec();
+                    self.upstreams[p.upstream].record(
+                        Transport::Udp,
+                        Outcome::timeout,
+                        now - p.sent_at,
+                    );
+                    self.retry_or_fail(p.request, p.tries, p.tried);
+                }
+            }
+            self.rotate_sockets(now, &stop);
+        }
+    }
+
+    fn rotate_sockets(self: &Arc<Self>, now: Instant, stop: &CancellationToken) {
+        for slot in &self.slots {
+            let mut current = lock(slot);
+            if now.duration_since(current.created) < self.settings.socket_lifetime {
+                continue;
+            }
+            let v6 = current.socket.local_addr().is_ok_and(|a| a.is_ipv6());
+            match PoolSocket::bind(v6) {
+                Ok(fresh) => {
+                    let fresh = Arc::new(fresh);
+                    tokio::spawn(self.clone().receive_udp(fresh.clone(), stop.clone()));
+                    let old = std::mem::replace(&mut *current, fresh);
+                    lock(&self.retiring).push(old);
+                }
+                Err(e) => {
+                    debug!(error = %e, "could not open a fresh upstream socket; keeping the old one")
+                }
+            }
+        }
+        lock(&self.retiring).retain(|old| {
+            let drained = lock(&old.pending).is_empty();
+            if drained {
+                old.retired.cancel();
+            }
+            !drained
+        });
+    }
+}
+
+impl PoolSocket {
+    /// A UDP socket on a random port chosen by the kernel (its ephemeral range is
+    /// randomised), ready for any upstream of the family.
+    fn bind(v6: bool) -> std::io::Result<PoolSocket> {
+        let addr: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|_| std::io::Error::other("bad wildcard address"))?;
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if v6 {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_nonblocking(true)?;
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        socket.bind(&addr.into())?;
+        Ok(PoolSocket {
+            socket: UdpSocket::from_std(socket.into())?,
+            pending: Mutex::new(HashMap::new()),
+            created: Instant::now(),
+            retired: CancellationToken::new(),
+        })
+    }
+}
+
+fn bit(index: usize) -> u64 {
+    1u64.checked_shl(index as u32).unwrap_or(0)
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the data here are
+/// maps of independent entries; no invariant spans a panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

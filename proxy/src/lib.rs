@@ -1,0 +1,182 @@
+//! dnslens: a DNS forwarder for Kubernetes pods (sidecar) and nodes (node-local) that makes
+//! DNS visible.
+//!
+//! Data path: `listen` (UDP/TCP sockets) → `wire` (header + question) → `forward`
+//! (upstream pool, matching, retries) → back through `listen` to the client. `admin` serves
+//! the metrics each component registers; `demo` runs the whole thing against an embedded
+//! Kubernetes-like upstream. See ARCHITECTURE.md.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod listen;
+pub mod metrics;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use config::Config;
+use forward::Forwarder;
+use listen::ListenMetrics;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open upstream sockets: {0}")]
+    Upstream(std::io::Error),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
+pub struct Proxy {
+    /// The DNS addresses actually bound (port 0 in the config becomes a real port).
+    pub dns_addrs: Vec<SocketAddr>,
+    /// The address of /metrics, /healthz and /readyz.
+    pub metrics_addr: SocketAddr,
+    forwarder: Arc<Forwarder>,
+    grace: std::time::Duration,
+    stop_listening: CancellationToken,
+    stop_all: CancellationToken,
+    listeners: JoinSet<()>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds every socket, then starts serving. Must run inside a tokio runtime.
+    pub async fn start(config: &Config) -> Result<Proxy, StartError> {
+        let mut registry = Registry::with_prefix("dnslens");
+        let listen_metrics = Arc::new(ListenMetrics::register(&mut registry));
+        let forwarder = Forwarder::build(config, &mut registry, listen_metrics.clone())
+            .map_err(StartError::Upstream)?;
+        let listeners =
+            listen::bind(&config.listen, &config.listener, listen_metrics).map_err(|source| {
+                StartError::Listen {
+                    addr: config
+                        .listen
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    source,
+                }
+            })?;
+        let admin_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+            .await
+            .map_err(|source| StartError::Metrics {
+                addr: config.metrics_listen,
+                source,
+            })?;
+        let metrics_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Metrics {
+                addr: config.metrics_listen,
+                source,
+            })?;
+        let dns_addrs = listeners.local_addrs.clone();
+
+        let stop_listening = CancellationToken::new();
+        let stop_all = CancellationToken::new();
+        forwarder.spawn(stop_all.clone());
+        let mut tasks = JoinSet::new();
+        listeners.spawn(
+            &config.listener,
+            forwarder.clone(),
+            stop_listening.clone(),
+            &mut tasks,
+        );
+        let admin = tokio::spawn({
+            let registry = Arc::new(registry);
+            let forwarder = forwarder.clone();
+            let stop = stop_all.clone();
+            async move {
+                if let Err(e) = admin::serve(admin_listener, registry, forwarder, stop).await {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            }
+        });
+        info!(
+            mode = config.mode.as_str(),
+            listen = ?dns_addrs,
+            upstreams = ?config.upstreams.iter().map(|u| u.0).collect::<Vec<_>>(),
+            metrics = %metrics_addr,
+            upstream_timeout = ?config.upstream_timeout,
+            attempts = config.attempts,
+            "dnslens serving"
+        );
+        Ok(Proxy {
+            dns_addrs,
+            metrics_addr,
+            forwarder,
+            grace: config.shutdown_grace,
+            stop_listening,
+            stop_all,
+            listeners: tasks,
+            admin,
+        })
+    }
+
+    /// Graceful stop: no new queries, in-flight ones answered (within the grace period),
+    /// then every task ends.
+    pub async fn shutdown(mut self) {
+        self.stop_listening.cancel();
+        let drained = async {
+            while self.listeners.join_next().await.is_some() {}
+            while self.forwarder.inflight() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(self.grace, drained).await.is_err() {
+            tracing::warn!(
+                inflight = self.forwarder.inflight(),
+                "grace period over; dropping in-flight queries"
+            );
+        }
+        self.stop_all.cancel();
+        self.listeners.abort_all();
+        let _ = self.admin.await;
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn serve_until_signal(config: &Config) -> Result<(), StartError> {
+    let proxy = Proxy::start(config).await?;
+    wait_for_signal().await;
+    info!("shutting down");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
