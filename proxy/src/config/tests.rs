@@ -1,1 +1,159 @@
+use std::io::Write;
 
+use super::*;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::from_yaml(text)
+}
+
+#[test]
+fn example_configs_load_as_they_are() {
+    for (name, text) in [
+        ("sidecar.yaml", include_str!("../../../config/sidecar.yaml")),
+        (
+            "node-local.yaml",
+            include_str!("../../../config/node-local.yaml"),
+        ),
+    ] {
+        let config = parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!config.upstreams.is_empty(), "{name}");
+    }
+    let node = parse(include_str!("../../../config/node-local.yaml")).unwrap();
+    assert_eq!(node.mode, Mode::NodeLocal);
+    assert_eq!(node.listen, vec!["169.254.20.10:53".parse().unwrap()]);
+}
+
+#[test]
+fn empty_file_is_the_default() {
+    assert_eq!(parse("").unwrap(), Config::default());
+    assert_eq!(parse("\n# only a comment\n").unwrap(), Config::default());
+}
+
+#[test]
+fn upstream_port_defaults_to_53() {
+    let c = parse("upstreams: [10.0.0.1, '10.0.0.2:5300', '::1', '[fd00::1]:54', '[fd00::2]']")
+        .unwrap();
+    let ports: Vec<String> = c.upstreams.iter().map(|u| u.to_string()).collect();
+    assert_eq!(
+        ports,
+        [
+            "10.0.0.1:53",
+            "10.0.0.2:5300",
+            "[::1]:53",
+            "[fd00::1]:54",
+            "[fd00::2]:53"
+        ]
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_name_the_culprit() {
+    let cases = [
+        ("listne: [127.0.0.1:53]", "listne"),
+        ("upstreams: [not-an-ip]", "not-an-ip"),
+        ("listen: [127.0.0.1]", "listen"),
+        ("mode: proxy", "proxy"),
+        ("upstream_timeout: soon", "upstream_timeout"),
+        ("forward: {udp_socket: 3}", "udp_socket"),
+        ("attempts: -1", "attempts"),
+        ("listen: {a: 1}", "listen"),
+    ];
+    for (yaml, culprit) in cases {
+        let err = parse(yaml).expect_err(yaml);
+        assert!(!err.contains('\n'), "{yaml}: multi-line error {err:?}");
+        assert!(
+            err.contains(culprit),
+            "{yaml}: {err:?} does not name {culprit}"
+        );
+    }
+}
+
+#[test]
+fn validation_catches_values_that_cannot_work() {
+    let ok = "listen: ['127.0.0.1:53']\nupstreams: ['10.96.0.10']\n";
+    parse(ok).unwrap().validate().unwrap();
+    let cases = [
+        ("listen: ['127.0.0.1:53']\nupstreams: ['127.0.0.1:53']", "forwarding loop"),
+        ("listen: ['0.0.0.0:53']\nupstreams: ['127.0.0.1']", "forwarding loop"),
+        ("listen: ['127.0.0.1:53']\nupstreams: ['0.0.0.0']", "cannot be sent to"),
+        ("listen: ['127.0.0.1:53']\nupstreams: ['10.0.0.1:0']", "cannot be sent to"),
+        ("listen: ['127.0.0.1:53']\nupstreams: []", "at least one upstream"),
+        ("listen: []\nupstreams: ['10.96.0.10']", "at least one address"),
+        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nattempts: 0", "attempts"),
+        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nattempts: 11", "attempts"),
+        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nupstream_timeout: 0s", "upstream_timeout"),
+        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nforward: {udp_sockets: 0}", "udp_sockets"),
+        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nforward: {max_inflight: 0}", "max_inflight"),
+        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nforward: {backoff_min: 10s, backoff_max: 1s}", "backoff"),
+        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nlistener: {tcp_max_connections: 0}", "tcp_max_connections"),
+    ];
+    for (yaml, needle) in cases {
+        let err = parse(yaml).unwrap().validate().expect_err(yaml).to_string();
+        assert!(err.contains(needle), "{yaml}: {err}");
+        assert!(!err.contains('\n'));
+    }
+}
+
+#[test]
+fn overrides_win_over_the_file() {
+    let mut c = parse("upstreams: ['10.0.0.1']\nattempts: 3\nmode: node-local").unwrap();
+    c.apply(Overrides {
+        upstreams: vec!["10.0.0.2".parse().unwrap()],
+        attempts: Some(1),
+        ..Overrides::default()
+    });
+    assert_eq!(
+        c.upstreams,
+        vec!["10.0.0.2".parse::<UpstreamAddr>().unwrap()]
+    );
+    assert_eq!(c.attempts, 1);
+    assert_eq!(c.mode, Mode::NodeLocal, "not overridden, kept");
+}
+
+#[test]
+fn defaults_follow_the_mode() {
+    let dir = tempdir();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.96.0.10\n").unwrap();
+    let sidecar = Config::default().finish(&resolv).unwrap();
+    assert_eq!(sidecar.listen, vec!["127.0.0.1:53".parse().unwrap()]);
+    let node = Config {
+        mode: Mode::NodeLocal,
+        ..Config::default()
+    }
+    .finish(&resolv)
+    .unwrap();
+    assert_eq!(node.listen, vec!["169.254.20.10:53".parse().unwrap()]);
+}
+
+#[test]
+fn upstreams_come_from_resolv_conf_without_ourselves() {
+    let dir = tempdir();
+    let resolv = dir.join("resolv.conf");
+    let mut f = std::fs::File::create(&resolv).unwrap();
+    writeln!(f, "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.1\nnameserver 10.96.0.10\noptions ndots:5").unwrap();
+    let listen = ["127.0.0.1:53".parse().unwrap()];
+    let ups = upstreams_from_resolv_conf(&resolv, &listen).unwrap();
+    assert_eq!(ups, vec!["10.96.0.10:53".parse().unwrap()]);
+
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+    let err = upstreams_from_resolv_conf(&resolv, &listen)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no nameserver besides dnslens"), "{err}");
+    let err = upstreams_from_resolv_conf(&dir.join("missing"), &listen)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be read"), "{err}");
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "dnslens-config-test-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,1 +1,186 @@
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
 
+use super::*;
+
+fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut msg = Message::new(0x1234, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        msg.set_edns(e);
+    }
+    msg.to_vec().unwrap()
+}
+
+#[test]
+fn parses_a_plain_query() {
+    let q = query("example.org.", RecordType::AAAA, None);
+    let info = parse_query(&q).unwrap();
+    assert_eq!(info.id, 0x1234);
+    assert_eq!(info.qtype, 28);
+    assert_eq!(info.udp_payload, CLASSIC_UDP_PAYLOAD);
+    assert_eq!(info.question_end, q.len());
+}
+
+#[test]
+fn reads_the_edns_payload_size_and_clamps_it() {
+    let q = query("example.org.", RecordType::A, Some(1232));
+    let info = parse_query(&q).unwrap();
+    assert_eq!(info.udp_payload, 1232);
+    assert!(info.question_end < q.len());
+    // A payload below 512 means 512 (RFC 6891 §6.2.3).
+    assert_eq!(
+        parse_query(&query("a.", RecordType::A, Some(100)))
+            .unwrap()
+            .udp_payload,
+        512
+    );
+    assert_eq!(
+        parse_query(&query("a.", RecordType::A, Some(65535)))
+            .unwrap()
+            .udp_payload,
+        MAX_UDP_PAYLOAD
+    );
+}
+
+#[test]
+fn rejects_what_is_not_a_single_question_query() {
+    assert_eq!(parse_query(&[0u8; 5]), Err(WireError::TooShort));
+    assert_eq!(parse_query(&[]), Err(WireError::TooShort));
+
+    let mut response = query("example.org.", RecordType::A, None);
+    response[2] |= 0x80;
+    assert_eq!(parse_query(&response), Err(WireError::NotAQuery));
+
+    let mut notify = query("example.org.", RecordType::SOA, None);
+    notify[2] |= 4 << 3;
+    assert_eq!(parse_query(&notify), Err(WireError::NotImplemented));
+
+    let mut none = query("example.org.", RecordType::A, None);
+    none[5] = 0;
+    assert_eq!(parse_query(&none), Err(WireError::QuestionCount));
+    let mut two = query("example.org.", RecordType::A, None);
+    two[5] = 2;
+    assert_eq!(parse_query(&two), Err(WireError::QuestionCount));
+}
+
+#[test]
+fn rejects_truncated_and_lying_messages() {
+    let q = query("example.org.", RecordType::A, None);
+    for cut in HEADER_LEN..q.len() {
+        assert_eq!(
+            parse_query(&q[..cut]),
+            Err(WireError::Malformed),
+            "cut at {cut}"
+        );
+    }
+    // A label length that runs past the end.
+    let mut bad_label = q.clone();
+    bad_label[HEADER_LEN] = 63;
+    assert_eq!(parse_query(&bad_label), Err(WireError::Malformed));
+    // A compression pointer pointing at itself.
+    let mut looped = q[..HEADER_LEN].to_vec();
+    looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    assert_eq!(parse_query(&looped), Err(WireError::Malformed));
+    // An additional-record count with no records behind it.
+    let mut lying = q.clone();
+    lying[11] = 3;
+    assert_eq!(parse_query(&lying), Err(WireError::Malformed));
+}
+
+#[test]
+fn fuzzed_bytes_never_panic() {
+    // Deterministic pseudo-random inputs, each mutation of a valid query.
+    let base = query(
+        "kubernetes.default.svc.cluster.local.",
+        RecordType::A,
+        Some(1232),
+    );
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..20_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mut m = base.clone();
+        let pos = (state as usize) % m.len();
+        m[pos] = (state >> 32) as u8;
+        m.truncate(((state >> 40) as usize) % (base.len() + 1));
+        let _ = parse_query(&m);
+        let _ = parse_response(&m);
+    }
+}
+
+#[test]
+fn matches_questions_ignoring_name_case_only() {
+    let q = query("Example.ORG.", RecordType::A, None);
+    let r = query("example.org.", RecordType::A, Some(1232));
+    let qi = parse_query(&q).unwrap();
+    let ri = parse_query(&r).unwrap();
+    assert!(same_question(&q, qi.question_end, &r, ri.question_end));
+    let other_type = query("example.org.", RecordType::AAAA, None);
+    assert!(!same_question(
+        &q,
+        qi.question_end,
+        &other_type,
+        qi.question_end
+    ));
+    let other_name = query("example.net.", RecordType::A, None);
+    assert!(!same_question(
+        &q,
+        qi.question_end,
+        &other_name,
+        qi.question_end
+    ));
+    // 'A' (0x41) and 'a' (0x61) differ as QTYPE bytes even though they are letters.
+    let https = query("example.org.", RecordType::HTTPS, None); // 65 = 0x41
+    let mut lower = https.clone();
+    let end = parse_query(&https).unwrap().question_end;
+    lower[end - 3] = 0x61;
+    assert!(!same_question(&https, end, &lower, end));
+}
+
+#[test]
+fn error_answers_echo_id_question_and_set_rcode() {
+    let q = query("example.org.", RecordType::A, Some(1232));
+    let info = parse_query(&q).unwrap();
+    let a = error_answer(&q, Some(info.question_end), Rcode::ServFail);
+    let msg = Message::from_vec(&a).unwrap();
+    assert_eq!(msg.metadata.id, 0x1234);
+    assert_eq!(msg.metadata.message_type, MessageType::Response);
+    assert_eq!(msg.metadata.response_code.low(), 2);
+    assert_eq!(msg.queries.len(), 1);
+    assert!(msg.answers.is_empty() && msg.additionals.is_empty());
+    // Without a question: header only.
+    let formerr = error_answer(&q, None, Rcode::FormErr);
+    assert_eq!(formerr.len(), HEADER_LEN);
+    assert_eq!(rcode(&formerr), 1);
+}
+
+#[test]
+fn truncated_answer_keeps_question_and_sets_tc() {
+    let q = query("example.org.", RecordType::TXT, None);
+    let end = parse_query(&q).unwrap().question_end;
+    let mut big = q.clone();
+    big[2] |= 0x80;
+    big[7] = 5; // claims answers
+    big.extend(std::iter::repeat_n(0u8, 2000));
+    let t = truncated_answer(&big, end);
+    assert_eq!(t.len(), end);
+    let info = parse_response(&t).unwrap();
+    assert!(info.truncated);
+    assert_eq!(&t[6..12], &[0; 6]);
+}
+
+#[test]
+fn id_helpers() {
+    let mut q = query("example.org.", RecordType::A, None);
+    set_id(&mut q, 0xbeef);
+    assert_eq!(id(&q), Some(0xbeef));
+    assert_eq!(id(&[1]), None);
+    let mut tiny = [7u8];
+    set_id(&mut tiny, 1);
+    assert_eq!(tiny, [7]);
+}

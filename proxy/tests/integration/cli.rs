@@ -1,0 +1,165 @@
+//! The binary's command line: configuration errors exit 2 with one line, check-config, env
+//! overrides, graceful exit on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn dnslens() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dnslens"));
+    cmd.env_remove("RUST_LOG");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("DNSLENS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn config_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
+}
+
+#[test]
+fn example_configs_pass_check_config() {
+    for file in ["sidecar.yaml", "node-local.yaml"] {
+        let (code, out, err) = run(dnslens()
+            .args(["check-config", "--config"])
+            .arg(config_dir().join(file)));
+        assert_eq!(code, 0, "{file}: {err}");
+        assert!(out.contains("ok"));
+    }
+}
+
+#[test]
+fn bad_configs_exit_2_with_one_line_naming_the_culprit() {
+    let dir = TempDir::new("cli");
+    let cases = [
+        (
+            "unknown key",
+            "listen: ['127.0.0.1:53']\nupstreams: [10.96.0.10]\ncahce: {}\n",
+            "cahce",
+        ),
+        ("bad address", "upstreams: ['10.96.0.300']\n", "10.96.0.300"),
+        (
+            "loop",
+            "listen: ['127.0.0.1:5300']\nupstreams: ['127.0.0.1:5300']\n",
+            "forwarding loop",
+        ),
+        ("bad yaml", "listen: [\n", "config file"),
+        (
+            "bad duration",
+            "upstream_timeout: forever\n",
+            "upstream_timeout",
+        ),
+    ];
+    for (what, yaml, needle) in cases {
+        let path = dir.0.join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        for sub in [
+            &["check-config", "--config"][..],
+            &["serve", "--config"][..],
+        ] {
+            let (code, _, err) = run(dnslens().args(sub).arg(&path));
+            assert_eq!(code, 2, "{what} ({sub:?}): {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
+            assert!(err.contains(needle), "{what}: {err}");
+        }
+    }
+    let (code, _, err) = run(dnslens()
+        .args(["serve", "--config"])
+        .arg(dir.0.join("missing.yaml")));
+    assert_eq!(code, 2);
+    assert!(err.contains("missing.yaml"), "{err}");
+    let (code, _, _) = run(dnslens().args(["serve", "--upstream", "nope"]));
+    assert_eq!(code, 2);
+    let (code, _, _) = run(dnslens().args(["serve", "--mode", "cluster"]));
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn environment_overrides_the_file_and_flags_override_the_environment() {
+    let dir = TempDir::new("cli-env");
+    let path = dir.0.join("c.yaml");
+    std::fs::write(
+        &path,
+        "listen: ['127.0.0.1:5301']\nupstreams: ['10.0.0.1']\n",
+    )
+    .unwrap();
+    // The environment's upstream equals the file's listen address: the loop proves it was used.
+    let (code, _, err) = run(dnslens()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("DNSLENS_UPSTREAMS", "127.0.0.1:5301"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("forwarding loop"), "{err}");
+    // A flag beats the environment: no loop, so it starts; stop it right away.
+    let port = free_port();
+    let mut child = Child(
+        dnslens()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .env("DNSLENS_UPSTREAMS", "127.0.0.1:5301")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.0.try_wait().unwrap().is_none(), "serving");
+}
+
+#[test]
+fn sigterm_exits_0() {
+    let port = free_port();
+    let mut child = Child(
+        dnslens()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                "127.0.0.1:9",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until it listens.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "dnslens did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

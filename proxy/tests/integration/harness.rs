@@ -1,0 +1,317 @@
+//! The shared harness: an upstream, a proxy in front of it, and small DNS and HTTP clients.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dnslens::config::{Config, UpstreamAddr};
+use dnslens::demo::{EmbeddedUpstream, ZONES};
+use dnslens::Proxy;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// A config for tests: ephemeral loopback ports, short timeouts.
+pub fn test_config(upstreams: &[SocketAddr]) -> Config {
+    let mut config = Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        upstreams: upstreams.iter().map(|a| UpstreamAddr(*a)).collect(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        upstream_timeout: Duration::from_millis(300),
+        attempts: 2,
+        shutdown_grace: Duration::from_secs(2),
+        ..Config::default()
+    };
+    config.listener.udp_workers = 2;
+    config
+}
+
+/// The demo world's upstream plus dnslens in front of it.
+pub struct World {
+    pub upstream: EmbeddedUpstream,
+    pub proxy: Proxy,
+}
+
+impl World {
+    pub async fn start() -> World {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> World {
+        let upstream = EmbeddedUpstream::start("127.0.0.1:0".parse().unwrap(), &ZONES)
+            .await
+            .expect("embedded upstream");
+        let mut config = test_config(&[upstream.addr]);
+        tweak(&mut config);
+        config.validate().expect("valid test config");
+        let proxy = Proxy::start(&config).await.expect("proxy starts");
+        World { upstream, proxy }
+    }
+
+    pub fn dns(&self) -> SocketAddr {
+        self.proxy.dns_addrs[0]
+    }
+
+    pub async fn stop(self) {
+        self.proxy.shutdown().await;
+        self.upstream.stop().await;
+    }
+}
+
+/// A query message as a stub resolver sends it (RD set).
+pub fn query_bytes(name: &str, qtype: RecordType, id: u16, edns: Option<u16>) -> Vec<u8> {
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        msg.set_edns(e);
+    }
+    msg.to_vec().unwrap()
+}
+
+/// Sends one datagram and waits for one answer, `None` on timeout.
+pub async fn udp_exchange(server: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(packet, server).await.unwrap();
+    let mut buf = vec![0u8; 65_535];
+    match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+        Ok(Ok((len, _))) => Some(buf[..len].to_vec()),
+        _ => None,
+    }
+}
+
+pub async fn ask_udp(
+    server: SocketAddr,
+    name: &str,
+    qtype: RecordType,
+    edns: Option<u16>,
+) -> Message {
+    let id = rand::random();
+    let answer = udp_exchange(
+        server,
+        &query_bytes(name, qtype, id, edns),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap_or_else(|| panic!("no UDP answer from {server} for {name} {qtype}"));
+    let msg = Message::from_vec(&answer).expect("answer parses");
+    assert_eq!(msg.metadata.id, id, "answer carries the client's ID");
+    msg
+}
+
+/// Writes one length-prefixed message on a TCP stream.
+pub async fn tcp_send(stream: &mut TcpStream, message: &[u8]) {
+    let mut frame = (message.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(message);
+    stream.write_all(&frame).await.unwrap();
+}
+
+/// Reads one length-prefixed message; `None` if the stream closed.
+pub async fn tcp_recv(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.ok()?;
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut message).await.ok()?;
+    Some(message)
+}
+
+pub async fn ask_tcp(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let id = rand::random();
+    tcp_send(&mut stream, &query_bytes(name, qtype, id, None)).await;
+    let answer = tokio::time::timeout(Duration::from_secs(3), tcp_recv(&mut stream))
+        .await
+        .expect("TCP answer in time")
+        .expect("TCP answer");
+    let msg = Message::from_vec(&answer).unwrap();
+    assert_eq!(msg.metadata.id, id);
+    msg
+}
+
+/// A plain HTTP/1.0 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_raw(
+        addr,
+        format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one series in a /metrics body, 0 if absent. `series` is the name with its
+/// labels exactly as exposed, e.g. `dnslens_forward_failures_total{reason="exhausted"}`.
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// The answer and authority sections and RCODE, the parts that must match the upstream.
+pub fn essence(msg: &Message) -> (u8, Vec<String>, Vec<String>) {
+    (
+        msg.metadata.response_code.low(),
+        msg.answers.iter().map(|r| r.to_string()).collect(),
+        msg.authorities.iter().map(|r| r.to_string()).collect(),
+    )
+}
+
+/// A port that was free a moment ago on 127.0.0.1 for both UDP and TCP.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "dnslens-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Knot DNS serving the demo zones on a loopback port, as a real, independent upstream.
+pub struct Knot {
+    pub addr: SocketAddr,
+    _child: Child,
+    _dir: TempDir,
+}
+
+impl Knot {
+    pub async fn start() -> Knot {
+        let dir = TempDir::new("knot");
+        let port = free_port();
+        for (origin, text) in ZONES {
+            let file = if origin == "." {
+                "root.zone".to_string()
+            } else {
+                format!("{origin}zone")
+            };
+            std::fs::write(dir.0.join(file), text).unwrap();
+        }
+        let d = dir.0.display();
+        let conf = format!(
+            "server:\n  rundir: \"{d}\"\n  pidfile: \"{d}/knot.pid\"\n  listen: 127.0.0.1@{port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
+             log:\n  - target: stderr\n    any: warning\n\
+             database:\n  storage: \"{d}\"\n\
+             template:\n  - id: default\n    storage: \"{d}\"\n    zonefile-load: whole\n    journal-content: none\n\
+             zone:\n  - domain: cluster.local\n    file: cluster.local.zone\n  - domain: .\n    file: root.zone\n"
+        );
+        let conf_path = dir.0.join("knot.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Child(
+            std::process::Command::new("knotd")
+                .arg("-c")
+                .arg(&conf_path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect(
+                    "knotd must be installed (apt-get install knot); scripts/test.sh installs it",
+                ),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let probe = query_bytes(
+            "kubernetes.default.svc.cluster.local.",
+            RecordType::A,
+            1,
+            None,
+        );
+        for _ in 0..100 {
+            if let Some(answer) = udp_exchange(addr, &probe, Duration::from_millis(50)).await {
+                if answer.len() > 12 && answer[3] & 0x0f == 0 {
+                    return Knot {
+                        addr,
+                        _child: child,
+                        _dir: dir,
+                    };
+                }
+            }
+        }
+        panic!("knotd did not answer on {addr}");
+    }
+}
+
+/// Runs `dig` with `args` against `server` and returns its output with the parts that
+/// differ between two servers answering the same thing (ID, timing, server line) removed.
+pub fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let output = std::process::Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .arg("-p")
+        .arg(server.port().to_string())
+        .args(["+time=2", "+tries=1", "+nocookie"])
+        .args(args)
+        .output()
+        .expect("dig must be installed (bind9-dnsutils); scripts/test.sh installs it");
+    assert!(
+        output.status.success() || !output.stdout.is_empty(),
+        "dig {args:?} failed"
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| {
+            !(l.starts_with(";; Query time")
+                || l.starts_with(";; SERVER")
+                || l.starts_with(";; WHEN")
+                || l.starts_with("; <<>> DiG")
+                || l.starts_with(";; MSG SIZE"))
+        })
+        .map(|l| match l.find(", id: ") {
+            Some(i) => format!("{}, id: X", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,13 @@
+//! Integration tests, grouped by topic, sharing one harness. In-process tests run dnslens
+//! (the library) in front of a real authoritative server (hickory-server serving the demo
+//! zones); `knot` and `cli` run the real binary against Knot DNS with `dig` as the client.
+//! Only loopback addresses are ever queried.
+
+mod harness;
+
+mod admin;
+mod bad_input;
+mod cli;
+mod forwarding;
+mod knot;
+mod upstream_faults;

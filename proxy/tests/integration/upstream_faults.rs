@@ -1,0 +1,241 @@
+//! Upstreams that are dead, slow, flaky or hostile: retries, back-off, SERVFAIL, spoofing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+use tokio::net::UdpSocket;
+
+use crate::harness::*;
+
+/// The minimal valid answer to `query`: same ID and question, QR set, NOERROR, no records.
+fn empty_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let msg = Message::from_vec(query).ok()?;
+    let mut answer = Message::response(msg.metadata.id, msg.metadata.op_code);
+    answer.metadata.recursion_desired = msg.metadata.recursion_desired;
+    for q in msg.queries {
+        answer.add_query(q);
+    }
+    answer.to_vec().ok()
+}
+
+/// An upstream that answers every query after `delay`, while `on`.
+pub struct DelayedUpstream {
+    pub addr: SocketAddr,
+    pub on: Arc<AtomicBool>,
+    /// The last query received, as it arrived.
+    pub last_query: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl DelayedUpstream {
+    pub async fn start(delay: Duration) -> DelayedUpstream {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = socket.local_addr().unwrap();
+        let on = Arc::new(AtomicBool::new(true));
+        let answering = on.clone();
+        let last_query = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = last_query.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                *record.lock().unwrap() = buf[..len].to_vec();
+                if !answering.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let Some(answer) = empty_answer(&buf[..len]) else {
+                    continue;
+                };
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.send_to(&answer, from).await;
+                });
+            }
+        });
+        DelayedUpstream {
+            addr,
+            on,
+            last_query,
+        }
+    }
+}
+
+/// A bound UDP port that never answers (its packets are never read).
+async fn black_hole() -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_upstreams_give_servfail_then_fast_servfail_once_put_aside() {
+    let (_hole, dead) = black_hole().await;
+    let mut config = test_config(&[dead]);
+    config.upstream_timeout = Duration::from_millis(200);
+    config.attempts = 2;
+    config.forward.failure_threshold = 2;
+    config.forward.backoff_min = Duration::from_secs(30);
+    config.forward.backoff_max = Duration::from_secs(30);
+    let proxy = dnslens::Proxy::start(&config).await.unwrap();
+    let dns = proxy.dns_addrs[0];
+    assert_eq!(http_get(proxy.metrics_addr, "/readyz").await.0, 200);
+
+    let started = Instant::now();
+    let answer = ask_udp(dns, "example.org.", RecordType::A, None).await;
+    let took = started.elapsed();
+    assert_eq!(answer.metadata.response_code.low(), 2, "SERVFAIL");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    let series = format!("dnslens_upstream_requests_total{{upstream=\"{dead}\",transport=\"udp\",outcome=\"timeout\"}}");
+    assert_eq!(metric(proxy.metrics_addr, &series).await, 2.0);
+    assert_eq!(
+        metric(
+            proxy.metrics_addr,
+            "dnslens_forward_failures_total{reason=\"exhausted\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // Two consecutive failures put it aside: the next query fails at once.
+    let healthy = format!("dnslens_upstream_healthy{{upstream=\"{dead}\"}}");
+    assert_eq!(metric(proxy.metrics_addr, &healthy).await, 0.0);
+    assert_eq!(http_get(proxy.metrics_addr, "/readyz").await.0, 503);
+    let started = Instant::now();
+    let answer = ask_udp(dns, "example.org.", RecordType::A, None).await;
+    assert_eq!(answer.metadata.response_code.low(), 2);
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        metric(
+            proxy.metrics_addr,
+            "dnslens_forward_failures_total{reason=\"no_upstream\"}"
+        )
+        .await,
+        1.0
+    );
+    // TCP clients too.
+    let answer = ask_tcp(dns, "example.org.", RecordType::A).await;
+    assert_eq!(answer.metadata.response_code.low(), 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_is_skipped_for_a_live_one() {
+    let (_hole, dead) = black_hole().await;
+    let live = DelayedUpstream::start(Duration::ZERO).await;
+    let mut config = test_config(&[dead, live.addr]);
+    config.upstream_timeout = Duration::from_millis(200);
+    config.forward.failure_threshold = 2;
+    config.forward.backoff_min = Duration::from_secs(30);
+    let proxy = dnslens::Proxy::start(&config).await.unwrap();
+    let dns = proxy.dns_addrs[0];
+    for _ in 0..6 {
+        let answer = ask_udp(dns, "example.org.", RecordType::A, None).await;
+        assert_eq!(
+            answer.metadata.response_code.low(),
+            0,
+            "answered by the live upstream"
+        );
+    }
+    // Once the dead one is aside, answers come without waiting for its timeout.
+    let started = Instant::now();
+    for _ in 0..4 {
+        ask_udp(dns, "example.org.", RecordType::A, None).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(http_get(proxy.metrics_addr, "/readyz").await.0, 200);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_put_aside_is_probed_and_comes_back() {
+    let flaky = DelayedUpstream::start(Duration::ZERO).await;
+    flaky.on.store(false, Ordering::Relaxed);
+    let mut config = test_config(&[flaky.addr]);
+    config.upstream_timeout = Duration::from_millis(100);
+    config.attempts = 1;
+    config.forward.failure_threshold = 1;
+    config.forward.backoff_min = Duration::from_millis(300);
+    let proxy = dnslens::Proxy::start(&config).await.unwrap();
+    let dns = proxy.dns_addrs[0];
+    let healthy = format!("dnslens_upstream_healthy{{upstream=\"{}\"}}", flaky.addr);
+
+    assert_eq!(
+        ask_udp(dns, "example.org.", RecordType::A, None)
+            .await
+            .metadata
+            .response_code
+            .low(),
+        2
+    );
+    assert_eq!(metric(proxy.metrics_addr, &healthy).await, 0.0);
+    flaky.on.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        ask_udp(dns, "example.org.", RecordType::A, None)
+            .await
+            .metadata
+            .response_code
+            .low(),
+        0
+    );
+    assert_eq!(metric(proxy.metrics_addr, &healthy).await, 1.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_and_mismatched_responses_are_dropped_and_counted() {
+    // A hostile upstream: for every query it first sends an answer to another question, an
+    // answer with another ID, and an answer from another port, then the real answer.
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    let impostor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            let query = &buf[..len];
+            let Some(real) = empty_answer(query) else {
+                continue;
+            };
+            let mut other_question = Message::from_vec(&real).unwrap();
+            other_question.queries[0].set_query_type(RecordType::MX);
+            let _ = socket
+                .send_to(&other_question.to_vec().unwrap(), from)
+                .await;
+            let mut other_id = real.clone();
+            other_id[0] ^= 0xff;
+            let _ = socket.send_to(&other_id, from).await;
+            let _ = impostor.send_to(&real, from).await;
+            let _ = socket.send_to(&[0xde, 0xad], from).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = socket.send_to(&real, from).await;
+        }
+    });
+    let proxy = dnslens::Proxy::start(&test_config(&[addr])).await.unwrap();
+    let answer = ask_udp(proxy.dns_addrs[0], "example.org.", RecordType::A, None).await;
+    assert_eq!(answer.metadata.response_code.low(), 0);
+    assert_eq!(answer.queries[0].query_type(), RecordType::A);
+    for reason in [
+        "question_mismatch",
+        "unknown_id",
+        "wrong_source",
+        "malformed",
+    ] {
+        let series = format!("dnslens_responses_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(proxy.metrics_addr, &series).await, 1.0, "{reason}");
+    }
+    proxy.shutdown().await;
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests and benchmarks need on a Debian machine, if it is missing:
+# Knot DNS (the real upstream), dig (the real client); with --bench also dnsperf and the
+# peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq).
+# Services that the packages would start are kept from starting (policy-rc.d): tests start
+# their own on loopback ports.
+set -euo pipefail
+
+need=(knotd:knot dig:bind9-dnsutils)
+if [[ "${1:-}" == "--bench" ]]; then
+  need+=(dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base)
+fi
+
+missing=()
+for pair in "${need[@]}"; do
+  cmd=${pair%%:*} pkg=${pair##*:}
+  PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+echo "installing: ${missing[*]}" >&2
+sudo=""
+[[ $(id -u) -ne 0 ]] && sudo="sudo"
+created_policy=""
+if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  created_policy=1
+fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+[[ -n "$created_policy" ]] && $sudo rm -f /usr/sbin/policy-rc.d
+exit 0

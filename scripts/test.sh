@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every test dnslens has, from a fresh Debian machine: installs the real components the
+# tests use (Knot, dig), then formatting, lints, unit and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+export PATH="$PATH:/usr/sbin:/sbin"   # knotd lives in /usr/sbin
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
