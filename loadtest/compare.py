@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Runs the comparison behind loadtest/compare.sh and prints a Markdown table.
+
+Every target answers the same query mix (loopback only). Knot serves the demo zones and is
+the upstream of every forwarder. On this 2-core machine the load generator (dnsperf) is
+pinned to core 0, the server under test and Knot to core 1, so saturation QPS is similar for
+everyone and *server CPU per query* is what separates them:
+
+    cpu_us_per_query = (utime + stime of the server process over the run) / answered queries
+
+For each target and round: a saturation run (dnsperf, 8 clients, 200 outstanding), then a
+run at a fixed moderate rate for latency (mean and p99 from dnsperf -v per-query lines).
+Peak RSS is VmHWM of the server process; idle RSS is VmRSS before any query. Targets run in
+interleaved rounds; the table shows medians.
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ZONES = ROOT / "proxy" / "src" / "demo"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVER_CPU, LOADGEN_CPU = "1", "0"
+
+QUERIES = """kubernetes.default.svc.cluster.local A
+web.default.svc.cluster.local AAAA
+kube-dns.kube-system.svc.cluster.local A
+_http._tcp.web.default.svc.cluster.local SRV
+api.team-a.svc.cluster.local A
+github.com A
+example.org AAAA
+www.example.org A
+txt.example.org TXT
+nosuch.example.org A
+alauda.cn.default.svc.cluster.local A
+"""
+
+
+def free_port():
+    while True:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        t = socket.socket()
+        try:
+            t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            t.close()
+            u.close()
+
+
+def dns_ready(port, timeout=10.0):
+    """Waits until something answers a DNS query on 127.0.0.1:port."""
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x06github\x03com\x00\x00\x01\x00\x01"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.1)
+        try:
+            s.sendto(query, ("127.0.0.1", port))
+            if s.recv(4096)[:2] == b"\xab\xcd":
+                return True
+        except OSError:
+            pass
+        finally:
+            s.close()
+        time.sleep(0.05)
+    return False
+
+
+def cpu_ticks(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def status_kib(pid, key):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Server:
+    def __init__(self, name, argv, port, workdir):
+        self.name, self.port = name, port
+        self.log = open(workdir / f"{name}.log", "w")
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + argv, stdout=self.log, stderr=subprocess.STDOUT)
+        if not dns_ready(port):
+            self.stop()
+            raise RuntimeError(f"{name} did not answer on port {port}; see {workdir}/{name}.log")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def knot_argv(work, port):
+    for zone in ("cluster.local.zone", "root.zone"):
+        shutil.copy(ZONES / zone, work / zone)
+    conf = work / "knot.conf"
+    conf.write_text(f"""server:
+  rundir: "{work}"
+  pidfile: "{work}/knot.pid"
+  listen: 127.0.0.1@{port}
+  udp-workers: 1
+  tcp-workers: 1
+  background-workers: 1
+log:
+  - target: stderr
+    any: warning
+database:
+  storage: "{work}"
+template:
+  - id: default
+    storage: "{work}"
+    zonefile-load: whole
+    journal-content: none
+zone:
+  - domain: cluster.local
+    file: cluster.local.zone
+  - domain: .
+    file: root.zone
+""")
+    return ["knotd", "-c", str(conf)]
+
+
+def target_argv(kind, cache, work, port, upstream, dnslens):
+    up = f"127.0.0.1:{upstream}"
+    if kind == "dnslens":
+        return [dnslens, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", up,
+                "--metrics-listen", f"127.0.0.1:{free_port()}"]
+    if kind == "dnsdist":
+        conf = work / f"dnsdist-{port}.conf"
+        cache_lines = "pc = newPacketCache(100000)\ngetPool(''):setCache(pc)\n" if cache else ""
+        conf.write_text(f"""setSecurityPollSuffix('')
+setLocal('127.0.0.1:{port}')
+newServer({{address='{up}', healthCheckMode='up'}})
+{cache_lines}""")
+        return ["dnsdist", "--supervised", "--disable-syslog", "-C", str(conf)]
+    if kind == "unbound":
+        conf = work / f"unbound-{port}.conf"
+        no_cache = "" if cache else "  cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n  msg-cache-size: 0\n  rrset-cache-size: 0\n"
+        conf.write_text(f"""server:
+  interface: 127.0.0.1@{port}
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{work}"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  num-threads: 1
+  do-ip6: no
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  module-config: "iterator"
+  local-zone: "local." nodefault
+  domain-insecure: "."
+{no_cache}forward-zone:
+  name: "."
+  forward-addr: {up.replace(':', '@')}
+""")
+        return ["unbound", "-d", "-c", str(conf)]
+    if kind == "dnsmasq":
+        return ["dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root",
+                f"--server=127.0.0.1#{upstream}", "--listen-address=127.0.0.1", "--bind-interfaces",
+                f"--port={port}", f"--cache-size={10000 if cache else 0}", "--pid-file=", "--dns-forward-max=1000"]
+    raise ValueError(kind)
+
+
+def latency(line):
+    """Seconds from a dnsperf -v line ('> NOERROR name type 0.000123'); None for timeouts."""
+    try:
+        return float(line.rsplit(None, 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def dnsperf(port, qfile, seconds, rate=None, verbose=False):
+    argv = ["taskset", "-c", LOADGEN_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
+            "-l", str(seconds), "-c", "8", "-q", "200", "-t", "2"]
+    if rate:
+        argv += ["-Q", str(rate)]
+    if verbose:
+        argv += ["-v"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    def stat(pattern):
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else 0.0
+
+    result = {
+        "qps": stat(r"Queries per second:\s+([\d.]+)"),
+        "completed": stat(r"Queries completed:\s+(\d+)"),
+        "lost": stat(r"Queries lost:\s+(\d+)"),
+        "sent": stat(r"Queries sent:\s+(\d+)"),
+    }
+    if verbose:
+        lat = sorted(v for v in (latency(l) for l in out.splitlines() if l.startswith("> ")) if v is not None)
+        result["mean_us"] = statistics.fmean(lat) * 1e6 if lat else 0.0
+        result["p99_us"] = lat[int(len(lat) * 0.99) - 1] * 1e6 if lat else 0.0
+    return result
+
+
+def measure(target, work, upstream, qfile, args):
+    kind, cache = target
+    if kind == "knot":
+        server, pid, port = None, args.knot_pid, upstream
+    else:
+        port = free_port()
+        name = f"{kind}-{'cache' if cache else 'nocache'}"
+        server = Server(name, target_argv(kind, cache, work, port, upstream, args.dnslens), port, work)
+        pid = server.proc.pid
+    try:
+        idle_rss = status_kib(pid, "VmRSS")
+        dnsperf(port, qfile, 1)  # warm-up (fills caches, opens sockets)
+        before = cpu_ticks(pid)
+        sat = dnsperf(port, qfile, args.seconds)
+        cpu = (cpu_ticks(pid) - before) / CLK_TCK
+        fixed = dnsperf(port, qfile, max(3, args.seconds // 2), rate=args.rate, verbose=True)
+        return {
+            "qps": sat["qps"],
+            "cpu_us": cpu * 1e6 / max(sat["completed"], 1),
+            "lost_pct": 100.0 * (sat["lost"] + fixed["lost"]) / max(sat["sent"] + fixed["sent"], 1),
+            "mean_us": fixed["mean_us"],
+            "p99_us": fixed["p99_us"],
+            "idle_rss_mib": idle_rss / 1024,
+            "peak_rss_mib": status_kib(pid, "VmHWM") / 1024,
+        }
+    finally:
+        if server:
+            server.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dnslens", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--rate", type=int, default=20000)
+    ap.add_argument("--only", default="", help="comma-separated target kinds")
+    args = ap.parse_args()
+
+    targets = [("knot", False), ("dnslens", False), ("dnsdist", False), ("dnsdist", True),
+               ("unbound", False), ("unbound", True), ("dnsmasq", False), ("dnsmasq", True)]
+    if args.only:
+        keep = set(args.only.split(","))
+        targets = [t for t in targets if t[0] in keep or t[0] == "knot"]
+    work = Path(tempfile.mkdtemp(prefix="dnslens-compare-"))
+    qfile = work / "queries.txt"
+    qfile.write_text(QUERIES)
+    upstream = free_port()
+    knot = Server("knot", knot_argv(work, upstream), upstream, work)
+    args.knot_pid = knot.proc.pid
+    results = {t: [] for t in targets}
+    try:
+        for r in range(args.rounds):
+            for t in targets:
+                print(f"round {r + 1}/{args.rounds}: {t[0]} cache={'on' if t[1] else 'off'}", file=sys.stderr)
+                results[t].append(measure(t, work, upstream, qfile, args))
+    finally:
+        knot.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {t: {k: statistics.median(run[k] for run in runs) for k in runs[0]} for t, runs in results.items()}
+    base = med.get(("dnsdist", False))
+    cpu_info = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                     if l.startswith("model name")), "unknown CPU")
+    print(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu_info}), "
+          f"medians of {args.rounds} interleaved rounds; dnsperf on core {LOADGEN_CPU}, server and Knot on core "
+          f"{SERVER_CPU}; latency at {args.rate} QPS.\n")
+    print("| target | cache | QPS (saturation) | CPU µs/query | × dnsdist (no cache) | mean latency µs | p99 latency µs | lost % | idle RSS MiB | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (kind, cache), m in med.items():
+        name = "Knot (direct)" if kind == "knot" else kind
+        ratio = f"{m['cpu_us'] / base['cpu_us']:.2f}" if base and base["cpu_us"] else "-"
+        cache_s = "-" if kind == "knot" else ("on" if cache else "off")
+        print(f"| {name} | {cache_s} | {m['qps']:,.0f} | {m['cpu_us']:.2f} | {ratio} | {m['mean_us']:.0f} | "
+              f"{m['p99_us']:.0f} | {m['lost_pct']:.2f} | {m['idle_rss_mib']:.1f} | {m['peak_rss_mib']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
