@@ -119,29 +119,8 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn check_config(path: &Path) -> ExitCode {
-    let loaded = Config::from_file(path).and_then(|c| {
-        // Upstreams may legitimately come from resolv.conf at run time; check the rest.
-        if c.upstreams.is_empty() {
-            let mut probe = c.clone();
-            probe.upstreams = vec![UpstreamAddr(
-                "192.0.2.1:53".parse().unwrap_or_else(|_| unreachable!()),
-            )];
-            probe.listen = if c.listen.is_empty() {
-                vec!["127.0.0.1:53".parse().unwrap_or_else(|_| unreachable!())]
-            } else {
-                c.listen.clone()
-            };
-            probe.validate().map(|_| c)
-        } else {
-            let mut c = c;
-            if c.listen.is_empty() {
-                c = c.finish(Path::new("/nonexistent"))?;
-            }
-            c.validate().map(|_| c)
-        }
-    });
-    match loaded {
-        Ok(_) => {
+    match Config::from_file(path).and_then(|c| c.check_values()) {
+        Ok(()) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }

@@ -272,7 +272,7 @@ impl Config {
         Ok(self)
     }
 
-    /// Checks values that parse but cannot work.
+    /// Checks a finished configuration: addresses present, and every value workable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(ConfigError::invalid(
@@ -286,6 +286,12 @@ impl Config {
                 "at least one upstream is needed",
             ));
         }
+        self.check_values()
+    }
+
+    /// Checks values that parse but cannot work. Empty `listen`/`upstreams` pass here: at
+    /// start they come from the mode and from resolv.conf (`check-config` uses this).
+    pub fn check_values(&self) -> Result<(), ConfigError> {
         for upstream in &self.upstreams {
             if upstream.0.port() == 0 || upstream.0.ip().is_unspecified() {
                 return Err(ConfigError::invalid(
