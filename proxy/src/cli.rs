@@ -61,9 +61,19 @@ pub struct ServeArgs {
     /// Tries per query across upstreams.
     #[arg(long, env = "DNSLENS_ATTEMPTS")]
     pub attempts: Option<u32>,
-    /// resolv.conf whose nameservers are the upstreams when none is configured.
-    #[arg(long, env = "DNSLENS_RESOLV_CONF", default_value = "/etc/resolv.conf")]
-    pub resolv_conf: PathBuf,
+    /// The pod's resolv.conf: its search list and ndots (sidecar), and its nameservers as
+    /// upstreams when none is configured [/etc/resolv.conf].
+    #[arg(long, env = "DNSLENS_RESOLV_CONF")]
+    pub resolv_conf: Option<PathBuf>,
+    /// Search domain (repeatable): the pod's list (sidecar) or host domains (node-local).
+    #[arg(long = "search", env = "DNSLENS_SEARCH", value_delimiter = ',')]
+    pub search: Vec<String>,
+    /// The pod's ndots.
+    #[arg(long, env = "DNSLENS_NDOTS")]
+    pub ndots: Option<u32>,
+    /// The cluster's DNS domain [cluster.local].
+    #[arg(long, env = "DNSLENS_CLUSTER_DOMAIN")]
+    pub cluster_domain: Option<String>,
 }
 
 impl ServeArgs {
@@ -80,8 +90,12 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             upstream_timeout: self.upstream_timeout,
             attempts: self.attempts,
+            search: self.search.clone(),
+            ndots: self.ndots,
+            cluster_domain: self.cluster_domain.clone(),
+            resolv_conf: self.resolv_conf.clone(),
         });
-        config.finish(&self.resolv_conf)
+        config.finish()
     }
 }
 

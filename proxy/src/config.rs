@@ -18,6 +18,11 @@
 //! - `forward:` `udp_sockets` [4], `max_inflight` [16384], `socket_lifetime` [5m],
 //!   `failure_threshold` [3], `backoff_min` [1s], `backoff_max` [30s], `tcp_idle_timeout` [20s],
 //!   `tcp_connect_timeout` [1s]
+//! - `search`, `ndots`, `cluster_domain` [cluster.local], `resolv_conf` [/etc/resolv.conf]:
+//!   the search-path model (see `search`)
+//! - `lookup:` `window` [2s], `max_entries` [10000], `queue` [16384] (see `lookup`)
+//! - `tracing:` `endpoint`, `protocol` (`grpc` | `http/protobuf`), `sample_ratio` [0.01],
+//!   `queue` [8192], `export_timeout` [5s] (see `telemetry`)
 //!
 //! Every error is one line naming the key or value at fault; the binary exits 2 on it.
 
@@ -187,6 +192,75 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub listener: ListenerConfig,
     pub forward: ForwardConfig,
+    /// Search domains: the pod's list (sidecar) or host domains after the Kubernetes ones
+    /// (node-local). Empty in a sidecar: read from `resolv_conf`.
+    pub search: Vec<String>,
+    /// The pod's ndots; from `resolv_conf` when unset in a sidecar, else 5.
+    pub ndots: Option<u32>,
+    pub cluster_domain: String,
+    /// The pod's resolv.conf: search list and ndots (sidecar), upstreams when none is given.
+    pub resolv_conf: PathBuf,
+    pub lookup: LookupConfig,
+    pub tracing: TracingConfig,
+}
+
+/// Correlation of queries into lookups (see `lookup`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupConfig {
+    /// A lookup ends this long after its last query.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Open lookups kept at once; the oldest is evicted beyond it (counted).
+    pub max_entries: usize,
+    /// Finished queries waiting for the tracker; beyond it they are dropped (counted).
+    pub queue: usize,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        LookupConfig {
+            window: Duration::from_secs(2),
+            max_entries: 10_000,
+            queue: 16_384,
+        }
+    }
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Trace export (see `telemetry`). Off unless an endpoint is set here or in
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`; the `OTEL_*` variables override these keys.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    pub endpoint: Option<String>,
+    pub protocol: Option<OtlpProtocol>,
+    /// Share of ordinary lookups exported; lookups with a timeout, SERVFAIL or anomaly always are.
+    pub sample_ratio: Option<f64>,
+    /// Spans waiting for export; beyond it they are dropped (counted).
+    pub queue: usize,
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            endpoint: None,
+            protocol: None,
+            sample_ratio: None,
+            queue: 8_192,
+            export_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for Config {
@@ -201,6 +275,12 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             listener: ListenerConfig::default(),
             forward: ForwardConfig::default(),
+            search: Vec::new(),
+            ndots: None,
+            cluster_domain: "cluster.local".to_string(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            lookup: LookupConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -214,6 +294,10 @@ pub struct Overrides {
     pub metrics_listen: Option<SocketAddr>,
     pub upstream_timeout: Option<Duration>,
     pub attempts: Option<u32>,
+    pub search: Vec<String>,
+    pub ndots: Option<u32>,
+    pub cluster_domain: Option<String>,
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Config {
@@ -257,16 +341,28 @@ impl Config {
         if let Some(a) = o.attempts {
             self.attempts = a;
         }
+        if !o.search.is_empty() {
+            self.search = o.search;
+        }
+        if let Some(n) = o.ndots {
+            self.ndots = Some(n);
+        }
+        if let Some(d) = o.cluster_domain {
+            self.cluster_domain = d;
+        }
+        if let Some(p) = o.resolv_conf {
+            self.resolv_conf = p;
+        }
     }
 
     /// Fills in what was left empty (listen addresses from the mode, upstreams from
     /// `resolv_conf`) and checks the result.
-    pub fn finish(mut self, resolv_conf: &Path) -> Result<Config, ConfigError> {
+    pub fn finish(mut self) -> Result<Config, ConfigError> {
         if self.listen.is_empty() {
             self.listen.push(self.mode.default_listen());
         }
         if self.upstreams.is_empty() {
-            self.upstreams = upstreams_from_resolv_conf(resolv_conf, &self.listen)?;
+            self.upstreams = upstreams_from_resolv_conf(&self.resolv_conf, &self.listen)?;
         }
         self.validate()?;
         Ok(self)
@@ -349,6 +445,41 @@ impl Config {
             return Err(ConfigError::invalid(
                 "forward.socket_lifetime",
                 "must be at least 1s",
+            ));
+        }
+        if self.ndots.is_some_and(|n| n > 15) {
+            return Err(ConfigError::invalid(
+                "ndots",
+                "at most 15 (the resolver's own limit)",
+            ));
+        }
+        if self.cluster_domain.trim_end_matches('.').is_empty() {
+            return Err(ConfigError::invalid("cluster_domain", "must not be empty"));
+        }
+        if let Some(bad) = self
+            .search
+            .iter()
+            .find(|d| d.trim_end_matches('.').is_empty() || d.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::invalid(
+                "search",
+                format!("'{bad}' is not a domain"),
+            ));
+        }
+        if self
+            .tracing
+            .sample_ratio
+            .is_some_and(|r| !(0.0..=1.0).contains(&r))
+        {
+            return Err(ConfigError::invalid(
+                "tracing.sample_ratio",
+                "must be within 0..=1",
+            ));
+        }
+        if self.lookup.max_entries == 0 || self.lookup.queue == 0 || self.tracing.queue == 0 {
+            return Err(ConfigError::invalid(
+                "lookup",
+                "max_entries, lookup.queue and tracing.queue must be above zero",
             ));
         }
         let l = &self.listener;

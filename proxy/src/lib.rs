@@ -14,7 +14,10 @@ pub mod config;
 pub mod demo;
 pub mod forward;
 pub mod listen;
+pub mod lookup;
 pub mod metrics;
+pub mod search;
+pub mod telemetry;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -28,6 +31,9 @@ use tracing::info;
 use config::Config;
 use forward::Forwarder;
 use listen::ListenMetrics;
+use lookup::{LookupMetrics, LookupObserver, Tracker};
+use search::SearchModel;
+use telemetry::TelemetryMetrics;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Telemetry(#[from] telemetry::TelemetryError),
 }
 
 /// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
@@ -63,22 +73,53 @@ pub struct Proxy {
 impl Proxy {
     /// Binds every socket, then starts serving. Must run inside a tokio runtime.
     pub async fn start(config: &Config) -> Result<Proxy, StartError> {
+        Self::start_with_observers(config, Vec::new()).await
+    }
+
+    /// As [`Proxy::start`], with extra observers of finished lookups (the demo's console
+    /// trees, tests). Lookups are correlated only when something observes them: extra
+    /// observers or a trace export endpoint.
+    pub async fn start_with_observers(
+        config: &Config,
+        mut observers: Vec<Box<dyn LookupObserver>>,
+    ) -> Result<Proxy, StartError> {
         let mut registry = Registry::with_prefix("dnslens");
+        let stop_all = CancellationToken::new();
+        let env = |key: &str| std::env::var(key).ok();
+        let lookup_metrics = LookupMetrics::register(&mut registry);
+        let telemetry_metrics = TelemetryMetrics::register(&mut registry);
+        let export = telemetry::ExportSettings::resolve(&config.tracing, env);
+        if let Some(settings) = &export {
+            let resource = telemetry::resource(env);
+            let otlp = telemetry::start(settings, &resource, &telemetry_metrics, stop_all.clone())?;
+            observers.push(Box::new(otlp));
+        }
+        let trace_sink = if observers.is_empty() {
+            None
+        } else {
+            let model = SearchModel::from_config(config, &config.resolv_conf)?;
+            let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers);
+            Some(tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone()))
+        };
         let listen_metrics = Arc::new(ListenMetrics::register(&mut registry));
-        let forwarder = Forwarder::build(config, &mut registry, listen_metrics.clone())
-            .map_err(StartError::Upstream)?;
-        let listeners =
-            listen::bind(&config.listen, &config.listener, listen_metrics).map_err(|source| {
-                StartError::Listen {
-                    addr: config
-                        .listen
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    source,
-                }
-            })?;
+        let forwarder = Forwarder::build(
+            config,
+            &mut registry,
+            listen_metrics.clone(),
+            trace_sink.clone(),
+        )
+        .map_err(StartError::Upstream)?;
+        let listen_error = |source| StartError::Listen {
+            addr: config
+                .listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            source,
+        };
+        let listeners = listen::bind(&config.listen, &config.listener, listen_metrics, trace_sink)
+            .map_err(listen_error)?;
         let admin_listener = tokio::net::TcpListener::bind(config.metrics_listen)
             .await
             .map_err(|source| StartError::Metrics {
@@ -94,7 +135,6 @@ impl Proxy {
         let dns_addrs = listeners.local_addrs.clone();
 
         let stop_listening = CancellationToken::new();
-        let stop_all = CancellationToken::new();
         forwarder.spawn(stop_all.clone());
         let mut tasks = JoinSet::new();
         listeners.spawn(
@@ -120,6 +160,9 @@ impl Proxy {
             metrics = %metrics_addr,
             upstream_timeout = ?config.upstream_timeout,
             attempts = config.attempts,
+            tracing = %export.as_ref().map_or("off".to_string(), |e| {
+                format!("{} ({:?}, sample ratio {})", e.endpoint, e.protocol, e.sample_ratio)
+            }),
             "dnslens serving"
         );
         Ok(Proxy {

@@ -42,6 +42,7 @@ use tracing::{debug, warn};
 
 use crate::config::ListenerConfig;
 use crate::forward::Forwarder;
+use crate::lookup::{QueryTrace, TraceSink};
 use crate::metrics::{
     CounterTable, QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels, Transport,
 };
@@ -131,6 +132,8 @@ impl ListenMetrics {
 pub struct UdpEndpoint {
     socket: UdpSocket,
     metrics: Arc<ListenMetrics>,
+    /// Where finished queries go for lookup correlation; `None` when nothing observes them.
+    trace_sink: Option<TraceSink>,
 }
 
 /// A UDP client query on its way through the proxy. Holds the query bytes (their ID is
@@ -141,6 +144,8 @@ pub struct UdpRequest {
     pub query: Vec<u8>,
     pub info: QueryInfo,
     pub received: Instant,
+    /// Plain-data record of this query for lookup correlation (only when observed).
+    pub trace: Option<Box<QueryTrace>>,
 }
 
 impl UdpRequest {
@@ -161,6 +166,10 @@ impl UdpRequest {
                 debug!(peer = %self.peer, error = %e, "udp answer not sent");
                 metrics.dropped("send_failed");
             }
+        }
+        if let (Some(mut trace), Some(sink)) = (self.trace, &self.endpoint.trace_sink) {
+            trace.finish(answer);
+            sink.send(*trace);
         }
     }
 
@@ -184,6 +193,7 @@ pub fn bind(
     addrs: &[SocketAddr],
     config: &ListenerConfig,
     metrics: Arc<ListenMetrics>,
+    trace_sink: Option<TraceSink>,
 ) -> std::io::Result<BoundListeners> {
     let workers = if config.udp_workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -209,6 +219,7 @@ pub fn bind(
             bound.udp.push(Arc::new(UdpEndpoint {
                 socket: UdpSocket::from_std(socket.into())?,
                 metrics: metrics.clone(),
+                trace_sink: trace_sink.clone(),
             }));
         }
         bound.tcp.push(tcp_listener(addr)?);
@@ -288,6 +299,15 @@ async fn udp_worker(
         let packet = &buf[..len];
         match wire::parse_query(packet) {
             Ok(info) => forwarder.submit_udp(UdpRequest {
+                trace: endpoint.trace_sink.as_ref().map(|_| {
+                    Box::new(QueryTrace::new(
+                        peer,
+                        Transport::Udp,
+                        &packet[wire::HEADER_LEN..info.question_end],
+                        info.qtype,
+                        received,
+                    ))
+                }),
                 endpoint: endpoint.clone(),
                 peer,
                 query: packet.to_vec(),
@@ -344,7 +364,7 @@ async fn tcp_accept(
         let stop = stop.clone();
         conns.spawn(async move {
             let _permit = permit;
-            if let Err(e) = tcp_connection(stream, settings, forwarder, stop).await {
+            if let Err(e) = tcp_connection(stream, peer, settings, forwarder, stop).await {
                 debug!(%peer, error = %e, "tcp connection ended");
             }
         });
@@ -355,6 +375,7 @@ async fn tcp_accept(
 
 async fn tcp_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     settings: TcpSettings,
     forwarder: Arc<Forwarder>,
     stop: CancellationToken,
@@ -410,6 +431,7 @@ async fn tcp_connection(
         if write_failed.load(Ordering::Relaxed) {
             break;
         }
+        let received = Instant::now();
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
@@ -417,7 +439,7 @@ async fn tcp_connection(
         let answers = answers_tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(answer) = forwarder.answer_tcp(message).await {
+            if let Some(answer) = forwarder.answer_tcp(message, peer, received).await {
                 let _ = answers.send(answer).await;
             }
         });

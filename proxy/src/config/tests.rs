@@ -116,13 +116,19 @@ fn defaults_follow_the_mode() {
     let dir = tempdir();
     let resolv = dir.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 10.96.0.10\n").unwrap();
-    let sidecar = Config::default().finish(&resolv).unwrap();
+    let sidecar = Config {
+        resolv_conf: resolv.clone(),
+        ..Config::default()
+    }
+    .finish()
+    .unwrap();
     assert_eq!(sidecar.listen, vec!["127.0.0.1:53".parse().unwrap()]);
     let node = Config {
         mode: Mode::NodeLocal,
+        resolv_conf: resolv.clone(),
         ..Config::default()
     }
-    .finish(&resolv)
+    .finish()
     .unwrap();
     assert_eq!(node.listen, vec!["169.254.20.10:53".parse().unwrap()]);
 }

@@ -55,9 +55,11 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::listen::{ListenMetrics, UdpRequest};
+use crate::lookup::{QueryTrace, TraceSink, UpstreamTry};
 use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
 use crate::wire::{self, Rcode};
-use upstream::{Outcome, Upstream, UpstreamFamilies};
+pub use upstream::Outcome;
+use upstream::{Upstream, UpstreamFamilies};
 
 /// Outstanding queries on one UDP socket: IDs are 16 bits, keep some free for fast picks.
 const MAX_PENDING_PER_SOCKET: usize = 49_152;
@@ -112,6 +114,7 @@ pub struct Forwarder {
     responses_dropped: ReasonCounters,
     failures: ReasonCounters,
     listen_metrics: Arc<ListenMetrics>,
+    trace_sink: Option<TraceSink>,
 }
 
 impl Forwarder {
@@ -121,6 +124,7 @@ impl Forwarder {
         config: &Config,
         registry: &mut Registry,
         listen_metrics: Arc<ListenMetrics>,
+        trace_sink: Option<TraceSink>,
     ) -> std::io::Result<Arc<Forwarder>> {
         let families = UpstreamFamilies {
             tries: Family::default(),
@@ -189,6 +193,7 @@ impl Forwarder {
             responses_dropped: ReasonCounters::new(&responses_dropped, RESPONSE_DROP_REASONS),
             failures: ReasonCounters::new(&failures, FAILURE_REASONS),
             listen_metrics,
+            trace_sink,
         }))
     }
 
@@ -270,6 +275,15 @@ impl Forwarder {
                 drop(pending);
                 debug!(upstream = %upstream.addr, error = %e, "udp send failed");
                 upstream.record(Transport::Udp, Outcome::error, Duration::ZERO);
+                let now = Instant::now();
+                record_try(
+                    &mut request.trace,
+                    upstream.addr,
+                    Transport::Udp,
+                    Outcome::error,
+                    now,
+                    now,
+                );
                 self.retry_or_fail(request, tries + 1, tried | bit(index));
             }
         }
@@ -352,16 +366,28 @@ impl Forwarder {
                 }
             }
         };
-        let Some(entry) = entry else { return };
+        let Some(mut entry) = entry else { return };
         self.inflight.dec();
         let upstream = &self.upstreams[entry.upstream];
-        let elapsed = entry.sent_at.elapsed();
+        let now = Instant::now();
+        let outcome = if info.truncated {
+            Outcome::truncated
+        } else {
+            Outcome::of_rcode(info.rcode)
+        };
+        upstream.record(Transport::Udp, outcome, now - entry.sent_at);
+        record_try(
+            &mut entry.request.trace,
+            upstream.addr,
+            Transport::Udp,
+            outcome,
+            entry.sent_at,
+            now,
+        );
         if info.truncated {
-            upstream.record(Transport::Udp, Outcome::truncated, elapsed);
             self.fetch_over_tcp(entry);
             return;
         }
-        upstream.record(Transport::Udp, Outcome::of_rcode(info.rcode), elapsed);
         entry.request.respond(answer);
     }
 
@@ -371,10 +397,13 @@ impl Forwarder {
         tokio::spawn(async move {
             let mut request = entry.request;
             let question_end = request.info.question_end;
-            match forwarder
-                .exchange_tcp(&mut request.query, question_end, Some(entry.upstream))
-                .await
-            {
+            let first = Some(entry.upstream);
+            let mut trace = request.trace.take();
+            let fetched = forwarder
+                .exchange_tcp(&mut request.query, question_end, first, &mut trace)
+                .await;
+            request.trace = trace;
+            match fetched {
                 Some(mut answer) => request.respond(&mut answer),
                 None => {
                     forwarder.failures.inc("exhausted");
@@ -386,7 +415,12 @@ impl Forwarder {
 
     /// Answers a query that arrived over TCP (length prefix already stripped). `None` means
     /// the message deserves no answer (a stray response, a runt).
-    pub async fn answer_tcp(&self, mut message: Vec<u8>) -> Option<Vec<u8>> {
+    pub async fn answer_tcp(
+        &self,
+        mut message: Vec<u8>,
+        peer: SocketAddr,
+        received: Instant,
+    ) -> Option<Vec<u8>> {
         let info = match wire::parse_query(&message) {
             Ok(info) => info,
             Err(e) => {
@@ -396,8 +430,17 @@ impl Forwarder {
                 return Some(wire::error_answer(&message, None, rcode));
             }
         };
+        let mut trace = self.trace_sink.as_ref().map(|_| {
+            Box::new(QueryTrace::new(
+                peer,
+                Transport::Tcp,
+                &message[wire::HEADER_LEN..info.question_end],
+                info.qtype,
+                received,
+            ))
+        });
         let mut answer = match self
-            .exchange_tcp(&mut message, info.question_end, None)
+            .exchange_tcp(&mut message, info.question_end, None, &mut trace)
             .await
         {
             Some(answer) => answer,
@@ -409,6 +452,10 @@ impl Forwarder {
         wire::set_id(&mut answer, info.id);
         self.listen_metrics
             .answered(Transport::Tcp, info.qtype, wire::rcode(&answer));
+        if let (Some(mut trace), Some(sink)) = (trace, &self.trace_sink) {
+            trace.finish(&answer);
+            sink.send(*trace);
+        }
         Some(answer)
     }
 
@@ -418,6 +465,7 @@ impl Forwarder {
         query: &mut [u8],
         question_end: usize,
         first: Option<usize>,
+        trace: &mut Option<Box<QueryTrace>>,
     ) -> Option<Vec<u8>> {
         let mut tried = 0u64;
         for attempt in 0..self.settings.attempts {
@@ -434,10 +482,15 @@ impl Forwarder {
                 .await
             {
                 Ok(answer) => {
-                    upstream.record(
+                    let outcome = Outcome::of_rcode(wire::rcode(&answer));
+                    upstream.record(Transport::Tcp, outcome, started.elapsed());
+                    record_try(
+                        trace,
+                        upstream.addr,
                         Transport::Tcp,
-                        Outcome::of_rcode(wire::rcode(&answer)),
-                        started.elapsed(),
+                        outcome,
+                        started,
+                        Instant::now(),
                     );
                     return Some(answer);
                 }
@@ -449,6 +502,14 @@ impl Forwarder {
                         Outcome::error
                     };
                     upstream.record(Transport::Tcp, outcome, started.elapsed());
+                    record_try(
+                        trace,
+                        upstream.addr,
+                        Transport::Tcp,
+                        outcome,
+                        started,
+                        Instant::now(),
+                    );
                 }
             }
         }
@@ -538,6 +599,26 @@ impl PoolSocket {
             created: Instant::now(),
             retired: CancellationToken::new(),
         })
+    }
+}
+
+/// Adds one upstream try to a query's trace, when the query is traced.
+fn record_try(
+    trace: &mut Option<Box<QueryTrace>>,
+    upstream: SocketAddr,
+    transport: Transport,
+    outcome: Outcome,
+    start: Instant,
+    end: Instant,
+) {
+    if let Some(trace) = trace {
+        trace.tries.push(UpstreamTry {
+            upstream,
+            transport,
+            outcome,
+            start,
+            end,
+        });
     }
 }
 

@@ -42,6 +42,17 @@ impl Outcome {
         Outcome::error,
     ];
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::answer => "answer",
+            Outcome::servfail => "servfail",
+            Outcome::refused => "refused",
+            Outcome::timeout => "timeout",
+            Outcome::truncated => "truncated",
+            Outcome::error => "error",
+        }
+    }
+
     /// The outcome of a response by its RCODE.
     pub fn of_rcode(rcode: u8) -> Outcome {
         match rcode {

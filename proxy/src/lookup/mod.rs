@@ -1,0 +1,447 @@
+//! Lookups: the queries one `getaddrinfo` call sends (every search suffix, A and AAAA, then
+//! the absolute name), correlated into one record.
+//!
+//! The hot path records each answered query as plain data ([`QueryTrace`]: times, rcode,
+//! upstream tries) and hands it to the tracker with a non-blocking `try_send` into a bounded
+//! queue (`lookup.queue`); a full queue drops the record and counts it. No span objects, no
+//! locks and no name parsing on the hot path. The tracker task owns all lookup state:
+//!
+//! - **Correlation**: the query name is read through the [`SearchModel`]; a query joins the
+//!   lookup already open for the same client address and base name (any order, A and AAAA
+//!   together), or opens one. Client ports are not part of the key: glibc opens a new socket
+//!   for every suffix.
+//! - **End**: when an attempt returned data or the absolute name was answered, and nothing
+//!   came for `linger` (100 ms, so the twin A/AAAA answer is kept); or `lookup.window` after
+//!   the last query.
+//! - **Bounds**: at most `lookup.max_entries` open lookups; the oldest is evicted (counted) and
+//!   still reported.
+//!
+//! Finished lookups go to [`LookupObserver`]s as a [`LookupRecord`] (telemetry export, the
+//! demo's console trees, later the anomaly detectors); observers never reach back.
+//!
+//! Metrics: `dnslens_lookup_records_dropped_total` (queue full), `dnslens_lookups_evicted_total`,
+//! `dnslens_lookups_open`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::Name;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LookupConfig;
+use crate::forward::Outcome;
+use crate::metrics::Transport;
+use crate::search::SearchModel;
+
+/// Quiet time after a lookup got its answer before it is closed.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// One try at an upstream, as the forwarder saw it.
+#[derive(Debug, Clone)]
+pub struct UpstreamTry {
+    pub upstream: SocketAddr,
+    pub transport: Transport,
+    pub outcome: Outcome,
+    pub start: Instant,
+    pub end: Instant,
+}
+
+/// One client query from receipt to answer: plain data filled on the hot path.
+#[derive(Debug, Clone)]
+pub struct QueryTrace {
+    pub client: SocketAddr,
+    pub transport: Transport,
+    /// The raw question section (name, type, class).
+    pub question: Vec<u8>,
+    pub qtype: u16,
+    pub received: Instant,
+    pub answered: Instant,
+    pub rcode: u8,
+    pub answers: u16,
+    pub tries: Vec<UpstreamTry>,
+}
+
+impl QueryTrace {
+    pub fn new(
+        client: SocketAddr,
+        transport: Transport,
+        question: &[u8],
+        qtype: u16,
+        received: Instant,
+    ) -> Self {
+        QueryTrace {
+            client,
+            transport,
+            question: question.to_vec(),
+            qtype,
+            received,
+            answered: received,
+            rcode: 0,
+            answers: 0,
+            tries: Vec::new(),
+        }
+    }
+
+    /// Records the answer sent to the client.
+    pub fn finish(&mut self, answer: &[u8]) {
+        self.answered = Instant::now();
+        self.rcode = crate::wire::rcode(answer);
+        self.answers = answer
+            .get(6..8)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    }
+
+    /// The query name, lower case, without the trailing dot.
+    fn name(&self) -> Option<String> {
+        let name = Name::read(&mut BinDecoder::new(&self.question)).ok()?;
+        let mut text = name.to_ascii().to_ascii_lowercase();
+        if text.len() > 1 && text.ends_with('.') {
+            text.pop();
+        }
+        Some(text)
+    }
+
+    /// NOERROR with at least one answer record.
+    pub fn has_data(&self) -> bool {
+        self.rcode == 0 && self.answers > 0
+    }
+}
+
+/// Where the hot path hands finished queries to the tracker.
+#[derive(Clone)]
+pub struct TraceSink {
+    tx: mpsc::Sender<QueryTrace>,
+    dropped: Counter,
+}
+
+impl TraceSink {
+    /// Never blocks: a full queue drops the record and counts it.
+    pub fn send(&self, trace: QueryTrace) {
+        if self.tx.try_send(trace).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// How a lookup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupOutcome {
+    Answered,
+    NxDomain,
+    NoData,
+    ServFail,
+    Timeout,
+}
+
+impl LookupOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupOutcome::Answered => "answered",
+            LookupOutcome::NxDomain => "nxdomain",
+            LookupOutcome::NoData => "nodata",
+            LookupOutcome::ServFail => "servfail",
+            LookupOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// One query of a lookup, with its reading in the search list.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub qname: String,
+    /// Position and text of the search suffix; `None` for the absolute name.
+    pub suffix: Option<(usize, String)>,
+    pub query: QueryTrace,
+}
+
+/// A finished lookup: what observers receive.
+#[derive(Debug, Clone)]
+pub struct LookupRecord {
+    pub client: IpAddr,
+    pub base: String,
+    /// In the order the queries arrived.
+    pub attempts: Vec<Attempt>,
+    pub outcome: LookupOutcome,
+    /// The suffix whose attempt returned data (`None`: the absolute name, or no data).
+    pub answered_by: Option<Attempt>,
+    pub start: Instant,
+    pub end: Instant,
+    /// Ended by eviction rather than by its own end.
+    pub evicted: bool,
+}
+
+impl LookupRecord {
+    fn close(open: OpenLookup, evicted: bool) -> LookupRecord {
+        let OpenLookup {
+            client,
+            base,
+            attempts,
+            ..
+        } = open;
+        let start = attempts
+            .iter()
+            .map(|a| a.query.received)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let end = attempts
+            .iter()
+            .map(|a| a.query.answered)
+            .max()
+            .unwrap_or(start);
+        let answered_by = attempts.iter().find(|a| a.query.has_data()).cloned();
+        let outcome = if answered_by.is_some() {
+            LookupOutcome::Answered
+        } else {
+            match attempts.iter().max_by_key(|a| a.query.received) {
+                Some(last) => match last.query.rcode {
+                    0 => LookupOutcome::NoData,
+                    3 => LookupOutcome::NxDomain,
+                    _ if last
+                        .query
+                        .tries
+                        .iter()
+                        .any(|t| t.outcome == Outcome::timeout) =>
+                    {
+                        LookupOutcome::Timeout
+                    }
+                    _ => LookupOutcome::ServFail,
+                },
+                None => LookupOutcome::ServFail,
+            }
+        };
+        LookupRecord {
+            client,
+            base,
+            attempts,
+            outcome,
+            answered_by,
+            start,
+            end,
+            evicted,
+        }
+    }
+}
+
+/// Receives every finished lookup, in the tracker task. Must not block.
+pub trait LookupObserver: Send {
+    fn observe(&mut self, lookup: &LookupRecord);
+}
+
+struct OpenLookup {
+    client: IpAddr,
+    base: String,
+    attempts: Vec<Attempt>,
+    last_activity: Instant,
+    /// Data returned, or the absolute name answered: ends after `LINGER`.
+    settled: bool,
+    seq: u64,
+}
+
+type Key = (IpAddr, String);
+
+/// The correlation state, owned by one task.
+pub struct Tracker {
+    model: SearchModel,
+    window: Duration,
+    max_entries: usize,
+    open: HashMap<Key, OpenLookup>,
+    /// Keys in opening order, for evicting the oldest; stale entries are skipped.
+    order: VecDeque<(u64, Key)>,
+    next_seq: u64,
+    observers: Vec<Box<dyn LookupObserver>>,
+    evicted: Counter,
+    open_gauge: Gauge,
+}
+
+/// The tracker's metric handles.
+#[derive(Clone)]
+pub struct LookupMetrics {
+    dropped: Counter,
+    evicted: Counter,
+    open: Gauge,
+}
+
+impl LookupMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = LookupMetrics {
+            dropped: Counter::default(),
+            evicted: Counter::default(),
+            open: Gauge::default(),
+        };
+        registry.register(
+            "lookup_records_dropped",
+            "Finished queries not correlated because the tracker's queue was full",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "lookups_evicted",
+            "Open lookups evicted (oldest first) because lookup.max_entries was reached",
+            m.evicted.clone(),
+        );
+        registry.register("lookups_open", "Lookups being correlated", m.open.clone());
+        m
+    }
+}
+
+impl Tracker {
+    pub fn new(
+        model: SearchModel,
+        config: &LookupConfig,
+        metrics: &LookupMetrics,
+        observers: Vec<Box<dyn LookupObserver>>,
+    ) -> Tracker {
+        Tracker {
+            model,
+            window: config.window,
+            max_entries: config.max_entries,
+            open: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            observers,
+            evicted: metrics.evicted.clone(),
+            open_gauge: metrics.open.clone(),
+        }
+    }
+
+    /// Starts the tracker task; returns the sink the hot path sends to.
+    pub fn spawn(
+        mut self,
+        queue: usize,
+        metrics: &LookupMetrics,
+        stop: CancellationToken,
+    ) -> TraceSink {
+        let (tx, mut rx) = mpsc::channel::<QueryTrace>(queue);
+        let tick = (self.window / 10).clamp(Duration::from_millis(20), Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    received = rx.recv() => match received {
+                        Some(trace) => self.add(trace),
+                        None => break,
+                    },
+                    _ = interval.tick() => self.expire(Instant::now()),
+                    _ = stop.cancelled() => break,
+                }
+            }
+            // Drain what is queued, then report everything still open.
+            while let Ok(trace) = rx.try_recv() {
+                self.add(trace);
+            }
+            self.expire(Instant::now() + self.window + LINGER);
+        });
+        TraceSink {
+            tx,
+            dropped: metrics.dropped.clone(),
+        }
+    }
+
+    /// Correlates one finished query.
+    pub fn add(&mut self, query: QueryTrace) {
+        let Some(qname) = query.name() else { return };
+        let client = query.client.ip();
+        let candidates = self.model.candidates(&qname);
+        let chosen = candidates
+            .iter()
+            .find(|c| self.open.contains_key(&(client, c.base.to_string())))
+            .or(candidates.first())
+            .copied();
+        let Some(chosen) = chosen else { return };
+        let key = (client, chosen.base.to_string());
+        let attempt = Attempt {
+            qname: qname.clone(),
+            suffix: chosen.suffix.map(|(i, s)| (i, s.to_string())),
+            query,
+        };
+        let settles = attempt.query.has_data()
+            || (attempt.suffix.is_none() && matches!(attempt.query.rcode, 0 | 3));
+        let activity = attempt.query.answered;
+        if !self.open.contains_key(&key) {
+            if self.open.len() >= self.max_entries {
+                self.evict_oldest();
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.order.push_back((seq, key.clone()));
+            self.open.insert(
+                key.clone(),
+                OpenLookup {
+                    client,
+                    base: key.1.clone(),
+                    attempts: Vec::new(),
+                    last_activity: activity,
+                    settled: false,
+                    seq,
+                },
+            );
+            self.compact_order();
+        }
+        if let Some(open) = self.open.get_mut(&key) {
+            open.attempts.push(attempt);
+            open.last_activity = open.last_activity.max(activity);
+            open.settled |= settles;
+        }
+        self.open_gauge.set(self.open.len() as i64);
+    }
+
+    /// Closes lookups that are settled and quiet, or past their window.
+    pub fn expire(&mut self, now: Instant) {
+        let window = self.window;
+        let done: Vec<Key> = self
+            .open
+            .iter()
+            .filter(|(_, l)| {
+                let quiet = now.saturating_duration_since(l.last_activity);
+                quiet >= window || (l.settled && quiet >= LINGER)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            if let Some(open) = self.open.remove(&key) {
+                self.report(LookupRecord::close(open, false));
+            }
+        }
+        self.open_gauge.set(self.open.len() as i64);
+    }
+
+    fn evict_oldest(&mut self) {
+        while let Some((seq, key)) = self.order.pop_front() {
+            if self.open.get(&key).is_some_and(|l| l.seq == seq) {
+                if let Some(open) = self.open.remove(&key) {
+                    self.evicted.inc();
+                    self.report(LookupRecord::close(open, true));
+                }
+                return;
+            }
+        }
+    }
+
+    /// Keeps the eviction order from growing past twice the open lookups.
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.max_entries.max(self.open.len()) {
+            let open = &self.open;
+            self.order
+                .retain(|(seq, key)| open.get(key).is_some_and(|l| l.seq == *seq));
+        }
+    }
+
+    fn report(&mut self, record: LookupRecord) {
+        for observer in &mut self.observers {
+            observer.observe(&record);
+        }
+    }
+
+    pub fn open_lookups(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! The search-path model: is a query a search-list expansion, of which base name, with which
+//! suffix at which position — or the absolute name?
+//!
+//! Two models:
+//! - **Fixed list** (sidecar): the pod's own search list, from `search:` in config or the
+//!   `search` line of `resolv_conf` (parsed with the `resolv-conf` crate).
+//! - **Kubernetes convention** (node-local: many namespaces behind one proxy):
+//!   `<ns>.svc.<cluster_domain>`, `svc.<cluster_domain>`, `<cluster_domain>`, then the host
+//!   search domains from `search:`; the namespace is read off the name itself, so
+//!   `x.example.com.team-a.svc.cluster.local` is base `x.example.com` + suffix
+//!   `team-a.svc.cluster.local` (index 0) without knowing the namespace in advance.
+//!
+//! A name alone is ambiguous (`kubernetes.default.svc.cluster.local` is both `kubernetes` +
+//! first suffix and an absolute name), so [`SearchModel::candidates`] lists every reading,
+//! most specific first, ending with the absolute one; the lookup tracker picks the reading
+//! that joins a lookup already open for that client.
+//!
+//! Config keys: `search` (list), `ndots` [5], `cluster_domain` [cluster.local],
+//! `resolv_conf` [/etc/resolv.conf]. No metrics.
+
+use std::path::Path;
+
+use crate::config::{Config, ConfigError, Mode};
+
+/// One reading of a query name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    /// The name the client's application asked for (no trailing dot, lower case).
+    pub base: &'a str,
+    /// The appended suffix and its position in the search list; `None` for the absolute name.
+    pub suffix: Option<(usize, &'a str)>,
+}
+
+/// How search-list expansions are recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchModel {
+    /// A pod's own list, in order (no trailing dots, lower case).
+    Fixed { suffixes: Vec<String>, ndots: u32 },
+    /// The Kubernetes convention plus host search domains.
+    Kubernetes {
+        cluster_domain: String,
+        host_suffixes: Vec<String>,
+        ndots: u32,
+    },
+}
+
+fn normalise(domain: &str) -> String {
+    domain.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl SearchModel {
+    /// Builds the model for `config`: node-local uses the Kubernetes convention; a sidecar
+    /// uses `search:` or, when that is empty, the search list of `resolv_conf`.
+    pub fn from_config(config: &Config, resolv_conf: &Path) -> Result<SearchModel, ConfigError> {
+        let configured: Vec<String> = config.search.iter().map(|d| normalise(d)).collect();
+        Ok(match config.mode {
+            Mode::NodeLocal => SearchModel::Kubernetes {
+                cluster_domain: normalise(&config.cluster_domain),
+                host_suffixes: configured,
+                ndots: config.ndots.unwrap_or(5),
+            },
+            Mode::Sidecar if !configured.is_empty() => SearchModel::Fixed {
+                suffixes: configured,
+                ndots: config.ndots.unwrap_or(5),
+            },
+            Mode::Sidecar => {
+                let (suffixes, ndots) = read_resolv_conf(resolv_conf)?;
+                SearchModel::Fixed {
+                    suffixes,
+                    ndots: config.ndots.unwrap_or(ndots),
+                }
+            }
+        })
+    }
+
+    pub fn ndots(&self) -> u32 {
+        match self {
+            SearchModel::Fixed { ndots, .. } | SearchModel::Kubernetes { ndots, .. } => *ndots,
+        }
+    }
+
+    /// Every reading of `qname` (lower case, no trailing dot), most specific first; the last
+    /// is always the absolute name.
+    pub fn candidates<'a>(&self, qname: &'a str) -> Vec<Candidate<'a>> {
+        let mut out = Vec::with_capacity(4);
+        match self {
+            SearchModel::Fixed { suffixes, .. } => {
+                for (index, suffix) in suffixes.iter().enumerate() {
+                    if let Some(base) = strip_suffix(qname, suffix) {
+                        out.push(Candidate {
+                            base,
+                            suffix: Some((index, &qname[base.len() + 1..])),
+                        });
+                    }
+                }
+                // Longest suffix first: the most specific reading.
+                out.sort_by_key(|c| c.base.len());
+            }
+            SearchModel::Kubernetes {
+                cluster_domain,
+                host_suffixes,
+                ..
+            } => {
+                let svc = format!("svc.{cluster_domain}");
+                if let Some(before_svc) = strip_suffix(qname, &svc) {
+                    // <base>.<ns>.svc.<cd>: the namespace is the last label before "svc".
+                    if let Some((base, _ns)) = before_svc.rsplit_once('.') {
+                        if !base.is_empty() {
+                            out.push(Candidate {
+                                base,
+                                suffix: Some((0, &qname[base.len() + 1..])),
+                            });
+                        }
+                    }
+                    out.push(Candidate {
+                        base: before_svc,
+                        suffix: Some((1, &qname[before_svc.len() + 1..])),
+                    });
+                }
+                if let Some(base) = strip_suffix(qname, cluster_domain) {
+                    out.push(Candidate {
+                        base,
+                        suffix: Some((2, &qname[base.len() + 1..])),
+                    });
+                }
+                for (i, suffix) in host_suffixes.iter().enumerate() {
+                    if let Some(base) = strip_suffix(qname, suffix) {
+                        out.push(Candidate {
+                            base,
+                            suffix: Some((3 + i, &qname[base.len() + 1..])),
+                        });
+                    }
+                }
+            }
+        }
+        out.push(Candidate {
+            base: qname,
+            suffix: None,
+        });
+        out
+    }
+}
+
+/// `qname` minus `.suffix`, if it ends so with a non-empty rest.
+fn strip_suffix<'a>(qname: &'a str, suffix: &str) -> Option<&'a str> {
+    let base = qname.strip_suffix(suffix)?.strip_suffix('.')?;
+    (!base.is_empty()).then_some(base)
+}
+
+/// The search list and ndots of a resolv.conf file.
+pub fn read_resolv_conf(path: &Path) -> Result<(Vec<String>, u32), ConfigError> {
+    let text = std::fs::read(path).map_err(|e| ConfigError::Read {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let parsed = resolv_conf::Config::parse(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let suffixes = parsed
+        .get_search()
+        .map(|list| list.iter().map(|d| normalise(d)).collect())
+        .unwrap_or_default();
+    Ok((suffixes, parsed.ndots))
+}
+
+#[cfg(test)]
+mod tests;

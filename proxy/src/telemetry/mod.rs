@@ -1,0 +1,508 @@
+//! Trace export: one OpenTelemetry trace per lookup, sent over OTLP (gRPC or HTTP/protobuf).
+//!
+//! Span model (attribute names follow the OpenTelemetry semantic conventions where one
+//! exists):
+//! - `dns.lookup` (root): `dns.question.name` (the base name), `client.address`,
+//!   `dns.lookup.attempts`, `dns.lookup.outcome` (answered / nxdomain / nodata / servfail /
+//!   timeout), `dns.lookup.answered_by` (the suffix that answered, or `absolute`); status
+//!   Error for servfail and timeout.
+//! - `dns.query` (one per query received): `dns.question.name`, `dns.question.type`,
+//!   `dns.search.suffix` (or `absolute`), `dns.search.index` (-1 for absolute),
+//!   `dns.response_code`, `dns.answer.count`, `dns.cache.hit`, `network.transport`,
+//!   `client.address`, `client.port`.
+//! - `dns.upstream` (one per upstream try): `server.address`, `server.port`,
+//!   `network.transport`, `dns.upstream.try`, `dns.upstream.outcome`.
+//!
+//! Timestamps are the real receive/send instants, so a 5-second client retry shows as a gap.
+//!
+//! Why not `tracing-opentelemetry` spans on the hot path: the keep/drop decision needs the
+//! lookup's outcome, known only when it ends. So the hot path records plain data (see
+//! `lookup`), and kept lookups are turned into `SpanData` here and handed to the OTLP
+//! exporter directly — the SDK's `SpanExporter` is the only OpenTelemetry piece used. With
+//! tracing off (no endpoint) none of this runs.
+//!
+//! Sampling: every lookup with a timeout or SERVFAIL is exported; others with probability
+//! `sample_ratio` (default 0.01), decided per lookup (all its spans or none).
+//!
+//! Settings, environment winning over config: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (`tracing.endpoint`), `OTEL_EXPORTER_OTLP_PROTOCOL`
+//! (`tracing.protocol`: `grpc` | `http/protobuf`), `OTEL_TRACES_SAMPLER` +
+//! `OTEL_TRACES_SAMPLER_ARG` (`tracing.sample_ratio`), `OTEL_SERVICE_NAME` [dnslens],
+//! `OTEL_RESOURCE_ATTRIBUTES`; `k8s.pod.name`, `k8s.namespace.name`, `k8s.node.name` from
+//! `POD_NAME`, `POD_NAMESPACE`, `NODE_NAME` (the chart sets them from the downward API).
+//! `tracing.queue` bounds the spans waiting for export; `tracing.export_timeout` bounds one
+//! export call. A slow or absent collector costs dropped spans, never DNS latency.
+//!
+//! Metrics: `dnslens_spans_exported_total`, `dnslens_spans_dropped_total{reason}`
+//! (`queue_full`, `export_failed`), `dnslens_lookups_sampled_out_total`.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use opentelemetry_sdk::Resource;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{OtlpProtocol, TracingConfig};
+use crate::lookup::{Attempt, LookupObserver, LookupOutcome, LookupRecord};
+use crate::metrics::{QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels};
+
+/// Spans sent in one export call at most.
+const MAX_BATCH: usize = 512;
+const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTLP exporter for {endpoint}: {message}")]
+    Exporter { endpoint: String, message: String },
+}
+
+/// The effective export settings, after the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSettings {
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub sample_ratio: f64,
+    pub queue: usize,
+    pub export_timeout: Duration,
+}
+
+impl ExportSettings {
+    /// `None` when no endpoint is configured anywhere: tracing is off. `env` reads one
+    /// environment variable (a parameter so tests need not touch the process environment).
+    pub fn resolve(
+        config: &TracingConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Option<ExportSettings> {
+        let endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .filter(|e| !e.is_empty())
+            .or_else(|| config.endpoint.clone())?;
+        let protocol = match env("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            Some("grpc") => OtlpProtocol::Grpc,
+            _ => config.protocol.unwrap_or(OtlpProtocol::Grpc),
+        };
+        let env_ratio = match env("OTEL_TRACES_SAMPLER").as_deref() {
+            Some("always_on" | "parentbased_always_on") => Some(1.0),
+            Some("always_off" | "parentbased_always_off") => Some(0.0),
+            Some("traceidratio" | "parentbased_traceidratio") => env("OTEL_TRACES_SAMPLER_ARG")
+                .and_then(|a| a.parse::<f64>().ok())
+                .filter(|r| (0.0..=1.0).contains(r)),
+            _ => None,
+        };
+        Some(ExportSettings {
+            endpoint,
+            protocol,
+            sample_ratio: env_ratio
+                .or(config.sample_ratio)
+                .unwrap_or(DEFAULT_SAMPLE_RATIO),
+            queue: config.queue,
+            export_timeout: config.export_timeout,
+        })
+    }
+}
+
+/// The exporter's metric handles.
+#[derive(Clone)]
+pub struct TelemetryMetrics {
+    exported: Counter,
+    dropped: Arc<ReasonCounters>,
+    sampled_out: Counter,
+}
+
+impl TelemetryMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let exported = Counter::default();
+        registry.register(
+            "spans_exported",
+            "Spans accepted by the OTLP collector",
+            exported.clone(),
+        );
+        let dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "spans_dropped",
+            "Spans not exported, by reason",
+            dropped.clone(),
+        );
+        let sampled_out = Counter::default();
+        registry.register(
+            "lookups_sampled_out",
+            "Ordinary lookups not exported because of the sample ratio",
+            sampled_out.clone(),
+        );
+        TelemetryMetrics {
+            exported,
+            dropped: Arc::new(ReasonCounters::new(
+                &dropped,
+                &["queue_full", "export_failed"],
+            )),
+            sampled_out,
+        }
+    }
+}
+
+/// Turns instants into wall-clock times, anchored once.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    instant: Instant,
+    system: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            instant: Instant::now(),
+            system: SystemTime::now(),
+        }
+    }
+
+    pub fn at(&self, t: Instant) -> SystemTime {
+        match t.checked_duration_since(self.instant) {
+            Some(after) => self.system + after,
+            None => self.system - self.instant.duration_since(t),
+        }
+    }
+}
+
+/// The service's resource: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, service.name
+/// `dnslens` by default, and the Kubernetes attributes of the downward API.
+pub fn resource(env: impl Fn(&str) -> Option<String>) -> Resource {
+    let mut builder = Resource::builder();
+    if env("OTEL_SERVICE_NAME").is_none() {
+        builder = builder.with_service_name("dnslens");
+    }
+    let k8s = [
+        ("POD_NAME", "k8s.pod.name"),
+        ("POD_NAMESPACE", "k8s.namespace.name"),
+        ("NODE_NAME", "k8s.node.name"),
+    ];
+    builder
+        .with_attributes(
+            k8s.iter()
+                .filter_map(|(var, key)| env(var).map(|v| KeyValue::new(*key, v))),
+        )
+        .build()
+}
+
+/// Starts the export task and returns the observer that feeds it.
+pub fn start(
+    settings: &ExportSettings,
+    resource: &Resource,
+    metrics: &TelemetryMetrics,
+    stop: CancellationToken,
+) -> Result<OtlpObserver, TelemetryError> {
+    let mut exporter = build_exporter(settings)?;
+    exporter.set_resource(resource);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(export_loop(
+        exporter,
+        rx,
+        queued.clone(),
+        metrics.clone(),
+        settings.export_timeout,
+        stop,
+    ));
+    Ok(OtlpObserver {
+        tx,
+        queued,
+        capacity: settings.queue,
+        sample_ratio: settings.sample_ratio,
+        metrics: metrics.clone(),
+        clock: Clock::now(),
+        scope: InstrumentationScope::builder("dnslens")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    })
+}
+
+fn build_exporter(
+    settings: &ExportSettings,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    let error = |e: &dyn std::fmt::Display| TelemetryError::Exporter {
+        endpoint: settings.endpoint.clone(),
+        message: e.to_string(),
+    };
+    match settings.protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(settings.endpoint.clone())
+            .with_timeout(settings.export_timeout)
+            .build()
+            .map_err(|e| error(&e)),
+        OtlpProtocol::HttpProtobuf => {
+            let mut url = settings.endpoint.trim_end_matches('/').to_string();
+            if !url.ends_with("/v1/traces") {
+                url.push_str("/v1/traces");
+            }
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(url)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(settings.export_timeout)
+                .build()
+                .map_err(|e| error(&e))
+        }
+    }
+}
+
+async fn export_loop(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut rx: mpsc::UnboundedReceiver<Vec<SpanData>>,
+    queued: Arc<AtomicUsize>,
+    metrics: TelemetryMetrics,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(b) => b,
+                None => return,
+            },
+            _ = stop.cancelled() => {
+                // Last flush of what is already queued, bounded by the export timeout.
+                let mut rest = Vec::new();
+                while let Ok(b) = rx.try_recv() {
+                    rest.extend(b);
+                }
+                if !rest.is_empty() {
+                    export(&exporter, rest, &queued, &metrics, timeout).await;
+                }
+                return;
+            }
+        };
+        let mut batch = first;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        export(&exporter, batch, &queued, &metrics, timeout).await;
+    }
+}
+
+async fn export(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    queued: &AtomicUsize,
+    metrics: &TelemetryMetrics,
+    timeout: Duration,
+) {
+    let n = batch.len();
+    queued.fetch_sub(n, Ordering::Relaxed);
+    match tokio::time::timeout(timeout, exporter.export(batch)).await {
+        Ok(Ok(())) => {
+            metrics.exported.inc_by(n as u64);
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, spans = n, "span export failed");
+            for _ in 0..n {
+                metrics.dropped.inc("export_failed");
+            }
+        }
+        Err(_) => {
+            tracing::debug!(spans = n, "span export timed out");
+            for _ in 0..n {
+                metrics.dropped.inc("export_failed");
+            }
+        }
+    }
+}
+
+/// Decides per finished lookup whether to export it, and queues its spans.
+pub struct OtlpObserver {
+    tx: mpsc::UnboundedSender<Vec<SpanData>>,
+    /// Spans queued and not yet taken by the export task; bounded by `capacity`.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    sample_ratio: f64,
+    metrics: TelemetryMetrics,
+    clock: Clock,
+    scope: InstrumentationScope,
+}
+
+impl OtlpObserver {
+    /// Lookups that went wrong are always kept; the rest by ratio.
+    fn keep(&self, lookup: &LookupRecord) -> bool {
+        matches!(
+            lookup.outcome,
+            LookupOutcome::ServFail | LookupOutcome::Timeout
+        ) || (self.sample_ratio > 0.0 && rand::random::<f64>() < self.sample_ratio)
+    }
+}
+
+impl LookupObserver for OtlpObserver {
+    fn observe(&mut self, lookup: &LookupRecord) {
+        if !self.keep(lookup) {
+            self.metrics.sampled_out.inc();
+            return;
+        }
+        let spans = lookup_spans(lookup, &self.clock, &self.scope);
+        let n = spans.len();
+        if self.queued.load(Ordering::Relaxed) + n > self.capacity {
+            for _ in 0..n {
+                self.metrics.dropped.inc("queue_full");
+            }
+            return;
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if self.tx.send(spans).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Builds the spans of one trace.
+struct TraceBuilder<'a> {
+    trace_id: TraceId,
+    scope: &'a InstrumentationScope,
+    clock: &'a Clock,
+}
+
+impl TraceBuilder<'_> {
+    fn span(
+        &self,
+        (span_id, parent): (SpanId, SpanId),
+        name: &'static str,
+        kind: SpanKind,
+        (start, end): (Instant, Instant),
+        attributes: Vec<KeyValue>,
+    ) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                self.trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: parent,
+            parent_span_is_remote: false,
+            span_kind: kind,
+            name: Cow::Borrowed(name),
+            start_time: self.clock.at(start),
+            end_time: self.clock.at(end),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+}
+
+fn suffix_text(attempt: &Attempt) -> String {
+    attempt
+        .suffix
+        .as_ref()
+        .map_or_else(|| "absolute".to_string(), |(_, s)| s.clone())
+}
+
+/// The spans of one lookup: the root, a `dns.query` per attempt, a `dns.upstream` per try.
+pub fn lookup_spans(
+    lookup: &LookupRecord,
+    clock: &Clock,
+    scope: &InstrumentationScope,
+) -> Vec<SpanData> {
+    let trace = TraceBuilder {
+        trace_id: TraceId::from_bytes(rand::random()),
+        scope,
+        clock,
+    };
+    let root_id = SpanId::from_bytes(rand::random());
+    let mut spans = Vec::with_capacity(1 + lookup.attempts.len() * 2);
+    let mut root_attributes = vec![
+        KeyValue::new("dns.question.name", lookup.base.clone()),
+        KeyValue::new("client.address", lookup.client.to_string()),
+        KeyValue::new("dns.lookup.attempts", lookup.attempts.len() as i64),
+        KeyValue::new("dns.lookup.outcome", lookup.outcome.as_str()),
+    ];
+    if let Some(attempt) = &lookup.answered_by {
+        root_attributes.push(KeyValue::new(
+            "dns.lookup.answered_by",
+            suffix_text(attempt),
+        ));
+    }
+    if lookup.evicted {
+        root_attributes.push(KeyValue::new("dns.lookup.evicted", true));
+    }
+    let mut root = trace.span(
+        (root_id, SpanId::INVALID),
+        "dns.lookup",
+        SpanKind::Server,
+        (lookup.start, lookup.end),
+        root_attributes,
+    );
+    if matches!(
+        lookup.outcome,
+        LookupOutcome::ServFail | LookupOutcome::Timeout
+    ) {
+        root.status = Status::error(lookup.outcome.as_str());
+    }
+    spans.push(root);
+    for attempt in &lookup.attempts {
+        let q = &attempt.query;
+        let query_id = SpanId::from_bytes(rand::random());
+        spans.push(trace.span(
+            (query_id, root_id),
+            "dns.query",
+            SpanKind::Internal,
+            (q.received, q.answered),
+            vec![
+                KeyValue::new("dns.question.name", attempt.qname.clone()),
+                KeyValue::new(
+                    "dns.question.type",
+                    QtypeLabel::from_qtype(q.qtype).as_str(),
+                ),
+                KeyValue::new("dns.search.suffix", suffix_text(attempt)),
+                KeyValue::new(
+                    "dns.search.index",
+                    attempt.suffix.as_ref().map_or(-1, |(i, _)| *i as i64),
+                ),
+                KeyValue::new(
+                    "dns.response_code",
+                    RcodeLabel::from_rcode(q.rcode).as_str(),
+                ),
+                KeyValue::new("dns.answer.count", i64::from(q.answers)),
+                KeyValue::new("dns.cache.hit", false),
+                KeyValue::new("network.transport", q.transport.as_str()),
+                KeyValue::new("client.address", q.client.ip().to_string()),
+                KeyValue::new("client.port", i64::from(q.client.port())),
+            ],
+        ));
+        for (n, t) in q.tries.iter().enumerate() {
+            spans.push(trace.span(
+                (SpanId::from_bytes(rand::random()), query_id),
+                "dns.upstream",
+                SpanKind::Client,
+                (t.start, t.end),
+                vec![
+                    KeyValue::new("server.address", t.upstream.ip().to_string()),
+                    KeyValue::new("server.port", i64::from(t.upstream.port())),
+                    KeyValue::new("network.transport", t.transport.as_str()),
+                    KeyValue::new("dns.upstream.try", n as i64 + 1),
+                    KeyValue::new("dns.upstream.outcome", t.outcome.as_str()),
+                ],
+            ));
+        }
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests;
