@@ -18,7 +18,14 @@ use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use hickory_server::Server;
 
-use crate::config::{Config, UpstreamAddr};
+use crate::config::{Config, Mode, UpstreamAddr};
+use crate::lookup::console::ConsoleTree;
+
+pub mod clients;
+
+/// The demo pod's search list and ndots, as Kubernetes writes them for namespace `default`.
+pub const SEARCH: [&str; 3] = ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"];
+pub const NDOTS: usize = 5;
 
 /// The demo world's zone files: (origin, text).
 pub const ZONES: [(&str, &str); 2] = [
@@ -81,13 +88,26 @@ impl EmbeddedUpstream {
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let upstream = EmbeddedUpstream::start("127.0.0.1:0".parse()?, &ZONES).await?;
     config.upstreams = vec![UpstreamAddr(upstream.addr)];
+    config.mode = Mode::Sidecar;
+    config.search = SEARCH.iter().map(|s| s.to_string()).collect();
+    config.ndots = Some(NDOTS as u32);
+    config.lookup.window = Duration::from_secs(1);
     config.validate()?;
-    let proxy = crate::Proxy::start(&config).await?;
+    let trees: Box<dyn crate::lookup::LookupObserver> = Box::new(ConsoleTree::new(std::io::stdout()));
+    let proxy = crate::Proxy::start_with_observers(&config, vec![trees]).await?;
     let dns = proxy.dns_addrs[0];
     let (ip, port) = (dns.ip(), dns.port());
     println!(
-        "\ndnslens demo: proxy on {dns} (UDP+TCP) in front of an embedded Kubernetes-like upstream on {}\n\n\
-         Try:\n  \
+        "\ndnslens demo: proxy on {dns} (UDP+TCP) in front of an embedded Kubernetes-like upstream on {}\n\
+         The pod's resolv.conf would say: search {} / options ndots:{NDOTS}\n\
+         Every lookup through the proxy is printed below as a tree (the same shape is exported\n\
+         as an OpenTelemetry trace when OTEL_EXPORTER_OTLP_ENDPOINT is set).\n",
+        upstream.addr,
+        SEARCH.join(" "),
+    );
+    simulated_clients(dns).await;
+    println!(
+        "Try:\n  \
          dig @{ip} -p {port} kubernetes.default.svc.cluster.local\n  \
          dig @{ip} -p {port} web.default.svc.cluster.local AAAA\n  \
          dig @{ip} -p {port} www.example.org                      # CNAME chain\n  \
@@ -96,10 +116,36 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
          dig @{ip} -p {port} nosuch.example.org                   # NXDOMAIN\n\n\
          Metrics: curl -s http://{}/metrics | grep ^dnslens_\n\
          Ctrl-C stops.\n",
-        upstream.addr, proxy.metrics_addr
+        proxy.metrics_addr
     );
     crate::wait_for_signal().await;
     proxy.shutdown().await;
     upstream.stop().await;
     Ok(())
+}
+
+/// Lookups as pods would make them, one after another so their trees print in order.
+async fn simulated_clients(dns: SocketAddr) {
+    use clients::{getaddrinfo, Libc};
+    let cases = [
+        ("web", Libc::Glibc, "a service in the pod's namespace: the first suffix answers"),
+        ("alauda.cn", Libc::Glibc, "an external name, glibc: walks past the empty NOERROR to the absolute name"),
+        ("alauda.cn", Libc::Musl, "the same name, musl (Alpine): stops at the empty NOERROR and fails"),
+        ("nosuch.example.org", Libc::Glibc, "a name that does not exist: every attempt NXDOMAIN"),
+    ];
+    for (name, libc, what) in cases {
+        println!("== getaddrinfo(\"{name}\") with {libc:?}: {what}");
+        // Let each lookup end before the next starts, so its tree prints right here: a lookup
+        // that got its answer ends after a short linger, an abandoned one after the window.
+        match getaddrinfo(dns, name, &SEARCH, NDOTS, libc).await {
+            Ok(addrs) => {
+                println!("   -> {addrs:?}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => {
+                println!("   -> error: {e}");
+                tokio::time::sleep(Duration::from_millis(1300)).await;
+            }
+        }
+    }
 }

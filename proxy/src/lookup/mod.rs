@@ -22,6 +22,8 @@
 //! Metrics: `dnslens_lookup_records_dropped_total` (queue full), `dnslens_lookups_evicted_total`,
 //! `dnslens_lookups_open`.
 
+pub mod console;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

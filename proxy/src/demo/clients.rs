@@ -1,0 +1,78 @@
+//! The demo's simulated clients: stub resolvers that walk a search list the way glibc and
+//! musl do (see shared/CONTEXT.md), so the demo shows real lookup shapes.
+//!
+//! - glibc: continues to the next name on NXDOMAIN *and* on NOERROR with no address.
+//! - musl: continues only on NXDOMAIN; NOERROR with no address ends the lookup
+//!   ("Name does not resolve"); SERVFAIL ends it too.
+//! Both send A and AAAA back to back from one socket per name, and try the absolute name
+//! first when the name has at least `ndots` dots, last otherwise.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::net::UdpSocket;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Libc {
+    Glibc,
+    Musl,
+}
+
+/// The names a resolver tries for `name`, in order.
+pub fn search_order(name: &str, search: &[&str], ndots: usize) -> Vec<String> {
+    let expanded = search.iter().map(|s| format!("{name}.{s}"));
+    if name.matches('.').count() >= ndots {
+        std::iter::once(name.to_string()).chain(expanded).collect()
+    } else {
+        expanded.chain(std::iter::once(name.to_string())).collect()
+    }
+}
+
+/// Resolves `name` like `getaddrinfo` in the given libc: the addresses, or the error text
+/// the real one reports.
+pub async fn getaddrinfo(
+    server: SocketAddr,
+    name: &str,
+    search: &[&str],
+    ndots: usize,
+    libc: Libc,
+) -> Result<Vec<IpAddr>, &'static str> {
+    for candidate in search_order(name, search, ndots) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.map_err(|_| "socket")?;
+        let fqdn = Name::from_ascii(format!("{candidate}.")).map_err(|_| "bad name")?;
+        for (id, qtype) in [(0x1000, RecordType::A), (0x1001, RecordType::AAAA)] {
+            let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+            msg.metadata.recursion_desired = true;
+            msg.add_query(Query::query(fqdn.clone(), qtype));
+            let bytes = msg.to_vec().map_err(|_| "encode")?;
+            socket.send_to(&bytes, server).await.map_err(|_| "send")?;
+        }
+        let mut rcodes = Vec::new();
+        let mut addresses = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while rcodes.len() < 2 {
+            let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await else {
+                return Err("Temporary failure in name resolution");
+            };
+            let Ok(answer) = Message::from_vec(&buf[..len]) else { continue };
+            rcodes.push(answer.metadata.response_code.low());
+            addresses.extend(answer.answers.iter().filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            }));
+        }
+        if !addresses.is_empty() {
+            return Ok(addresses);
+        }
+        match (libc, rcodes.iter().all(|r| *r == 3), rcodes.contains(&2)) {
+            (_, true, _) => continue,
+            (Libc::Glibc, _, _) => continue,
+            (Libc::Musl, _, true) => return Err("Try again"),
+            (Libc::Musl, _, false) => return Err("Name does not resolve"),
+        }
+    }
+    Err("Name or service not known")
+}
