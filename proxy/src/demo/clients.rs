@@ -53,10 +53,14 @@ pub async fn getaddrinfo(
         let mut addresses = Vec::new();
         let mut buf = vec![0u8; 4096];
         while rcodes.len() < 2 {
-            let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await else {
+            let Ok(Ok(len)) =
+                tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await
+            else {
                 return Err("Temporary failure in name resolution");
             };
-            let Ok(answer) = Message::from_vec(&buf[..len]) else { continue };
+            let Ok(answer) = Message::from_vec(&buf[..len]) else {
+                continue;
+            };
             rcodes.push(answer.metadata.response_code.low());
             addresses.extend(answer.answers.iter().filter_map(|r| match &r.data {
                 RData::A(a) => Some(IpAddr::V4(a.0)),

@@ -24,7 +24,11 @@ use crate::lookup::console::ConsoleTree;
 pub mod clients;
 
 /// The demo pod's search list and ndots, as Kubernetes writes them for namespace `default`.
-pub const SEARCH: [&str; 3] = ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"];
+pub const SEARCH: [&str; 3] = [
+    "default.svc.cluster.local",
+    "svc.cluster.local",
+    "cluster.local",
+];
 pub const NDOTS: usize = 5;
 
 /// The demo world's zone files: (origin, text).
@@ -93,7 +97,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.ndots = Some(NDOTS as u32);
     config.lookup.window = Duration::from_secs(1);
     config.validate()?;
-    let trees: Box<dyn crate::lookup::LookupObserver> = Box::new(ConsoleTree::new(std::io::stdout()));
+    let trees: Box<dyn crate::lookup::LookupObserver> =
+        Box::new(ConsoleTree::new(std::io::stdout()));
     let proxy = crate::Proxy::start_with_observers(&config, vec![trees]).await?;
     let dns = proxy.dns_addrs[0];
     let (ip, port) = (dns.ip(), dns.port());
@@ -128,10 +133,26 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 async fn simulated_clients(dns: SocketAddr) {
     use clients::{getaddrinfo, Libc};
     let cases = [
-        ("web", Libc::Glibc, "a service in the pod's namespace: the first suffix answers"),
-        ("alauda.cn", Libc::Glibc, "an external name, glibc: walks past the empty NOERROR to the absolute name"),
-        ("alauda.cn", Libc::Musl, "the same name, musl (Alpine): stops at the empty NOERROR and fails"),
-        ("nosuch.example.org", Libc::Glibc, "a name that does not exist: every attempt NXDOMAIN"),
+        (
+            "web",
+            Libc::Glibc,
+            "a service in the pod's namespace: the first suffix answers",
+        ),
+        (
+            "alauda.cn",
+            Libc::Glibc,
+            "an external name, glibc: walks past the empty NOERROR to the absolute name",
+        ),
+        (
+            "alauda.cn",
+            Libc::Musl,
+            "the same name, musl (Alpine): stops at the empty NOERROR and fails",
+        ),
+        (
+            "nosuch.example.org",
+            Libc::Glibc,
+            "a name that does not exist: every attempt NXDOMAIN",
+        ),
     ];
     for (name, libc, what) in cases {
         println!("== getaddrinfo(\"{name}\") with {libc:?}: {what}");

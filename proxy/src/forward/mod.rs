@@ -536,12 +536,18 @@ impl Forwarder {
                     .extract_if(|_, p| p.deadline <= now)
                     .map(|(_, p)| p)
                     .collect();
-                for p in expired {
+                for mut p in expired {
                     self.inflight.dec();
-                    self.upstreams[p.upstream].record(
+                    let upstream = &self.upstreams[p.upstream];
+                    upstream.record(Transport::Udp, Outcome::timeout, now - p.sent_at);
+                    let trace = &mut p.request.trace;
+                    record_try(
+                        trace,
+                        upstream.addr,
                         Transport::Udp,
                         Outcome::timeout,
-                        now - p.sent_at,
+                        p.sent_at,
+                        now,
                     );
                     self.retry_or_fail(p.request, p.tries, p.tried);
                 }

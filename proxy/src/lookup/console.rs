@@ -70,7 +70,11 @@ pub fn render(lookup: &LookupRecord) -> String {
             s.push_str(&format!(
                 "{}  {} upstream {} {} try {}: {} {}\n",
                 if last { "  " } else { "│ " },
-                if k + 1 == q.tries.len() { "└─" } else { "├─" },
+                if k + 1 == q.tries.len() {
+                    "└─"
+                } else {
+                    "├─"
+                },
                 t.upstream,
                 t.transport.as_str(),
                 k + 1,

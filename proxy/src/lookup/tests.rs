@@ -7,7 +7,11 @@ use super::*;
 
 fn model() -> SearchModel {
     SearchModel::Fixed {
-        suffixes: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into(), "cluster.local".into()],
+        suffixes: vec![
+            "default.svc.cluster.local".into(),
+            "svc.cluster.local".into(),
+            "cluster.local".into(),
+        ],
         ndots: 5,
     }
 }
@@ -26,8 +30,16 @@ fn tracker(max_entries: usize) -> (Tracker, Collect, LookupMetrics) {
     let mut registry = Registry::default();
     let metrics = LookupMetrics::register(&mut registry);
     let collect = Collect::default();
-    let config = LookupConfig { window: Duration::from_secs(2), max_entries, queue: 16 };
-    (Tracker::new(model(), &config, &metrics, vec![Box::new(collect.clone())]), collect, metrics)
+    let config = LookupConfig {
+        window: Duration::from_secs(2),
+        max_entries,
+        queue: 16,
+    };
+    (
+        Tracker::new(model(), &config, &metrics, vec![Box::new(collect.clone())]),
+        collect,
+        metrics,
+    )
 }
 
 fn question(name: &str, qtype: RecordType) -> Vec<u8> {
@@ -38,9 +50,23 @@ fn question(name: &str, qtype: RecordType) -> Vec<u8> {
 }
 
 /// A finished query `at_ms` after `t0`, from `client`, answered with `rcode` and `answers`.
-fn query(t0: Instant, at_ms: u64, client: &str, name: &str, qtype: RecordType, rcode: u8, answers: u16) -> QueryTrace {
+fn query(
+    t0: Instant,
+    at_ms: u64,
+    client: &str,
+    name: &str,
+    qtype: RecordType,
+    rcode: u8,
+    answers: u16,
+) -> QueryTrace {
     let received = t0 + Duration::from_millis(at_ms);
-    let mut q = QueryTrace::new(client.parse().unwrap(), Transport::Udp, &question(name, qtype), u16::from(qtype), received);
+    let mut q = QueryTrace::new(
+        client.parse().unwrap(),
+        Transport::Udp,
+        &question(name, qtype),
+        u16::from(qtype),
+        received,
+    );
     q.answered = received + Duration::from_micros(300);
     q.rcode = rcode;
     q.answers = answers;
@@ -54,7 +80,12 @@ fn a_glibc_search_walk_is_one_lookup_answered_by_the_absolute_name() {
     let c = "127.0.0.1:40000";
     // glibc: A+AAAA per suffix (a new port per name), NXDOMAIN, NODATA, NXDOMAIN, then absolute.
     let walk = [
-        ("alauda.cn.default.svc.cluster.local", 3, 0, "127.0.0.1:40001"),
+        (
+            "alauda.cn.default.svc.cluster.local",
+            3,
+            0,
+            "127.0.0.1:40001",
+        ),
         ("alauda.cn.svc.cluster.local", 3, 0, "127.0.0.1:40002"),
         ("alauda.cn.cluster.local", 3, 0, "127.0.0.1:40003"),
         ("alauda.cn", 0, 1, c),
@@ -66,7 +97,10 @@ fn a_glibc_search_walk_is_one_lookup_answered_by_the_absolute_name() {
     }
     assert_eq!(t.open_lookups(), 1);
     t.expire(t0 + Duration::from_millis(50));
-    assert!(collect.0.lock().unwrap().is_empty(), "still lingering for late twins");
+    assert!(
+        collect.0.lock().unwrap().is_empty(),
+        "still lingering for late twins"
+    );
     t.expire(t0 + Duration::from_millis(300));
     let lookups = collect.0.lock().unwrap();
     assert_eq!(lookups.len(), 1);
@@ -75,8 +109,24 @@ fn a_glibc_search_walk_is_one_lookup_answered_by_the_absolute_name() {
     assert_eq!(l.attempts.len(), 8);
     assert_eq!(l.outcome, LookupOutcome::Answered);
     assert_eq!(l.answered_by.as_ref().unwrap().suffix, None);
-    let suffixes: Vec<Option<usize>> = l.attempts.iter().map(|a| a.suffix.as_ref().map(|s| s.0)).collect();
-    assert_eq!(suffixes, [Some(0), Some(0), Some(1), Some(1), Some(2), Some(2), None, None]);
+    let suffixes: Vec<Option<usize>> = l
+        .attempts
+        .iter()
+        .map(|a| a.suffix.as_ref().map(|s| s.0))
+        .collect();
+    assert_eq!(
+        suffixes,
+        [
+            Some(0),
+            Some(0),
+            Some(1),
+            Some(1),
+            Some(2),
+            Some(2),
+            None,
+            None
+        ]
+    );
 }
 
 #[test]
@@ -84,8 +134,24 @@ fn a_musl_walk_stopped_by_empty_noerror_is_nodata() {
     let (mut t, collect, _) = tracker(100);
     let t0 = Instant::now();
     let c = "127.0.0.1:41000";
-    t.add(query(t0, 0, c, "alauda.cn.default.svc.cluster.local", RecordType::A, 0, 0));
-    t.add(query(t0, 0, c, "alauda.cn.default.svc.cluster.local", RecordType::AAAA, 0, 0));
+    t.add(query(
+        t0,
+        0,
+        c,
+        "alauda.cn.default.svc.cluster.local",
+        RecordType::A,
+        0,
+        0,
+    ));
+    t.add(query(
+        t0,
+        0,
+        c,
+        "alauda.cn.default.svc.cluster.local",
+        RecordType::AAAA,
+        0,
+        0,
+    ));
     // Nothing else comes: the lookup ends with the window.
     t.expire(t0 + Duration::from_millis(1500));
     assert!(collect.0.lock().unwrap().is_empty());
@@ -101,10 +167,34 @@ fn first_suffix_answers_and_absolute_first_orders_join_too() {
     let (mut t, collect, _) = tracker(100);
     let t0 = Instant::now();
     // "web" answered by its first suffix.
-    t.add(query(t0, 0, "127.0.0.1:1", "web.default.svc.cluster.local", RecordType::A, 0, 1));
+    t.add(query(
+        t0,
+        0,
+        "127.0.0.1:1",
+        "web.default.svc.cluster.local",
+        RecordType::A,
+        0,
+        1,
+    ));
     // A name with enough dots: absolute first (NXDOMAIN), then the first suffix.
-    t.add(query(t0, 0, "127.0.0.2:1", "a.b.c.d.e.f", RecordType::A, 3, 0));
-    t.add(query(t0, 1, "127.0.0.2:1", "a.b.c.d.e.f.default.svc.cluster.local", RecordType::A, 3, 0));
+    t.add(query(
+        t0,
+        0,
+        "127.0.0.2:1",
+        "a.b.c.d.e.f",
+        RecordType::A,
+        3,
+        0,
+    ));
+    t.add(query(
+        t0,
+        1,
+        "127.0.0.2:1",
+        "a.b.c.d.e.f.default.svc.cluster.local",
+        RecordType::A,
+        3,
+        0,
+    ));
     t.expire(t0 + Duration::from_secs(3));
     let mut lookups = collect.0.lock().unwrap().clone();
     lookups.sort_by(|a, b| a.base.cmp(&b.base));
@@ -113,7 +203,17 @@ fn first_suffix_answers_and_absolute_first_orders_join_too() {
     assert_eq!(lookups[0].attempts.len(), 2);
     assert_eq!(lookups[0].outcome, LookupOutcome::NxDomain);
     assert_eq!(lookups[1].base, "web");
-    assert_eq!(lookups[1].answered_by.as_ref().unwrap().suffix.as_ref().unwrap().0, 0);
+    assert_eq!(
+        lookups[1]
+            .answered_by
+            .as_ref()
+            .unwrap()
+            .suffix
+            .as_ref()
+            .unwrap()
+            .0,
+        0
+    );
 }
 
 #[test]
@@ -129,9 +229,23 @@ fn servfail_after_timeouts_is_a_timeout_outcome() {
         end: q.answered,
     });
     t.add(q);
-    t.add(query(t0, 0, "127.0.0.3:1", "example.org", RecordType::A, 2, 0));
+    t.add(query(
+        t0,
+        0,
+        "127.0.0.3:1",
+        "example.org",
+        RecordType::A,
+        2,
+        0,
+    ));
     t.expire(t0 + Duration::from_secs(3));
-    let mut outcomes: Vec<&str> = collect.0.lock().unwrap().iter().map(|l| l.outcome.as_str()).collect();
+    let mut outcomes: Vec<&str> = collect
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| l.outcome.as_str())
+        .collect();
     outcomes.sort();
     assert_eq!(outcomes, ["servfail", "timeout"]);
 }
@@ -141,7 +255,15 @@ fn a_flood_of_unique_names_stays_bounded_and_counts_evictions() {
     let (mut t, collect, metrics) = tracker(50);
     let t0 = Instant::now();
     for i in 0..1000 {
-        t.add(query(t0, 0, "127.0.0.1:1", &format!("n{i}.example.org"), RecordType::A, 3, 0));
+        t.add(query(
+            t0,
+            0,
+            "127.0.0.1:1",
+            &format!("n{i}.example.org"),
+            RecordType::A,
+            3,
+            0,
+        ));
         assert!(t.open_lookups() <= 50);
         assert!(t.order.len() <= 100, "eviction order compacted");
     }
@@ -155,7 +277,15 @@ fn a_flood_of_unique_names_stays_bounded_and_counts_evictions() {
 #[test]
 fn undecodable_questions_are_ignored() {
     let (mut t, collect, _) = tracker(10);
-    let mut q = query(Instant::now(), 0, "127.0.0.1:1", "x.org", RecordType::A, 0, 1);
+    let mut q = query(
+        Instant::now(),
+        0,
+        "127.0.0.1:1",
+        "x.org",
+        RecordType::A,
+        0,
+        1,
+    );
     q.question = vec![63, b'x'];
     t.add(q);
     assert_eq!(t.open_lookups(), 0);

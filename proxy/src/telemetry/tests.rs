@@ -9,13 +9,19 @@ use crate::lookup::{QueryTrace, UpstreamTry};
 use crate::metrics::Transport;
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     move |k| map.get(k).cloned()
 }
 
 #[test]
 fn tracing_is_off_without_an_endpoint() {
-    assert_eq!(ExportSettings::resolve(&TracingConfig::default(), env(&[])), None);
+    assert_eq!(
+        ExportSettings::resolve(&TracingConfig::default(), env(&[])),
+        None
+    );
 }
 
 #[test]
@@ -27,7 +33,10 @@ fn environment_wins_over_config() {
         ..TracingConfig::default()
     };
     let s = ExportSettings::resolve(&config, env(&[])).unwrap();
-    assert_eq!((s.endpoint.as_str(), s.protocol, s.sample_ratio), ("http://collector:4317", OtlpProtocol::Grpc, 0.5));
+    assert_eq!(
+        (s.endpoint.as_str(), s.protocol, s.sample_ratio),
+        ("http://collector:4317", OtlpProtocol::Grpc, 0.5)
+    );
 
     let s = ExportSettings::resolve(
         &config,
@@ -39,20 +48,51 @@ fn environment_wins_over_config() {
         ]),
     )
     .unwrap();
-    assert_eq!((s.endpoint.as_str(), s.protocol, s.sample_ratio), ("http://other:4318", OtlpProtocol::HttpProtobuf, 0.25));
+    assert_eq!(
+        (s.endpoint.as_str(), s.protocol, s.sample_ratio),
+        ("http://other:4318", OtlpProtocol::HttpProtobuf, 0.25)
+    );
 
-    let s = ExportSettings::resolve(&TracingConfig::default(), env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")])).unwrap();
+    let s = ExportSettings::resolve(
+        &TracingConfig::default(),
+        env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]),
+    )
+    .unwrap();
     assert_eq!(s.sample_ratio, DEFAULT_SAMPLE_RATIO);
-    let bad_ratio = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "7")]);
-    assert_eq!(ExportSettings::resolve(&TracingConfig::default(), bad_ratio).unwrap().sample_ratio, DEFAULT_SAMPLE_RATIO);
-    let off = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_TRACES_SAMPLER", "always_off")]);
-    assert_eq!(ExportSettings::resolve(&TracingConfig::default(), off).unwrap().sample_ratio, 0.0);
+    let bad_ratio = env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "7"),
+    ]);
+    assert_eq!(
+        ExportSettings::resolve(&TracingConfig::default(), bad_ratio)
+            .unwrap()
+            .sample_ratio,
+        DEFAULT_SAMPLE_RATIO
+    );
+    let off = env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+        ("OTEL_TRACES_SAMPLER", "always_off"),
+    ]);
+    assert_eq!(
+        ExportSettings::resolve(&TracingConfig::default(), off)
+            .unwrap()
+            .sample_ratio,
+        0.0
+    );
 }
 
 #[test]
 fn resource_carries_service_and_kubernetes_attributes() {
-    let r = resource(env(&[("POD_NAME", "web-1"), ("POD_NAMESPACE", "team-a"), ("NODE_NAME", "node-7")]));
-    let get = |k: &str| r.get(&opentelemetry::Key::from(k.to_string())).map(|v| v.to_string());
+    let r = resource(env(&[
+        ("POD_NAME", "web-1"),
+        ("POD_NAMESPACE", "team-a"),
+        ("NODE_NAME", "node-7"),
+    ]));
+    let get = |k: &str| {
+        r.get(&opentelemetry::Key::from(k.to_string()))
+            .map(|v| v.to_string())
+    };
     assert_eq!(get("k8s.pod.name").as_deref(), Some("web-1"));
     assert_eq!(get("k8s.namespace.name").as_deref(), Some("team-a"));
     assert_eq!(get("k8s.node.name").as_deref(), Some("node-7"));
@@ -62,7 +102,10 @@ fn resource_carries_service_and_kubernetes_attributes() {
 }
 
 fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
-    span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
 }
 
 #[test]
@@ -74,10 +117,26 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
     q.answered = t0 + Duration::from_millis(5);
     q.rcode = 3;
     q.tries = vec![
-        UpstreamTry { upstream, transport: Transport::Udp, outcome: Outcome::timeout, start: t0, end: t0 + Duration::from_millis(2) },
-        UpstreamTry { upstream, transport: Transport::Udp, outcome: Outcome::answer, start: t0 + Duration::from_millis(2), end: t0 + Duration::from_millis(4) },
+        UpstreamTry {
+            upstream,
+            transport: Transport::Udp,
+            outcome: Outcome::timeout,
+            start: t0,
+            end: t0 + Duration::from_millis(2),
+        },
+        UpstreamTry {
+            upstream,
+            transport: Transport::Udp,
+            outcome: Outcome::answer,
+            start: t0 + Duration::from_millis(2),
+            end: t0 + Duration::from_millis(4),
+        },
     ];
-    let attempt = Attempt { qname: "alauda.cn.default.svc.cluster.local".into(), suffix: Some((0, "default.svc.cluster.local".into())), query: q };
+    let attempt = Attempt {
+        qname: "alauda.cn.default.svc.cluster.local".into(),
+        suffix: Some((0, "default.svc.cluster.local".into())),
+        query: q,
+    };
     let lookup = LookupRecord {
         client: client.ip(),
         base: "alauda.cn".into(),
@@ -91,18 +150,42 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
     let clock = Clock::now();
     let scope = InstrumentationScope::builder("test").build();
     let spans = lookup_spans(&lookup, &clock, &scope);
-    assert_eq!(spans.iter().map(|s| s.name.as_ref()).collect::<Vec<_>>(), ["dns.lookup", "dns.query", "dns.upstream", "dns.upstream"]);
+    assert_eq!(
+        spans.iter().map(|s| s.name.as_ref()).collect::<Vec<_>>(),
+        ["dns.lookup", "dns.query", "dns.upstream", "dns.upstream"]
+    );
     let trace_id = spans[0].span_context.trace_id();
     assert!(spans.iter().all(|s| s.span_context.trace_id() == trace_id));
     assert_eq!(spans[0].parent_span_id, SpanId::INVALID);
     assert_eq!(spans[1].parent_span_id, spans[0].span_context.span_id());
     assert_eq!(spans[2].parent_span_id, spans[1].span_context.span_id());
-    assert_eq!(attr(&spans[0], "dns.question.name"), Some(&Value::from("alauda.cn")));
-    assert_eq!(attr(&spans[0], "dns.lookup.outcome"), Some(&Value::from("nxdomain")));
+    assert_eq!(
+        attr(&spans[0], "dns.question.name"),
+        Some(&Value::from("alauda.cn"))
+    );
+    assert_eq!(
+        attr(&spans[0], "dns.lookup.outcome"),
+        Some(&Value::from("nxdomain"))
+    );
     assert_eq!(attr(&spans[1], "dns.search.index"), Some(&Value::I64(0)));
-    assert_eq!(attr(&spans[1], "dns.response_code"), Some(&Value::from("NXDOMAIN")));
-    assert_eq!(attr(&spans[2], "dns.upstream.outcome"), Some(&Value::from("timeout")));
+    assert_eq!(
+        attr(&spans[1], "dns.response_code"),
+        Some(&Value::from("NXDOMAIN"))
+    );
+    assert_eq!(
+        attr(&spans[2], "dns.upstream.outcome"),
+        Some(&Value::from("timeout"))
+    );
     assert_eq!(attr(&spans[3], "dns.upstream.try"), Some(&Value::I64(2)));
-    assert_eq!(spans[2].end_time.duration_since(spans[2].start_time).unwrap(), Duration::from_millis(2));
-    assert_eq!(spans[3].start_time, spans[2].end_time, "real instants, so gaps show");
+    assert_eq!(
+        spans[2]
+            .end_time
+            .duration_since(spans[2].start_time)
+            .unwrap(),
+        Duration::from_millis(2)
+    );
+    assert_eq!(
+        spans[3].start_time, spans[2].end_time,
+        "real instants, so gaps show"
+    );
 }

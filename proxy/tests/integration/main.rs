@@ -4,10 +4,12 @@
 //! Only loopback addresses are ever queried.
 
 mod harness;
+mod otlp_receiver;
 
 mod admin;
 mod bad_input;
 mod cli;
 mod forwarding;
 mod knot;
+mod tracing;
 mod upstream_faults;
