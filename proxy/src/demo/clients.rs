@@ -4,6 +4,7 @@
 //! - glibc: continues to the next name on NXDOMAIN *and* on NOERROR with no address.
 //! - musl: continues only on NXDOMAIN; NOERROR with no address ends the lookup
 //!   ("Name does not resolve"); SERVFAIL ends it too.
+//!
 //! Both send A and AAAA back to back from one socket per name, and try the absolute name
 //! first when the name has at least `ndots` dots, last otherwise.
 

@@ -315,3 +315,20 @@ pub fn dig(server: SocketAddr, args: &[&str]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Waits until a series reaches at least `min` (counters move after the event they count,
+/// e.g. after the collector's answer), and returns its value; panics after 5 s.
+pub async fn metric_at_least(addr: SocketAddr, series: &str, min: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = metric(addr, series).await;
+        if value >= min {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} stayed at {value}, below {min}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
