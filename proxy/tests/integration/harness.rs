@@ -223,6 +223,30 @@ impl Drop for Child {
     }
 }
 
+/// Writes the demo zones and a Knot configuration serving them on 127.0.0.1:`port` into
+/// `dir`; returns the configuration's path.
+pub fn knot_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    for (origin, text) in ZONES {
+        let file = if origin == "." {
+            "root.zone".to_string()
+        } else {
+            format!("{origin}zone")
+        };
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let d = dir.display();
+    let conf = format!(
+        "server:\n  rundir: \"{d}\"\n  pidfile: \"{d}/knot.pid\"\n  listen: 127.0.0.1@{port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
+         log:\n  - target: stderr\n    any: warning\n\
+         database:\n  storage: \"{d}\"\n\
+         template:\n  - id: default\n    storage: \"{d}\"\n    zonefile-load: whole\n    journal-content: none\n\
+         zone:\n  - domain: cluster.local\n    file: cluster.local.zone\n  - domain: .\n    file: root.zone\n"
+    );
+    let path = dir.join("knot.conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
 /// Knot DNS serving the demo zones on a loopback port, as a real, independent upstream.
 pub struct Knot {
     pub addr: SocketAddr,
@@ -234,24 +258,7 @@ impl Knot {
     pub async fn start() -> Knot {
         let dir = TempDir::new("knot");
         let port = free_port();
-        for (origin, text) in ZONES {
-            let file = if origin == "." {
-                "root.zone".to_string()
-            } else {
-                format!("{origin}zone")
-            };
-            std::fs::write(dir.0.join(file), text).unwrap();
-        }
-        let d = dir.0.display();
-        let conf = format!(
-            "server:\n  rundir: \"{d}\"\n  pidfile: \"{d}/knot.pid\"\n  listen: 127.0.0.1@{port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
-             log:\n  - target: stderr\n    any: warning\n\
-             database:\n  storage: \"{d}\"\n\
-             template:\n  - id: default\n    storage: \"{d}\"\n    zonefile-load: whole\n    journal-content: none\n\
-             zone:\n  - domain: cluster.local\n    file: cluster.local.zone\n  - domain: .\n    file: root.zone\n"
-        );
-        let conf_path = dir.0.join("knot.conf");
-        std::fs::write(&conf_path, conf).unwrap();
+        let conf_path = knot_config(&dir.0, port);
         let child = Child(
             std::process::Command::new("knotd")
                 .arg("-c")

@@ -11,5 +11,6 @@ mod bad_input;
 mod cli;
 mod forwarding;
 mod knot;
+mod namespaces;
 mod tracing;
 mod upstream_faults;

@@ -1,0 +1,199 @@
+//! Real resolvers as clients: glibc's `getent ahosts` and a `musl-gcc -static` program
+//! calling `getaddrinfo`, each inside its own mount and network namespace (`unshare -mn`)
+//! with a Kubernetes resolv.conf (`nameserver 127.0.0.1`, three search domains, ndots:5),
+//! dnslens on 127.0.0.1:53 inside it, Knot as its upstream and a real OTLP receiver beside
+//! it. The exact trace each resolver produces is asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::*;
+use crate::otlp_receiver::ReceivedSpan;
+use crate::tracing::lookup_tree;
+
+const RESOLV_CONF: &str = "nameserver 127.0.0.1\n\
+search default.svc.cluster.local svc.cluster.local cluster.local\n\
+options ndots:5\n";
+
+const GETADDRINFO_C: &str = r#"
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    struct addrinfo hints, *res, *p;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(argv[1], NULL, &hints, &res);
+    if (rc != 0) { printf("error: %s\n", gai_strerror(rc)); return 2; }
+    for (p = res; p; p = p->ai_next) {
+        char buf[INET6_ADDRSTRLEN];
+        void *a = p->ai_family == AF_INET ? (void *)&((struct sockaddr_in *)p->ai_addr)->sin_addr
+                                          : (void *)&((struct sockaddr_in6 *)p->ai_addr)->sin6_addr;
+        inet_ntop(p->ai_family, a, buf, sizeof buf);
+        printf("%s\n", buf);
+    }
+    return 0;
+}
+"#;
+
+/// The OTLP sink example, built by `cargo test` beside the test binaries.
+fn otlp_sink() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let sink = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples/otlp_sink");
+    assert!(
+        sink.exists(),
+        "{} missing: run the suite with `cargo test` (it builds examples)",
+        sink.display()
+    );
+    sink
+}
+
+fn musl_client(dir: &Path) -> PathBuf {
+    let src = dir.join("gai.c");
+    std::fs::write(&src, GETADDRINFO_C).unwrap();
+    let out = dir.join("gai-musl");
+    let status = Command::new("musl-gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("musl-gcc must be installed (musl-tools); scripts/test.sh installs it");
+    assert!(status.success(), "musl-gcc failed");
+    out
+}
+
+/// Runs `client NAME` inside a fresh namespace with dnslens, Knot and the OTLP sink;
+/// returns the client's output and the spans received.
+fn run_in_namespace(client: &str) -> (String, Vec<ReceivedSpan>) {
+    let dir = TempDir::new("netns");
+    let d = &dir.0;
+    std::fs::write(d.join("resolv.conf"), RESOLV_CONF).unwrap();
+    knot_config(d, 5300);
+    std::fs::write(d.join("dnslens.yaml"), "lookup:\n  window: 500ms\n").unwrap();
+    let script = format!(
+        r#"set -eu
+cd "{d}"
+ip link set lo up
+mount --bind "{d}/resolv.conf" /etc/resolv.conf
+knotd -c knot.conf >knot.log 2>&1 & knot=$!
+"{sink}" 127.0.0.1:4317 127.0.0.1:4318 spans.txt 2>sink.log & sink=$!
+OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=always_on \
+  "{dnslens}" serve --config dnslens.yaml --listen 127.0.0.1:53 --upstream 127.0.0.1:5300 \
+  --resolv-conf "{d}/resolv.conf" --metrics-listen 127.0.0.1:9253 2>dnslens.log & proxy=$!
+for i in $(seq 100); do
+  dig @127.0.0.1 +time=1 +tries=1 +short github.com A 2>/dev/null | grep -q 203.0.113.20 && break
+  sleep 0.05
+done
+sleep 1   # the readiness probes' own lookup ends before the client starts
+{client} alauda.cn >client.out 2>&1 || true
+sleep 1.5 # the client's lookup ends (window 500 ms) and its spans are exported
+kill $proxy $sink $knot
+wait $proxy $sink $knot 2>/dev/null || true
+"#,
+        d = d.display(),
+        sink = otlp_sink().display(),
+        dnslens = env!("CARGO_BIN_EXE_dnslens"),
+    );
+    let status = Command::new("unshare")
+        .args(["-n", "-m", "--propagation", "private", "sh", "-c", &script])
+        .status()
+        .expect("unshare (util-linux) is needed, as root");
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+    assert!(
+        status.success(),
+        "namespace script failed; dnslens log:\n{}\nknot log:\n{}",
+        read("dnslens.log"),
+        read("knot.log")
+    );
+    let spans = read("spans.txt")
+        .lines()
+        .filter_map(ReceivedSpan::from_line)
+        .collect();
+    (read("client.out"), spans)
+}
+
+fn walk(queries: &[ReceivedSpan]) -> Vec<(String, String, String)> {
+    queries
+        .iter()
+        .map(|q| {
+            (
+                q.attr("dns.question.name").into(),
+                q.attr("dns.question.type").into(),
+                q.attr("dns.response_code").into(),
+            )
+        })
+        .collect()
+}
+
+fn step(name: &str, qtype: &str, rcode: &str) -> (String, String, String) {
+    (name.into(), qtype.into(), rcode.into())
+}
+
+#[test]
+fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
+    let (out, spans) = run_in_namespace("getent ahosts");
+    assert!(
+        out.contains("203.0.113.10"),
+        "glibc resolves alauda.cn: {out}"
+    );
+    let (root, queries, upstream) =
+        lookup_tree(&spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
+    assert_eq!(root.attr("dns.lookup.outcome"), "answered");
+    assert_eq!(root.attr("dns.lookup.answered_by"), "absolute");
+    // glibc sends A and AAAA of each name together; their order within a pair may vary.
+    let mut got = walk(&queries);
+    for pair in got.chunks_mut(2) {
+        pair.sort();
+    }
+    assert_eq!(
+        got,
+        [
+            step("alauda.cn.default.svc.cluster.local", "A", "NOERROR"),
+            step("alauda.cn.default.svc.cluster.local", "AAAA", "NOERROR"),
+            step("alauda.cn.svc.cluster.local", "A", "NXDOMAIN"),
+            step("alauda.cn.svc.cluster.local", "AAAA", "NXDOMAIN"),
+            step("alauda.cn.cluster.local", "A", "NXDOMAIN"),
+            step("alauda.cn.cluster.local", "AAAA", "NXDOMAIN"),
+            step("alauda.cn", "A", "NOERROR"),
+            step("alauda.cn", "AAAA", "NOERROR"),
+        ]
+    );
+    let indexes: Vec<&str> = queries.iter().map(|q| q.attr("dns.search.index")).collect();
+    assert_eq!(indexes, ["0", "0", "1", "1", "2", "2", "-1", "-1"]);
+    assert_eq!(upstream.len(), 8);
+    assert!(upstream
+        .iter()
+        .all(|u| u.attr("server.port") == "5300" && u.attr("dns.upstream.outcome") == "answer"));
+}
+
+#[test]
+fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
+    let dir = TempDir::new("musl-build");
+    let client = musl_client(&dir.0);
+    let (out, spans) = run_in_namespace(&client.display().to_string());
+    assert!(
+        out.contains("error"),
+        "musl fails on the empty NOERROR: {out}"
+    );
+    let (root, queries, _) =
+        lookup_tree(&spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
+    assert_eq!(root.attr("dns.lookup.outcome"), "nodata");
+    let mut got = walk(&queries);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            step("alauda.cn.default.svc.cluster.local", "A", "NOERROR"),
+            step("alauda.cn.default.svc.cluster.local", "AAAA", "NOERROR"),
+        ]
+    );
+    assert!(queries
+        .iter()
+        .all(|q| q.attr("dns.answer.count") == "0" && q.attr("dns.search.index") == "0"));
+}
