@@ -93,11 +93,12 @@ def status_kib(pid, key):
 
 
 class Server:
-    def __init__(self, name, argv, port, workdir):
+    def __init__(self, name, argv, port, workdir, env=None, cpu=SERVER_CPU, check_dns=True):
         self.name, self.port = name, port
         self.log = open(workdir / f"{name}.log", "w")
-        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + argv, stdout=self.log, stderr=subprocess.STDOUT)
-        if not dns_ready(port):
+        self.proc = subprocess.Popen(["taskset", "-c", cpu] + argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        if check_dns and not dns_ready(port):
             self.stop()
             raise RuntimeError(f"{name} did not answer on port {port}; see {workdir}/{name}.log")
 
@@ -144,9 +145,10 @@ zone:
 
 def target_argv(kind, cache, work, port, upstream, dnslens):
     up = f"127.0.0.1:{upstream}"
-    if kind == "dnslens":
+    if kind in ("dnslens", "dnslens-traced"):
         return [dnslens, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", up,
-                "--metrics-listen", f"127.0.0.1:{free_port()}"]
+                "--metrics-listen", f"127.0.0.1:{free_port()}", "--ndots", "5",
+                "--search", "default.svc.cluster.local,svc.cluster.local,cluster.local"]
     if kind == "dnsdist":
         conf = work / f"dnsdist-{port}.conf"
         cache_lines = "pc = newPacketCache(100000)\ngetPool(''):setCache(pc)\n" if cache else ""
@@ -228,7 +230,8 @@ def measure(target, work, upstream, qfile, args):
     else:
         port = free_port()
         name = f"{kind}-{'cache' if cache else 'nocache'}"
-        server = Server(name, target_argv(kind, cache, work, port, upstream, args.dnslens), port, work)
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{args.sink_port}"} if kind == "dnslens-traced" else {}
+        server = Server(name, target_argv(kind, cache, work, port, upstream, args.dnslens), port, work, env=env)
         pid = server.proc.pid
     try:
         idle_rss = status_kib(pid, "VmRSS")
@@ -254,35 +257,48 @@ def measure(target, work, upstream, qfile, args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dnslens", required=True)
+    ap.add_argument("--otlp-sink", required=True, help="the otlp_sink example binary (the collector)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rate", type=int, default=20000)
     ap.add_argument("--only", default="", help="comma-separated target kinds")
     args = ap.parse_args()
 
-    targets = [("knot", False), ("dnslens", False), ("dnsdist", False), ("dnsdist", True),
+    targets = [("knot", False), ("dnslens", False), ("dnslens-traced", False), ("dnsdist", False), ("dnsdist", True),
                ("unbound", False), ("unbound", True), ("dnsmasq", False), ("dnsmasq", True)]
     if args.only:
         keep = set(args.only.split(","))
         targets = [t for t in targets if t[0] in keep or t[0] == "knot"]
+    if not any(t[0] == "dnsdist" and not t[1] for t in targets):
+        print("note: without dnsdist (no cache) in the run there is no ratio column baseline", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="dnslens-compare-"))
     qfile = work / "queries.txt"
     qfile.write_text(QUERIES)
     upstream = free_port()
     knot = Server("knot", knot_argv(work, upstream), upstream, work)
     args.knot_pid = knot.proc.pid
+    args.sink_port = free_port()
+    sink = Server("otlp-sink", [args.otlp_sink, f"127.0.0.1:{args.sink_port}", f"127.0.0.1:{free_port()}",
+                                str(work / "spans.txt")], args.sink_port, work, cpu=LOADGEN_CPU, check_dns=False)
     results = {t: [] for t in targets}
     try:
         for r in range(args.rounds):
             for t in targets:
                 print(f"round {r + 1}/{args.rounds}: {t[0]} cache={'on' if t[1] else 'off'}", file=sys.stderr)
                 results[t].append(measure(t, work, upstream, qfile, args))
+        spans = sum(1 for _ in open(work / "spans.txt")) if (work / "spans.txt").exists() else 0
+        print(f"otlp sink received {spans} spans from dnslens-traced", file=sys.stderr)
     finally:
+        sink.stop()
         knot.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     med = {t: {k: statistics.median(run[k] for run in runs) for k in runs[0]} for t, runs in results.items()}
     base = med.get(("dnsdist", False))
+    plain, traced = med.get(("dnslens", False)), med.get(("dnslens-traced", False))
+    if plain and traced:
+        print(f"dnslens tracing on / off: CPU per query x{traced['cpu_us'] / plain['cpu_us']:.2f}, "
+              f"mean latency x{traced['mean_us'] / plain['mean_us']:.2f}, p99 x{traced['p99_us'] / plain['p99_us']:.2f}\n")
     cpu_info = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                      if l.startswith("model name")), "unknown CPU")
     print(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu_info}), "
@@ -291,7 +307,7 @@ def main():
     print("| target | cache | QPS (saturation) | CPU µs/query | × dnsdist (no cache) | mean latency µs | p99 latency µs | lost % | idle RSS MiB | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (kind, cache), m in med.items():
-        name = "Knot (direct)" if kind == "knot" else kind
+        name = {"knot": "Knot (direct)", "dnslens-traced": "dnslens, tracing on (1% sampled, OTLP)"}.get(kind, kind)
         ratio = f"{m['cpu_us'] / base['cpu_us']:.2f}" if base and base["cpu_us"] else "-"
         cache_s = "-" if kind == "knot" else ("on" if cache else "off")
         print(f"| {name} | {cache_s} | {m['qps']:,.0f} | {m['cpu_us']:.2f} | {ratio} | {m['mean_us']:.0f} | "

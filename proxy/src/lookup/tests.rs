@@ -291,3 +291,28 @@ fn undecodable_questions_are_ignored() {
     assert_eq!(t.open_lookups(), 0);
     assert!(collect.0.lock().unwrap().is_empty());
 }
+
+#[test]
+fn a_client_hammering_one_name_gets_lookups_of_bounded_size() {
+    let (mut t, collect, _) = tracker(10);
+    let t0 = Instant::now();
+    for i in 0..100 {
+        t.add(query(
+            t0,
+            i,
+            "127.0.0.1:1",
+            "github.com",
+            RecordType::A,
+            0,
+            1,
+        ));
+    }
+    assert_eq!(t.open_lookups(), 1);
+    let closed = collect.0.lock().unwrap();
+    assert_eq!(
+        closed.len(),
+        3,
+        "100 queries: three full lookups closed, one open"
+    );
+    assert!(closed.iter().all(|l| l.attempts.len() == MAX_ATTEMPTS));
+}
