@@ -30,7 +30,7 @@ fn since(start: Instant, t: Instant) -> String {
 /// The tree of one lookup, as text.
 pub fn render(lookup: &LookupRecord) -> String {
     let mut s = String::new();
-    let answered = match &lookup.answered_by {
+    let answered = match lookup.answered_by() {
         Some(a) => match &a.suffix {
             Some((i, suffix)) => format!(" by suffix {i} ({suffix})"),
             None => " by the absolute name".to_string(),

@@ -29,8 +29,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::rr::Name;
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -106,12 +104,26 @@ impl QueryTrace {
             .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
     }
 
-    /// The query name, lower case, without the trailing dot.
+    /// The query name, lower case, without the trailing dot ("." for the root). The
+    /// question was validated by `wire::parse_query`; its name is never compressed (nothing
+    /// precedes it), so labels are read in place into one string.
     fn name(&self) -> Option<String> {
-        let name = Name::read(&mut BinDecoder::new(&self.question)).ok()?;
-        let mut text = name.to_ascii().to_ascii_lowercase();
-        if text.len() > 1 && text.ends_with('.') {
-            text.pop();
+        let mut text = String::with_capacity(self.question.len());
+        let mut rest = self.question.as_slice();
+        loop {
+            let (&len, tail) = rest.split_first()?;
+            if len == 0 {
+                break;
+            }
+            let label = tail.get(..usize::from(len)).filter(|_| len < 64)?;
+            if !text.is_empty() {
+                text.push('.');
+            }
+            text.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+            rest = &tail[usize::from(len)..];
+        }
+        if text.is_empty() {
+            text.push('.');
         }
         Some(text)
     }
@@ -191,8 +203,6 @@ pub struct LookupRecord {
     /// In the order the queries arrived.
     pub attempts: Vec<Attempt>,
     pub outcome: LookupOutcome,
-    /// The suffix whose attempt returned data (`None`: the absolute name, or no data).
-    pub answered_by: Option<Attempt>,
     pub start: Instant,
     pub end: Instant,
     /// Ended by eviction rather than by its own end.
@@ -200,6 +210,11 @@ pub struct LookupRecord {
 }
 
 impl LookupRecord {
+    /// The first attempt that returned data.
+    pub fn answered_by(&self) -> Option<&Attempt> {
+        self.attempts.iter().find(|a| a.query.has_data())
+    }
+
     fn close(open: OpenLookup, evicted: bool) -> LookupRecord {
         let OpenLookup {
             client,
@@ -217,8 +232,7 @@ impl LookupRecord {
             .map(|a| a.query.answered)
             .max()
             .unwrap_or(start);
-        let answered_by = attempts.iter().find(|a| a.query.has_data()).cloned();
-        let outcome = if answered_by.is_some() {
+        let outcome = if attempts.iter().any(|a| a.query.has_data()) {
             LookupOutcome::Answered
         } else {
             match attempts.iter().max_by_key(|a| a.query.received) {
@@ -243,7 +257,6 @@ impl LookupRecord {
             base,
             attempts,
             outcome,
-            answered_by,
             start,
             end,
             evicted,

@@ -108,7 +108,7 @@ fn a_glibc_search_walk_is_one_lookup_answered_by_the_absolute_name() {
     assert_eq!(l.base, "alauda.cn");
     assert_eq!(l.attempts.len(), 8);
     assert_eq!(l.outcome, LookupOutcome::Answered);
-    assert_eq!(l.answered_by.as_ref().unwrap().suffix, None);
+    assert_eq!(l.answered_by().unwrap().suffix, None);
     let suffixes: Vec<Option<usize>> = l
         .attempts
         .iter()
@@ -205,7 +205,7 @@ fn first_suffix_answers_and_absolute_first_orders_join_too() {
     assert_eq!(lookups[1].base, "web");
     assert_eq!(
         lookups[1]
-            .answered_by
+            .answered_by()
             .as_ref()
             .unwrap()
             .suffix

@@ -432,7 +432,7 @@ pub fn lookup_spans(
         KeyValue::new("dns.lookup.attempts", lookup.attempts.len() as i64),
         KeyValue::new("dns.lookup.outcome", lookup.outcome.as_str()),
     ];
-    if let Some(attempt) = &lookup.answered_by {
+    if let Some(attempt) = lookup.answered_by() {
         root_attributes.push(KeyValue::new(
             "dns.lookup.answered_by",
             suffix_text(attempt),

@@ -142,7 +142,6 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
         base: "alauda.cn".into(),
         attempts: vec![attempt],
         outcome: LookupOutcome::NxDomain,
-        answered_by: None,
         start: t0,
         end: t0 + Duration::from_millis(5),
         evicted: false,
