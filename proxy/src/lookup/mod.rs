@@ -41,6 +41,8 @@ use crate::search::SearchModel;
 
 /// How often the tracker drains the hot path's buffer and closes ended lookups.
 const TICK: Duration = Duration::from_millis(20);
+/// Records correlated between two yields of the tracker thread.
+const YIELD_EVERY: usize = 32;
 /// Quiet time after a lookup got its answer before it is closed.
 const LINGER: Duration = Duration::from_millis(100);
 /// Queries one lookup may hold. A real `getaddrinfo` sends at most about a dozen (suffixes
@@ -436,8 +438,13 @@ impl Tracker {
             .spawn(move || loop {
                 std::thread::sleep(TICK);
                 let stopping = stop.is_cancelled();
-                for trace in drained.drain() {
+                for (i, trace) in drained.drain().into_iter().enumerate() {
                     self.add(trace);
+                    // On a proxy confined to one core this thread and the DNS worker share
+                    // it: hand the core back often so a batch never delays answers for long.
+                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                        std::thread::yield_now();
+                    }
                 }
                 if stopping {
                     // Report everything still open.

@@ -58,8 +58,10 @@ use crate::config::{OtlpProtocol, TracingConfig};
 use crate::lookup::{Attempt, LookupObserver, LookupOutcome, LookupRecord};
 use crate::metrics::{QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels};
 
-/// Spans sent in one export call at most.
+/// Spans that trigger an export before the flush interval.
 const MAX_BATCH: usize = 512;
+/// Longest time a kept span waits for export.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
 
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +260,8 @@ fn build_exporter(
     }
 }
 
+/// Sends spans in batches: when `MAX_BATCH` are waiting or every `FLUSH_EVERY`, so the
+/// exporter's work (encoding, HTTP/2) happens about once a second, not per kept lookup.
 async fn export_loop(
     exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::UnboundedReceiver<Vec<SpanData>>,
@@ -266,32 +270,42 @@ async fn export_loop(
     timeout: Duration,
     stop: CancellationToken,
 ) {
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::new();
     loop {
-        let first = tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(b) => b,
-                None => return,
+        let stopping = tokio::select! {
+            received = rx.recv() => match received {
+                Some(spans) => {
+                    batch.extend(spans);
+                    if batch.len() < MAX_BATCH {
+                        continue;
+                    }
+                    false
+                }
+                None => true,
             },
-            _ = stop.cancelled() => {
-                // Last flush of what is already queued, bounded by the export timeout.
-                let mut rest = Vec::new();
-                while let Ok(b) = rx.try_recv() {
-                    rest.extend(b);
-                }
-                if !rest.is_empty() {
-                    export(&exporter, rest, &queued, &metrics, timeout).await;
-                }
-                return;
-            }
+            _ = flush.tick() => false,
+            _ = stop.cancelled() => true,
         };
-        let mut batch = first;
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend(more),
-                Err(_) => break,
+        if stopping {
+            while let Ok(spans) = rx.try_recv() {
+                batch.extend(spans);
             }
         }
-        export(&exporter, batch, &queued, &metrics, timeout).await;
+        if !batch.is_empty() {
+            export(
+                &exporter,
+                std::mem::take(&mut batch),
+                &queued,
+                &metrics,
+                timeout,
+            )
+            .await;
+        }
+        if stopping {
+            return;
+        }
     }
 }
 
