@@ -299,15 +299,14 @@ async fn udp_worker(
         let packet = &buf[..len];
         match wire::parse_query(packet) {
             Ok(info) => forwarder.submit_udp(UdpRequest {
-                trace: endpoint.trace_sink.as_ref().map(|_| {
-                    Box::new(QueryTrace::new(
-                        peer,
-                        Transport::Udp,
-                        &packet[wire::HEADER_LEN..info.question_end],
-                        info.qtype,
-                        received,
-                    ))
-                }),
+                trace: QueryTrace::start(
+                    endpoint.trace_sink.as_ref(),
+                    peer,
+                    Transport::Udp,
+                    packet,
+                    &info,
+                    received,
+                ),
                 endpoint: endpoint.clone(),
                 peer,
                 query: packet.to_vec(),

@@ -430,15 +430,14 @@ impl Forwarder {
                 return Some(wire::error_answer(&message, None, rcode));
             }
         };
-        let mut trace = self.trace_sink.as_ref().map(|_| {
-            Box::new(QueryTrace::new(
-                peer,
-                Transport::Tcp,
-                &message[wire::HEADER_LEN..info.question_end],
-                info.qtype,
-                received,
-            ))
-        });
+        let mut trace = QueryTrace::start(
+            self.trace_sink.as_ref(),
+            peer,
+            Transport::Tcp,
+            &message,
+            &info,
+            received,
+        );
         let mut answer = match self
             .exchange_tcp(&mut message, info.question_end, None, &mut trace)
             .await
@@ -476,41 +475,27 @@ impl Forwarder {
             tried |= bit(index);
             let upstream = &self.upstreams[index];
             let started = Instant::now();
-            match upstream
-                .tcp
-                .exchange(query, question_end, self.settings.timeout)
-                .await
-            {
-                Ok(answer) => {
-                    let outcome = Outcome::of_rcode(wire::rcode(&answer));
-                    upstream.record(Transport::Tcp, outcome, started.elapsed());
-                    record_try(
-                        trace,
-                        upstream.addr,
-                        Transport::Tcp,
-                        outcome,
-                        started,
-                        Instant::now(),
-                    );
-                    return Some(answer);
-                }
-                Err(e) => {
-                    debug!(upstream = %upstream.addr, error = %e, "tcp try failed");
-                    let outcome = if matches!(e, tcp_pool::TcpError::Timeout) {
-                        Outcome::timeout
-                    } else {
-                        Outcome::error
-                    };
-                    upstream.record(Transport::Tcp, outcome, started.elapsed());
-                    record_try(
-                        trace,
-                        upstream.addr,
-                        Transport::Tcp,
-                        outcome,
-                        started,
-                        Instant::now(),
-                    );
-                }
+            let timeout = self.settings.timeout;
+            let result = upstream.tcp.exchange(query, question_end, timeout).await;
+            if let Err(e) = &result {
+                debug!(upstream = %upstream.addr, error = %e, "tcp try failed");
+            }
+            let outcome = match &result {
+                Ok(answer) => Outcome::of_rcode(wire::rcode(answer)),
+                Err(tcp_pool::TcpError::Timeout) => Outcome::timeout,
+                Err(_) => Outcome::error,
+            };
+            upstream.record(Transport::Tcp, outcome, started.elapsed());
+            record_try(
+                trace,
+                upstream.addr,
+                Transport::Tcp,
+                outcome,
+                started,
+                Instant::now(),
+            );
+            if let Ok(answer) = result {
+                return Some(answer);
             }
         }
         None

@@ -38,6 +38,7 @@ use crate::config::LookupConfig;
 use crate::forward::Outcome;
 use crate::metrics::Transport;
 use crate::search::SearchModel;
+use crate::wire::QueryInfo;
 
 /// How often the tracker drains the hot path's buffer and closes ended lookups.
 const TICK: Duration = Duration::from_millis(20);
@@ -95,6 +96,22 @@ impl QueryTrace {
             answers: 0,
             tries: Vec::new(),
         }
+    }
+
+    /// A record for `query` (as parsed into `info`) when something observes lookups.
+    pub fn start(
+        sink: Option<&TraceSink>,
+        client: SocketAddr,
+        transport: Transport,
+        query: &[u8],
+        info: &QueryInfo,
+        received: Instant,
+    ) -> Option<Box<QueryTrace>> {
+        sink?;
+        let question = query.get(crate::wire::HEADER_LEN..info.question_end)?;
+        Some(Box::new(QueryTrace::new(
+            client, transport, question, info.qtype, received,
+        )))
     }
 
     /// Records the answer sent to the client.
