@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod anomaly;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -77,8 +78,7 @@ impl Proxy {
     }
 
     /// As [`Proxy::start`], with extra observers of finished lookups (the demo's console
-    /// trees, tests). Lookups are correlated only when something observes them: extra
-    /// observers or a trace export endpoint.
+    /// trees, tests), beside the anomaly detectors and the trace exporter.
     pub async fn start_with_observers(
         config: &Config,
         mut observers: Vec<Box<dyn LookupObserver>>,
@@ -94,13 +94,12 @@ impl Proxy {
             let otlp = telemetry::start(settings, &resource, &telemetry_metrics, stop_all.clone())?;
             observers.push(Box::new(otlp));
         }
-        let trace_sink = if observers.is_empty() {
-            None
-        } else {
-            let model = SearchModel::from_config(config, &config.resolv_conf)?;
-            let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers);
-            Some(tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone()))
-        };
+        // The anomaly detectors always observe lookups, so correlation always runs.
+        observers.push(Box::new(anomaly::Detectors::register(&mut registry)));
+        let model = SearchModel::from_config(config, &config.resolv_conf)?;
+        let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers);
+        let trace_sink =
+            Some(tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone()));
         let listen_metrics = Arc::new(ListenMetrics::register(&mut registry));
         let forwarder = Forwarder::build(
             config,

@@ -152,19 +152,48 @@ pub fn parse_response(msg: &[u8]) -> Result<ResponseInfo, WireError> {
 fn find_edns_payload(decoder: &mut BinDecoder<'_>, records: u32) -> Result<Option<u16>, WireError> {
     let mut payload = None;
     for _ in 0..records {
-        Name::read(decoder).map_err(|_| WireError::Malformed)?;
-        let rtype = read_u16(decoder)?;
-        let class = read_u16(decoder)?;
-        let _ttl = decoder.read_u32().map_err(|_| WireError::Malformed)?;
-        let rdlength = read_u16(decoder)?;
-        decoder
-            .read_slice(usize::from(rdlength))
-            .map_err(|_| WireError::Malformed)?;
+        let (rtype, class) = skip_record(decoder)?;
         if rtype == u16::from(RecordType::OPT) {
             payload = Some(class);
         }
     }
     Ok(payload)
+}
+
+/// Skips one resource record; returns its TYPE and CLASS.
+fn skip_record(decoder: &mut BinDecoder<'_>) -> Result<(u16, u16), WireError> {
+    Name::read(decoder).map_err(|_| WireError::Malformed)?;
+    let rtype = read_u16(decoder)?;
+    let class = read_u16(decoder)?;
+    let _ttl = decoder.read_u32().map_err(|_| WireError::Malformed)?;
+    let rdlength = read_u16(decoder)?;
+    decoder
+        .read_slice(usize::from(rdlength))
+        .map_err(|_| WireError::Malformed)?;
+    Ok((rtype, class))
+}
+
+/// Whether a response's authority section holds an SOA record: a well-formed negative
+/// answer (RFC 2308) has one; an upstream answering NOERROR with nothing at all has not.
+/// Unparsable responses count as "no".
+pub fn authority_has_soa(msg: &[u8]) -> bool {
+    let mut decoder = BinDecoder::new(msg);
+    let Ok(header) = Header::read(&mut decoder) else {
+        return false;
+    };
+    for _ in 0..header.counts.queries {
+        if Query::read(&mut decoder).is_err() {
+            return false;
+        }
+    }
+    for _ in 0..header.counts.answers {
+        if skip_record(&mut decoder).is_err() {
+            return false;
+        }
+    }
+    (0..header.counts.authorities).any(|_| {
+        skip_record(&mut decoder).is_ok_and(|(rtype, _)| rtype == u16::from(RecordType::SOA))
+    })
 }
 
 fn read_u16(decoder: &mut BinDecoder<'_>) -> Result<u16, WireError> {

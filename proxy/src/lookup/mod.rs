@@ -74,6 +74,8 @@ pub struct QueryTrace {
     pub answered: Instant,
     pub rcode: u8,
     pub answers: u16,
+    /// An SOA in the answer's authority section (a well-formed negative answer).
+    pub authority_soa: bool,
     pub tries: Vec<UpstreamTry>,
 }
 
@@ -94,6 +96,7 @@ impl QueryTrace {
             answered: received,
             rcode: 0,
             answers: 0,
+            authority_soa: false,
             tries: Vec::new(),
         }
     }

@@ -64,7 +64,12 @@ impl SearchModel {
                 ndots: config.ndots.unwrap_or(5),
             },
             Mode::Sidecar => {
-                let (suffixes, ndots) = read_resolv_conf(resolv_conf)?;
+                // Without a readable resolv.conf every query reads as an absolute name:
+                // lookups still correlate (A with AAAA, retries), only the walk is not seen.
+                let (suffixes, ndots) = read_resolv_conf(resolv_conf).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "no search list: set `search:` or --resolv-conf");
+                    (Vec::new(), 5)
+                });
                 SearchModel::Fixed {
                     suffixes,
                     ndots: config.ndots.unwrap_or(ndots),

@@ -21,7 +21,8 @@
 //! exporter directly — the SDK's `SpanExporter` is the only OpenTelemetry piece used. With
 //! tracing off (no endpoint) none of this runs.
 //!
-//! Sampling: every lookup with a timeout or SERVFAIL is exported; others with probability
+//! Sampling: every lookup with a timeout, SERVFAIL or anomaly (`dns.anomaly` on the root,
+//! see `anomaly`) is exported; others with probability
 //! `sample_ratio` (default 0.01), decided per lookup (all its spans or none).
 //!
 //! Settings, environment winning over config: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
@@ -54,6 +55,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::anomaly;
 use crate::config::{OtlpProtocol, TracingConfig};
 use crate::lookup::{Attempt, LookupObserver, LookupOutcome, LookupRecord};
 use crate::metrics::{QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels};
@@ -351,21 +353,21 @@ pub struct OtlpObserver {
 
 impl OtlpObserver {
     /// Lookups that went wrong are always kept; the rest by ratio.
-    fn keep(&self, lookup: &LookupRecord) -> bool {
-        matches!(
-            lookup.outcome,
-            LookupOutcome::ServFail | LookupOutcome::Timeout
-        ) || (self.sample_ratio > 0.0 && rand::random::<f64>() < self.sample_ratio)
+    fn keep(&self, lookup: &LookupRecord, anomalies: &[anomaly::Kind]) -> bool {
+        anomaly::failed(lookup)
+            || !anomalies.is_empty()
+            || (self.sample_ratio > 0.0 && rand::random::<f64>() < self.sample_ratio)
     }
 }
 
 impl LookupObserver for OtlpObserver {
     fn observe(&mut self, lookup: &LookupRecord) {
-        if !self.keep(lookup) {
+        let anomalies = anomaly::kinds(lookup);
+        if !self.keep(lookup, &anomalies) {
             self.metrics.sampled_out.inc();
             return;
         }
-        let spans = lookup_spans(lookup, &self.clock, &self.scope);
+        let spans = lookup_spans(lookup, &anomalies, &self.clock, &self.scope);
         let n = spans.len();
         if self.queued.load(Ordering::Relaxed) + n > self.capacity {
             for _ in 0..n {
@@ -430,6 +432,7 @@ fn suffix_text(attempt: &Attempt) -> String {
 /// The spans of one lookup: the root, a `dns.query` per attempt, a `dns.upstream` per try.
 pub fn lookup_spans(
     lookup: &LookupRecord,
+    anomalies: &[anomaly::Kind],
     clock: &Clock,
     scope: &InstrumentationScope,
 ) -> Vec<SpanData> {
@@ -454,6 +457,10 @@ pub fn lookup_spans(
     }
     if lookup.evicted {
         root_attributes.push(KeyValue::new("dns.lookup.evicted", true));
+    }
+    if !anomalies.is_empty() {
+        let kinds: Vec<&str> = anomalies.iter().map(|k| k.as_str()).collect();
+        root_attributes.push(KeyValue::new("dns.anomaly", kinds.join(",")));
     }
     let mut root = trace.span(
         (root_id, SpanId::INVALID),

@@ -148,7 +148,7 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
     };
     let clock = Clock::now();
     let scope = InstrumentationScope::builder("test").build();
-    let spans = lookup_spans(&lookup, &clock, &scope);
+    let spans = lookup_spans(&lookup, &[], &clock, &scope);
     assert_eq!(
         spans.iter().map(|s| s.name.as_ref()).collect::<Vec<_>>(),
         ["dns.lookup", "dns.query", "dns.upstream", "dns.upstream"]

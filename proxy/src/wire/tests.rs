@@ -184,3 +184,37 @@ fn id_helpers() {
     set_id(&mut tiny, 1);
     assert_eq!(tiny, [7]);
 }
+
+#[test]
+fn finds_an_soa_in_the_authority_section() {
+    use hickory_proto::rr::rdata::SOA;
+    use hickory_proto::rr::{RData, Record};
+    let q = query("nosuch.example.org.", RecordType::A, None);
+    let mut nodata = Message::from_vec(&q).unwrap();
+    nodata.metadata.message_type = MessageType::Response;
+    assert!(
+        !authority_has_soa(&nodata.to_vec().unwrap()),
+        "empty NOERROR without SOA"
+    );
+    let soa = SOA::new(
+        Name::from_ascii("ns.example.org.").unwrap(),
+        Name::from_ascii("hostmaster.example.org.").unwrap(),
+        1,
+        3600,
+        600,
+        86400,
+        60,
+    );
+    nodata.add_authority(Record::from_rdata(
+        Name::from_ascii("example.org.").unwrap(),
+        60,
+        RData::SOA(soa),
+    ));
+    let bytes = nodata.to_vec().unwrap();
+    assert!(authority_has_soa(&bytes));
+    assert!(
+        !authority_has_soa(&bytes[..bytes.len() - 5]),
+        "cut short: no"
+    );
+    assert!(!authority_has_soa(&[1, 2, 3]));
+}

@@ -1,0 +1,346 @@
+//! Anomaly detectors: read finished lookups ([`LookupRecord`]) and name the patterns that
+//! broke a real cluster. Pure functions over plain data ([`kinds`]) plus a
+//! [`LookupObserver`] that counts them; they never reach back into the data path.
+//!
+//! Detectors and their metrics (labels are closed sets, never a query name):
+//! - **Empty NOERROR**: RCODE NOERROR with no answer for an A/AAAA question.
+//!   `dnslens_empty_noerror_total{qtype, search_expansion, soa}`: `search_expansion` says
+//!   whether the name was a search-list expansion (the musl trap: musl stops its walk there
+//!   and the lookup fails), `soa` whether the authority section carried an SOA (a
+//!   well-formed NODATA) or nothing (an upstream misbehaving). An AAAA NODATA while the A of
+//!   the same name has data is ordinary (IPv4-only names): counted, not an anomaly.
+//! - **Parallel A/AAAA**: A and AAAA for one name from one client socket within 50 ms
+//!   (`dnslens_parallel_queries_total`, pairs). A pair where one query is asked again
+//!   by the client — its twin was answered, this one presumably lost on the way (the
+//!   conntrack insertion race) — is `dnslens_parallel_query_race_suspected_total`.
+//! - **Client retries**: the same client socket asking the same name and type again within
+//!   one lookup: `dnslens_client_retries_total{qtype}` and the gap,
+//!   `dnslens_client_retry_gap_seconds` (buckets that make 1, 2 and 5 s resolver
+//!   timeouts stand out).
+//! - **Search noise**: `dnslens_search_expansion_queries_total{outcome}` (nxdomain / nodata /
+//!   answer / servfail: expected noise of a search walk), `dnslens_lookups_total{outcome}`
+//!   and `dnslens_lookup_attempts` (queries per lookup), so the share of traffic that is
+//!   search noise is one PromQL expression and a genuine NXDOMAIN (of the absolute name,
+//!   `dnslens_lookups_total{outcome="nxdomain"}`) is told apart from expected ones.
+//! - **Upstream faults**: a lookup with an upstream timeout, SERVFAIL or REFUSED (per
+//!   upstream counts are `dnslens_upstream_requests_total{outcome}` in `forward`).
+//!
+//! Each lookup's kinds go on its trace as `dns.anomaly`, and a lookup with any kind is
+//! always exported (see `telemetry`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::forward::Outcome;
+use crate::lookup::{Attempt, LookupObserver, LookupOutcome, LookupRecord};
+use crate::metrics::{CounterTable, QtypeLabel};
+
+/// A and AAAA of one name from one socket this close together are "sent in parallel".
+const PARALLEL_WINDOW: Duration = Duration::from_millis(50);
+const QTYPE_A: u16 = 1;
+const QTYPE_AAAA: u16 = 28;
+
+/// What can be abnormal about a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Empty NOERROR for a search expansion: musl stops here and the lookup fails.
+    EmptyNoerrorSearch,
+    /// Empty NOERROR with no SOA: the upstream answers "nothing" instead of NXDOMAIN/NODATA.
+    EmptyNoerrorNoSoa,
+    /// A query of a parallel A/AAAA pair asked again while its twin was answered.
+    ParallelRace,
+    /// The client asked the same question again.
+    ClientRetry,
+    /// An upstream try timed out.
+    UpstreamTimeout,
+    /// An upstream answered SERVFAIL or REFUSED.
+    UpstreamError,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::EmptyNoerrorSearch => "empty_noerror_search",
+            Kind::EmptyNoerrorNoSoa => "empty_noerror_no_soa",
+            Kind::ParallelRace => "parallel_race",
+            Kind::ClientRetry => "client_retry",
+            Kind::UpstreamTimeout => "upstream_timeout",
+            Kind::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+fn is_empty_noerror(a: &Attempt) -> bool {
+    a.query.rcode == 0 && a.query.answers == 0 && matches!(a.query.qtype, QTYPE_A | QTYPE_AAAA)
+}
+
+/// An AAAA NODATA whose A twin (same name, same lookup) has data: an IPv4-only name.
+fn is_ordinary_aaaa_nodata(a: &Attempt, lookup: &LookupRecord) -> bool {
+    a.query.qtype == QTYPE_AAAA
+        && lookup
+            .attempts
+            .iter()
+            .any(|b| b.query.qtype == QTYPE_A && b.qname == a.qname && b.query.has_data())
+}
+
+/// Pairs (index of A, index of AAAA) sent in parallel from one socket.
+fn parallel_pairs(lookup: &LookupRecord) -> Vec<(usize, usize)> {
+    let mut pairs = Vec::new();
+    for (i, a) in lookup
+        .attempts
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.query.qtype == QTYPE_A)
+    {
+        let twin = lookup.attempts.iter().enumerate().find(|(_, b)| {
+            b.query.qtype == QTYPE_AAAA
+                && b.qname == a.qname
+                && b.query.client == a.query.client
+                && abs_diff(b.query.received, a.query.received) <= PARALLEL_WINDOW
+        });
+        if let Some((j, _)) = twin {
+            pairs.push((i, j));
+        }
+    }
+    pairs
+}
+
+fn abs_diff(a: std::time::Instant, b: std::time::Instant) -> Duration {
+    a.saturating_duration_since(b)
+        .max(b.saturating_duration_since(a))
+}
+
+/// Retries: (index of the repeat, gap since the previous ask of the same name and type from
+/// the same client socket). Resolvers resend on the socket they asked from; a second
+/// `getaddrinfo` of the same name opens a new socket and is not a retry. Attempts are in
+/// arrival order.
+fn retries(lookup: &LookupRecord) -> Vec<(usize, Duration)> {
+    let mut last_seen: HashMap<(&str, u16, u16), std::time::Instant> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, a) in lookup.attempts.iter().enumerate() {
+        let key = (a.qname.as_str(), a.query.qtype, a.query.client.port());
+        if let Some(previous) = last_seen.insert(key, a.query.received) {
+            out.push((i, a.query.received.saturating_duration_since(previous)));
+        }
+    }
+    out
+}
+
+/// The anomaly kinds of one lookup, sorted, without repeats.
+pub fn kinds(lookup: &LookupRecord) -> Vec<Kind> {
+    let mut kinds = Vec::new();
+    for a in &lookup.attempts {
+        if is_empty_noerror(a) && !is_ordinary_aaaa_nodata(a, lookup) {
+            if a.suffix.is_some() {
+                kinds.push(Kind::EmptyNoerrorSearch);
+            }
+            if !a.query.authority_soa {
+                kinds.push(Kind::EmptyNoerrorNoSoa);
+            }
+        }
+        for t in &a.query.tries {
+            match t.outcome {
+                Outcome::timeout => kinds.push(Kind::UpstreamTimeout),
+                Outcome::servfail | Outcome::refused => kinds.push(Kind::UpstreamError),
+                _ => {}
+            }
+        }
+    }
+    let retried = retries(lookup);
+    if !retried.is_empty() {
+        kinds.push(Kind::ClientRetry);
+    }
+    if race_suspected(lookup, &retried) > 0 {
+        kinds.push(Kind::ParallelRace);
+    }
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// Parallel pairs one of whose queries the client asked again (the other was answered).
+fn race_suspected(lookup: &LookupRecord, retried: &[(usize, Duration)]) -> usize {
+    parallel_pairs(lookup)
+        .into_iter()
+        .filter(|&(a, aaaa)| {
+            let asked_again = |i: usize| {
+                let first = &lookup.attempts[i];
+                retried.iter().any(|&(r, _)| {
+                    let again = &lookup.attempts[r];
+                    r > i && again.qname == first.qname && again.query.qtype == first.query.qtype
+                })
+            };
+            asked_again(a) != asked_again(aaaa)
+        })
+        .count()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Flag(bool);
+
+impl EncodeLabelValue for Flag {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        encoder.write_str(if self.0 { "true" } else { "false" })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EmptyNoerrorLabels {
+    qtype: QtypeLabel,
+    search_expansion: Flag,
+    soa: Flag,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QtypeLabels {
+    qtype: QtypeLabel,
+}
+
+/// Counts what the detectors find; runs in the lookup tracker.
+pub struct Detectors {
+    empty_noerror: CounterTable<EmptyNoerrorLabels>,
+    search_expansion: Family<OutcomeLabels, Counter>,
+    lookups: Family<OutcomeLabels, Counter>,
+    attempts: Histogram,
+    retries: CounterTable<QtypeLabels>,
+    retry_gap: Histogram,
+    parallel: Counter,
+    race_suspected: Counter,
+}
+
+impl Detectors {
+    pub fn register(registry: &mut Registry) -> Detectors {
+        let empty_noerror = Family::<EmptyNoerrorLabels, Counter>::default();
+        registry.register(
+            "empty_noerror",
+            "A/AAAA answers with RCODE NOERROR and no records, by qtype, whether the name was a search expansion, and whether an SOA came with it",
+            empty_noerror.clone(),
+        );
+        let search_expansion = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "search_expansion_queries",
+            "Queries for search-list expansions of a name, by outcome (expected noise of a search walk)",
+            search_expansion.clone(),
+        );
+        let lookups = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "lookups",
+            "Lookups (all queries of one getaddrinfo) by outcome",
+            lookups.clone(),
+        );
+        let attempts = Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0]);
+        registry.register("lookup_attempts", "Queries per lookup", attempts.clone());
+        let retries = Family::<QtypeLabels, Counter>::default();
+        registry.register(
+            "client_retries",
+            "The same client asking the same name and type again within one lookup",
+            retries.clone(),
+        );
+        let retry_gap = Histogram::new([
+            0.1, 0.25, 0.5, 0.9, 1.1, 1.9, 2.1, 2.9, 3.1, 4.9, 5.1, 7.5, 10.0,
+        ]);
+        registry.register_with_unit(
+            "client_retry_gap",
+            "Time between a question and the client's repeat of it (resolver timeouts show as peaks at 1, 2, 5 s)",
+            prometheus_client::registry::Unit::Seconds,
+            retry_gap.clone(),
+        );
+        let parallel = Counter::default();
+        registry.register(
+            "parallel_queries",
+            "A/AAAA pairs sent together from one client socket",
+            parallel.clone(),
+        );
+        let race_suspected = Counter::default();
+        registry.register(
+            "parallel_query_race_suspected",
+            "Parallel A/AAAA pairs one of which the client had to ask again (conntrack race suspected)",
+            race_suspected.clone(),
+        );
+        Detectors {
+            empty_noerror: CounterTable::new(empty_noerror, QtypeLabel::COUNT * 4),
+            search_expansion,
+            lookups,
+            attempts,
+            retries: CounterTable::new(retries, QtypeLabel::COUNT),
+            retry_gap,
+            parallel,
+            race_suspected,
+        }
+    }
+}
+
+fn query_outcome(a: &Attempt) -> &'static str {
+    match a.query.rcode {
+        0 if a.query.answers > 0 => "answer",
+        0 => "nodata",
+        3 => "nxdomain",
+        _ => "servfail",
+    }
+}
+
+impl LookupObserver for Detectors {
+    fn observe(&mut self, lookup: &LookupRecord) {
+        self.lookups
+            .get_or_create(&OutcomeLabels {
+                outcome: lookup.outcome.as_str(),
+            })
+            .inc();
+        self.attempts.observe(lookup.attempts.len() as f64);
+        for a in &lookup.attempts {
+            if a.suffix.is_some() {
+                self.search_expansion
+                    .get_or_create(&OutcomeLabels {
+                        outcome: query_outcome(a),
+                    })
+                    .inc();
+            }
+            if is_empty_noerror(a) {
+                let qtype = QtypeLabel::from_qtype(a.query.qtype);
+                let (search, soa) = (a.suffix.is_some(), a.query.authority_soa);
+                let index = qtype.index() * 4 + usize::from(search) * 2 + usize::from(soa);
+                self.empty_noerror
+                    .get(index, || EmptyNoerrorLabels {
+                        qtype,
+                        search_expansion: Flag(search),
+                        soa: Flag(soa),
+                    })
+                    .inc();
+            }
+        }
+        let retried = retries(lookup);
+        for &(i, gap) in &retried {
+            let qtype = QtypeLabel::from_qtype(lookup.attempts[i].query.qtype);
+            self.retries
+                .get(qtype.index(), || QtypeLabels { qtype })
+                .inc();
+            self.retry_gap.observe(gap.as_secs_f64());
+        }
+        self.parallel.inc_by(parallel_pairs(lookup).len() as u64);
+        self.race_suspected
+            .inc_by(race_suspected(lookup, &retried) as u64);
+    }
+}
+
+/// Whether a lookup's outcome alone makes it worth keeping (timeouts and SERVFAIL).
+pub fn failed(lookup: &LookupRecord) -> bool {
+    matches!(
+        lookup.outcome,
+        LookupOutcome::ServFail | LookupOutcome::Timeout
+    )
+}
+
+#[cfg(test)]
+mod tests;

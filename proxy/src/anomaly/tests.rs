@@ -1,0 +1,255 @@
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::*;
+use crate::lookup::{QueryTrace, UpstreamTry};
+use crate::metrics::Transport;
+
+struct Q {
+    at_ms: u64,
+    port: u16,
+    name: &'static str,
+    suffix: Option<usize>,
+    qtype: u16,
+    rcode: u8,
+    answers: u16,
+    soa: bool,
+}
+
+#[allow(clippy::too_many_arguments)] // a table row, read positionally
+fn q(
+    at_ms: u64,
+    port: u16,
+    name: &'static str,
+    suffix: Option<usize>,
+    qtype: u16,
+    rcode: u8,
+    answers: u16,
+    soa: bool,
+) -> Q {
+    Q {
+        at_ms,
+        port,
+        name,
+        suffix,
+        qtype,
+        rcode,
+        answers,
+        soa,
+    }
+}
+
+fn lookup(queries: &[Q]) -> LookupRecord {
+    let t0 = Instant::now();
+    let attempts: Vec<Attempt> = queries
+        .iter()
+        .map(|x| {
+            let client: SocketAddr = format!("127.0.0.1:{}", x.port).parse().unwrap();
+            let received = t0 + Duration::from_millis(x.at_ms);
+            let mut trace = QueryTrace::new(client, Transport::Udp, &[0], x.qtype, received);
+            trace.answered = received + Duration::from_millis(1);
+            trace.rcode = x.rcode;
+            trace.answers = x.answers;
+            trace.authority_soa = x.soa;
+            Attempt {
+                qname: x.name.to_string(),
+                suffix: x.suffix.map(|i| (i, "suffix".to_string())),
+                query: trace,
+            }
+        })
+        .collect();
+    LookupRecord {
+        client: "127.0.0.1".parse().unwrap(),
+        base: "base".into(),
+        attempts,
+        outcome: LookupOutcome::Answered,
+        start: t0,
+        end: t0 + Duration::from_secs(1),
+        evicted: false,
+    }
+}
+
+#[test]
+fn empty_noerror_on_a_search_expansion_is_the_musl_trap() {
+    let l = lookup(&[
+        q(
+            0,
+            1,
+            "alauda.cn.default.svc.cluster.local",
+            Some(0),
+            QTYPE_A,
+            0,
+            0,
+            true,
+        ),
+        q(
+            0,
+            1,
+            "alauda.cn.default.svc.cluster.local",
+            Some(0),
+            QTYPE_AAAA,
+            0,
+            0,
+            true,
+        ),
+    ]);
+    assert_eq!(kinds(&l), [Kind::EmptyNoerrorSearch]);
+    let no_soa = lookup(&[q(
+        0,
+        1,
+        "alauda.cn.default.svc.cluster.local",
+        Some(0),
+        QTYPE_A,
+        0,
+        0,
+        false,
+    )]);
+    assert_eq!(
+        kinds(&no_soa),
+        [Kind::EmptyNoerrorSearch, Kind::EmptyNoerrorNoSoa]
+    );
+    let absolute_no_soa = lookup(&[q(0, 1, "example.org", None, QTYPE_A, 0, 0, false)]);
+    assert_eq!(kinds(&absolute_no_soa), [Kind::EmptyNoerrorNoSoa]);
+}
+
+#[test]
+fn aaaa_nodata_beside_an_a_answer_is_ordinary() {
+    let l = lookup(&[
+        q(0, 1, "github.com", None, QTYPE_A, 0, 1, false),
+        q(0, 1, "github.com", None, QTYPE_AAAA, 0, 0, true),
+    ]);
+    assert!(kinds(&l).is_empty());
+    // NXDOMAIN walks are noise, not anomalies.
+    let walk = lookup(&[
+        q(
+            0,
+            1,
+            "x.default.svc.cluster.local",
+            Some(0),
+            QTYPE_A,
+            3,
+            0,
+            true,
+        ),
+        q(1, 2, "x", None, QTYPE_A, 0, 1, false),
+    ]);
+    assert!(kinds(&walk).is_empty());
+}
+
+#[test]
+fn a_lost_aaaa_retried_after_five_seconds_is_a_suspected_race() {
+    let l = lookup(&[
+        q(0, 4000, "github.com", None, QTYPE_A, 0, 1, false),
+        q(0, 4000, "github.com", None, QTYPE_AAAA, 0, 0, true),
+        q(5000, 4000, "github.com", None, QTYPE_AAAA, 0, 0, true),
+    ]);
+    assert_eq!(parallel_pairs(&l), [(0, 1)]);
+    let r = retries(&l);
+    assert_eq!(r, [(2, Duration::from_secs(5))]);
+    assert_eq!(race_suspected(&l, &r), 1);
+    assert_eq!(kinds(&l), [Kind::ParallelRace, Kind::ClientRetry]);
+}
+
+#[test]
+fn pairs_need_one_socket_and_one_moment() {
+    let other_ports = lookup(&[
+        q(0, 1, "a", None, QTYPE_A, 0, 1, false),
+        q(0, 2, "a", None, QTYPE_AAAA, 0, 1, false),
+    ]);
+    assert!(parallel_pairs(&other_ports).is_empty());
+    let apart = lookup(&[
+        q(0, 1, "a", None, QTYPE_A, 0, 1, false),
+        q(200, 1, "a", None, QTYPE_AAAA, 0, 1, false),
+    ]);
+    assert!(parallel_pairs(&apart).is_empty());
+    // Both retried: a plain retry (both lost, e.g. a dead upstream), not a race.
+    let both = lookup(&[
+        q(0, 1, "a", None, QTYPE_A, 2, 0, false),
+        q(0, 1, "a", None, QTYPE_AAAA, 2, 0, false),
+        q(5000, 1, "a", None, QTYPE_A, 0, 1, false),
+        q(5000, 1, "a", None, QTYPE_AAAA, 0, 1, false),
+    ]);
+    let r = retries(&both);
+    assert_eq!(r.len(), 2);
+    assert_eq!(race_suspected(&both, &r), 0);
+}
+
+#[test]
+fn the_same_name_from_another_socket_is_a_new_ask_not_a_retry() {
+    let l = lookup(&[
+        q(0, 1, "web", None, QTYPE_A, 0, 1, false),
+        q(3, 2, "web", None, QTYPE_A, 0, 1, false),
+    ]);
+    assert!(retries(&l).is_empty());
+    assert!(kinds(&l).is_empty());
+}
+
+#[test]
+fn upstream_timeouts_and_errors_are_kinds() {
+    let mut l = lookup(&[q(0, 1, "a", None, QTYPE_A, 0, 1, false)]);
+    let t = l.attempts[0].query.received;
+    let upstream: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    for outcome in [Outcome::timeout, Outcome::servfail, Outcome::answer] {
+        l.attempts[0].query.tries.push(UpstreamTry {
+            upstream,
+            transport: Transport::Udp,
+            outcome,
+            start: t,
+            end: t,
+        });
+    }
+    assert_eq!(kinds(&l), [Kind::UpstreamTimeout, Kind::UpstreamError]);
+}
+
+#[test]
+fn detectors_count_into_their_families() {
+    let mut registry = Registry::with_prefix("dnslens");
+    let mut d = Detectors::register(&mut registry);
+    d.observe(&lookup(&[
+        q(
+            0,
+            1,
+            "alauda.cn.default.svc.cluster.local",
+            Some(0),
+            QTYPE_A,
+            0,
+            0,
+            false,
+        ),
+        q(
+            0,
+            1,
+            "alauda.cn.default.svc.cluster.local",
+            Some(0),
+            QTYPE_AAAA,
+            0,
+            0,
+            false,
+        ),
+        q(
+            0,
+            1,
+            "alauda.cn.default.svc.cluster.local",
+            Some(0),
+            QTYPE_AAAA,
+            0,
+            0,
+            false,
+        ),
+    ]));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "dnslens_empty_noerror_total{qtype=\"A\",search_expansion=\"true\",soa=\"false\"} 1",
+        "dnslens_empty_noerror_total{qtype=\"AAAA\",search_expansion=\"true\",soa=\"false\"} 2",
+        "dnslens_search_expansion_queries_total{outcome=\"nodata\"} 3",
+        "dnslens_lookups_total{outcome=\"answered\"} 1",
+        "dnslens_client_retries_total{qtype=\"AAAA\"} 1",
+        "dnslens_parallel_queries_total 1",
+        "dnslens_parallel_query_race_suspected_total 1",
+        "dnslens_lookup_attempts_count 1",
+        "dnslens_client_retry_gap_seconds_count 1",
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+}
