@@ -12,9 +12,13 @@
 //! - **Parallel A/AAAA**: A and AAAA for one name from one client socket within 50 ms
 //!   (`dnslens_parallel_queries_total`, pairs). A pair where one query is asked again
 //!   by the client — its twin was answered, this one presumably lost on the way (the
-//!   conntrack insertion race) — is `dnslens_parallel_query_race_suspected_total`.
+//!   conntrack insertion race) — is `dnslens_parallel_query_race_suspected_total`; so is,
+//!   seen from dnslens's side of a lossy path, an A or AAAA whose twin never arrived and then
+//!   arrives alone on the same socket 0.5-12 s later (a resolver timeout). That memory is
+//!   bounded (4096 entries, oldest evicted: `dnslens_anomaly_state_evicted_total`).
 //! - **Client retries**: the same client socket asking the same name and type again within
-//!   one lookup: `dnslens_client_retries_total{qtype}` and the gap,
+//!   12 s (across lookups: a 5 s resolver timeout outlasts a lookup), from the same bounded
+//!   memory: `dnslens_client_retries_total{qtype}` and the gap,
 //!   `dnslens_client_retry_gap_seconds` (buckets that make 1, 2 and 5 s resolver
 //!   timeouts stand out).
 //! - **Search noise**: `dnslens_search_expansion_queries_total{outcome}` (nxdomain / nodata /
@@ -208,8 +212,66 @@ struct QtypeLabels {
     qtype: QtypeLabel,
 }
 
+/// What the detectors remember across lookups, keyed by (client socket, name, qtype):
+/// a retry or a late twin arrives seconds later, after the first lookup has ended. Bounded:
+/// at most `RECENT_CAP` entries, oldest evicted and counted; entries older than
+/// `RECENT_WINDOW` no longer match.
+struct Recent {
+    seen: HashMap<(std::net::SocketAddr, String, u16), std::time::Instant>,
+    order: std::collections::VecDeque<((std::net::SocketAddr, String, u16), std::time::Instant)>,
+    evicted: Counter,
+}
+
+const RECENT_CAP: usize = 4096;
+const RECENT_WINDOW: Duration = Duration::from_secs(12);
+/// A twin arriving sooner than this is not "late": resolvers time out after 1 s at least.
+const LATE_TWIN: Duration = Duration::from_millis(500);
+
+impl Recent {
+    fn new(evicted: Counter) -> Recent {
+        Recent {
+            seen: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            evicted,
+        }
+    }
+
+    /// Forgets and returns how long ago `qtype` for `a`'s socket and name was remembered,
+    /// if within the window.
+    fn take(&mut self, a: &Attempt, qtype: u16) -> Option<Duration> {
+        let at = self
+            .seen
+            .remove(&(a.query.client, a.qname.clone(), qtype))?;
+        let gap = a.query.received.saturating_duration_since(at);
+        (gap <= RECENT_WINDOW).then_some(gap)
+    }
+
+    fn remember(&mut self, a: &Attempt, qtype: u16) {
+        let key = (a.query.client, a.qname.clone(), qtype);
+        if self.seen.len() >= RECENT_CAP && !self.seen.contains_key(&key) {
+            while let Some((old, at)) = self.order.pop_front() {
+                if self.seen.get(&old) == Some(&at) {
+                    self.seen.remove(&old);
+                    self.evicted.inc();
+                    break;
+                }
+            }
+        }
+        self.seen.insert(key.clone(), a.query.received);
+        self.order.push_back((key, a.query.received));
+        if self.order.len() > 2 * RECENT_CAP {
+            let seen = &self.seen;
+            self.order.retain(|(k, at)| seen.get(k) == Some(at));
+        }
+    }
+}
+
 /// Counts what the detectors find; runs in the lookup tracker.
 pub struct Detectors {
+    /// Every A/AAAA/other question asked, for retries.
+    asked: Recent,
+    /// A/AAAA questions whose twin did not come with them, keyed by the missing qtype.
+    lonely: Recent,
     empty_noerror: CounterTable<EmptyNoerrorLabels>,
     search_expansion: Family<OutcomeLabels, Counter>,
     lookups: Family<OutcomeLabels, Counter>,
@@ -269,7 +331,15 @@ impl Detectors {
             "Parallel A/AAAA pairs one of which the client had to ask again (conntrack race suspected)",
             race_suspected.clone(),
         );
+        let evicted = Counter::default();
+        registry.register(
+            "anomaly_state_evicted",
+            "Entries dropped from the detectors' bounded memory of lonely A/AAAA queries",
+            evicted.clone(),
+        );
         Detectors {
+            asked: Recent::new(evicted.clone()),
+            lonely: Recent::new(evicted),
             empty_noerror: CounterTable::new(empty_noerror, QtypeLabel::COUNT * 4),
             search_expansion,
             lookups,
@@ -278,6 +348,44 @@ impl Detectors {
             retry_gap,
             parallel,
             race_suspected,
+        }
+    }
+}
+
+impl Detectors {
+    /// Retries and late twins, which span lookups: counted against what was remembered,
+    /// then this lookup's questions (and its lonely A/AAAA) are remembered.
+    fn across_lookups(&mut self, lookup: &LookupRecord) {
+        for a in &lookup.attempts {
+            if let Some(gap) = self.asked.take(a, a.query.qtype) {
+                let qtype = QtypeLabel::from_qtype(a.query.qtype);
+                self.retries
+                    .get(qtype.index(), || QtypeLabels { qtype })
+                    .inc();
+                self.retry_gap.observe(gap.as_secs_f64());
+            }
+            self.asked.remember(a, a.query.qtype);
+            if matches!(a.query.qtype, QTYPE_A | QTYPE_AAAA)
+                && self
+                    .lonely
+                    .take(a, a.query.qtype)
+                    .is_some_and(|gap| gap >= LATE_TWIN)
+            {
+                self.race_suspected.inc();
+            }
+        }
+        for a in &lookup.attempts {
+            let twin = match a.query.qtype {
+                QTYPE_A => QTYPE_AAAA,
+                QTYPE_AAAA => QTYPE_A,
+                _ => continue,
+            };
+            let has_twin = lookup.attempts.iter().any(|b| {
+                b.query.qtype == twin && b.qname == a.qname && b.query.client == a.query.client
+            });
+            if !has_twin {
+                self.lonely.remember(a, twin);
+            }
         }
     }
 }
@@ -320,17 +428,11 @@ impl LookupObserver for Detectors {
                     .inc();
             }
         }
-        let retried = retries(lookup);
-        for &(i, gap) in &retried {
-            let qtype = QtypeLabel::from_qtype(lookup.attempts[i].query.qtype);
-            self.retries
-                .get(qtype.index(), || QtypeLabels { qtype })
-                .inc();
-            self.retry_gap.observe(gap.as_secs_f64());
-        }
         self.parallel.inc_by(parallel_pairs(lookup).len() as u64);
+        let retried = retries(lookup);
         self.race_suspected
             .inc_by(race_suspected(lookup, &retried) as u64);
+        self.across_lookups(lookup);
     }
 }
 

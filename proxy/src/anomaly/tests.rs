@@ -253,3 +253,44 @@ fn detectors_count_into_their_families() {
         assert!(text.contains(line), "missing {line}\n{text}");
     }
 }
+
+#[test]
+fn a_twin_arriving_alone_a_timeout_later_is_a_suspected_race() {
+    let mut registry = Registry::with_prefix("dnslens");
+    let mut d = Detectors::register(&mut registry);
+    let t0 = Instant::now();
+    let mut first = lookup(&[q(0, 7000, "github.com", None, QTYPE_A, 0, 1, false)]);
+    first.attempts[0].query.received = t0;
+    d.observe(&first);
+    let mut late = lookup(&[q(0, 7000, "github.com", None, QTYPE_AAAA, 0, 0, true)]);
+    late.attempts[0].query.received = t0 + Duration::from_secs(5);
+    d.observe(&late);
+    assert_eq!(d.race_suspected.get(), 1);
+    // From another socket, or too soon, it is not.
+    let mut other = lookup(&[q(0, 7001, "example.org", None, QTYPE_A, 0, 1, false)]);
+    other.attempts[0].query.received = t0;
+    d.observe(&other);
+    let mut soon = lookup(&[q(0, 7001, "example.org", None, QTYPE_AAAA, 0, 1, false)]);
+    soon.attempts[0].query.received = t0 + Duration::from_millis(100);
+    d.observe(&soon);
+    assert_eq!(d.race_suspected.get(), 1);
+}
+
+#[test]
+fn the_lonely_query_memory_is_bounded() {
+    let mut registry = Registry::with_prefix("dnslens");
+    let mut d = Detectors::register(&mut registry);
+    let names: Vec<String> = (0..RECENT_CAP + 100)
+        .map(|i| format!("n{i}.example.org"))
+        .collect();
+    for name in &names {
+        let mut l = lookup(&[q(0, 1, "x", None, QTYPE_A, 0, 1, false)]);
+        l.attempts[0].qname = name.clone();
+        d.observe(&l);
+    }
+    assert_eq!(d.lonely.seen.len(), RECENT_CAP);
+    assert!(d.lonely.order.len() <= 2 * RECENT_CAP);
+    assert_eq!(d.asked.seen.len(), RECENT_CAP);
+    // Both memories (questions asked, lonely A queries) overflowed by 100.
+    assert_eq!(d.lonely.evicted.get(), 200);
+}

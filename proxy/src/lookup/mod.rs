@@ -124,6 +124,8 @@ impl QueryTrace {
         self.answers = answer
             .get(6..8)
             .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        // Only empty answers need their authority section read (empty-NOERROR kinds).
+        self.authority_soa = self.answers == 0 && crate::wire::authority_has_soa(answer);
     }
 
     /// The query name, lower case, without the trailing dot ("." for the root). The

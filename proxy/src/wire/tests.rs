@@ -218,3 +218,14 @@ fn finds_an_soa_in_the_authority_section() {
     );
     assert!(!authority_has_soa(&[1, 2, 3]));
 }
+
+#[test]
+fn finds_the_soa_in_a_real_nodata_answer() {
+    // hickory-server's NODATA for alauda.cn.default.svc.cluster.local A (the demo zone).
+    let hex = "abcd8500000100000001000006616c6175646102636e0764656661756c740373766307636c7573746572056c6f63616c000001000107636c7573746572056c6f63616c00000600010000001e002a026e7303646e73c0350a686f73746d6173746572c0350000000100001c2000000708000151800000001e";
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert!(authority_has_soa(&bytes));
+}

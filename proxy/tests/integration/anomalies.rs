@@ -1,0 +1,142 @@
+//! Anomaly counters on /metrics from real traffic through dnslens: the musl trap (empty
+//! NOERROR on a search expansion), a client retry with its gap, and a parallel A/AAAA pair
+//! whose AAAA never arrived and then came alone on the same socket (the conntrack race as
+//! a node-local proxy sees it).
+
+use std::time::Duration;
+
+use dnslens::demo::clients::{getaddrinfo, Libc};
+use dnslens::demo::{NDOTS, SEARCH};
+use hickory_proto::rr::RecordType;
+use tokio::net::UdpSocket;
+
+use crate::harness::*;
+
+async fn world() -> World {
+    World::start_with(|c| {
+        c.search = SEARCH.iter().map(|s| s.to_string()).collect();
+        c.ndots = Some(NDOTS as u32);
+        c.lookup.window = Duration::from_millis(400);
+    })
+    .await
+}
+
+/// Sends `packet` from `socket` to `server` and waits for one answer.
+async fn exchange_on(socket: &UdpSocket, server: std::net::SocketAddr, packet: &[u8]) -> Vec<u8> {
+    socket.send_to(packet, server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    buf[..len].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_musl_trap_is_counted_as_empty_noerror_on_a_search_expansion() {
+    let world = world().await;
+    let result = getaddrinfo(world.dns(), "alauda.cn", &SEARCH, NDOTS, Libc::Musl).await;
+    assert_eq!(result, Err("Name does not resolve"));
+    let m = world.proxy.metrics_addr;
+    // Knot-like well-formed NODATA: the SOA is there; the name was a search expansion.
+    for qtype in ["A", "AAAA"] {
+        let series = format!("dnslens_empty_noerror_total{{qtype=\"{qtype}\",search_expansion=\"true\",soa=\"true\"}}");
+        assert_eq!(metric_at_least(m, &series, 1.0).await, 1.0, "{series}");
+    }
+    assert_eq!(
+        metric(
+            m,
+            "dnslens_search_expansion_queries_total{outcome=\"nodata\"}"
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric(m, "dnslens_lookups_total{outcome=\"nodata\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(m, "dnslens_parallel_queries_total").await,
+        1.0,
+        "musl sends A and AAAA together"
+    );
+
+    // glibc walks on; its lookup is answered, and the walk is counted as search noise.
+    getaddrinfo(world.dns(), "alauda.cn", &SEARCH, NDOTS, Libc::Glibc)
+        .await
+        .unwrap();
+    metric_at_least(m, "dnslens_lookups_total{outcome=\"answered\"}", 1.0).await;
+    assert_eq!(
+        metric(
+            m,
+            "dnslens_search_expansion_queries_total{outcome=\"nxdomain\"}"
+        )
+        .await,
+        4.0
+    );
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_question_is_a_retry_with_its_gap() {
+    let world = world().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let query = query_bytes("github.com.", RecordType::A, 0x5151, None);
+    exchange_on(&socket, world.dns(), &query).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    exchange_on(&socket, world.dns(), &query).await;
+    let m = world.proxy.metrics_addr;
+    assert_eq!(
+        metric_at_least(m, "dnslens_client_retries_total{qtype=\"A\"}", 1.0).await,
+        1.0
+    );
+    assert_eq!(
+        metric(m, "dnslens_client_retry_gap_seconds_bucket{le=\"0.9\"}").await,
+        0.0
+    );
+    assert_eq!(
+        metric(m, "dnslens_client_retry_gap_seconds_bucket{le=\"1.1\"}").await,
+        1.0
+    );
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aaaa_arriving_alone_after_its_a_is_a_suspected_race() {
+    let world = world().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The resolver sent A and AAAA together; only the A reached dnslens.
+    exchange_on(
+        &socket,
+        world.dns(),
+        &query_bytes("example.org.", RecordType::A, 1, None),
+    )
+    .await;
+    // A resolver timeout later the AAAA comes again, alone, on the same socket.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    exchange_on(
+        &socket,
+        world.dns(),
+        &query_bytes("example.org.", RecordType::AAAA, 2, None),
+    )
+    .await;
+    let m = world.proxy.metrics_addr;
+    assert_eq!(
+        metric_at_least(m, "dnslens_parallel_query_race_suspected_total", 1.0).await,
+        1.0
+    );
+    // A single-type client that never sends the twin is not flagged.
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    exchange_on(
+        &other,
+        world.dns(),
+        &query_bytes("github.com.", RecordType::A, 3, None),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        metric(m, "dnslens_parallel_query_race_suspected_total").await,
+        1.0
+    );
+    world.stop().await;
+}
