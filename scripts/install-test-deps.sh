@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a Debian machine, if it is missing:
-# musl-gcc and iproute2 for the resolver-in-a-namespace tests;
+# musl-gcc and iproute2 for the resolver-in-a-namespace tests; promtool (prometheus) for the
+# alert rules;
 # Knot DNS (the real upstream), dig (the real client); with --bench also dnsperf and the
 # peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq).
 # Services that the packages would start are kept from starting (policy-rc.d): tests start
 # their own on loopback ports.
 set -euo pipefail
 
-need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools ip:iproute2 unshare:util-linux)
+need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools ip:iproute2 unshare:util-linux promtool:prometheus)
 if [[ "${1:-}" == "--bench" ]]; then
   need+=(dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base)
 fi

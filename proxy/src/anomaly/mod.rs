@@ -29,7 +29,10 @@
 //! - **Upstream faults**: a lookup with an upstream timeout, SERVFAIL or REFUSED (per
 //!   upstream counts are `dnslens_upstream_requests_total{outcome}` in `forward`).
 //!
-//! Each lookup's kinds go on its trace as `dns.anomaly`, and a lookup with any kind is
+//! `dnslens_anomalies_total{kind}` counts lookups by anomaly kind (`empty_noerror_search`,
+//! `empty_noerror_no_soa`, `parallel_race`, `client_retry`, `upstream_timeout`,
+//! `upstream_error`) as [`kinds`] finds them within one lookup; it is what the alert rules
+//! use. Each lookup's kinds go on its trace as `dns.anomaly`, and a lookup with any kind is
 //! always exported (see `telemetry`).
 
 use std::collections::HashMap;
@@ -68,6 +71,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::EmptyNoerrorSearch,
+        Kind::EmptyNoerrorNoSoa,
+        Kind::ParallelRace,
+        Kind::ClientRetry,
+        Kind::UpstreamTimeout,
+        Kind::UpstreamError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::EmptyNoerrorSearch => "empty_noerror_search",
@@ -203,6 +215,11 @@ struct EmptyNoerrorLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -268,6 +285,8 @@ impl Recent {
 
 /// Counts what the detectors find; runs in the lookup tracker.
 pub struct Detectors {
+    /// Lookups with each anomaly kind (what the journal and alerts use).
+    anomalies: CounterTable<KindLabels>,
     /// Every A/AAAA/other question asked, for retries.
     asked: Recent,
     /// A/AAAA questions whose twin did not come with them, keyed by the missing qtype.
@@ -284,6 +303,12 @@ pub struct Detectors {
 
 impl Detectors {
     pub fn register(registry: &mut Registry) -> Detectors {
+        let anomalies = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "anomalies",
+            "Lookups with an anomaly, by kind (ordinary AAAA NODATA of IPv4-only names excluded)",
+            anomalies.clone(),
+        );
         let empty_noerror = Family::<EmptyNoerrorLabels, Counter>::default();
         registry.register(
             "empty_noerror",
@@ -338,6 +363,7 @@ impl Detectors {
             evicted.clone(),
         );
         Detectors {
+            anomalies: CounterTable::new(anomalies, Kind::ALL.len()),
             asked: Recent::new(evicted.clone()),
             lonely: Recent::new(evicted),
             empty_noerror: CounterTable::new(empty_noerror, QtypeLabel::COUNT * 4),
@@ -401,6 +427,13 @@ fn query_outcome(a: &Attempt) -> &'static str {
 
 impl LookupObserver for Detectors {
     fn observe(&mut self, lookup: &LookupRecord) {
+        for kind in kinds(lookup) {
+            self.anomalies
+                .get(kind as usize, || KindLabels {
+                    kind: kind.as_str(),
+                })
+                .inc();
+        }
         self.lookups
             .get_or_create(&OutcomeLabels {
                 outcome: lookup.outcome.as_str(),

@@ -7,6 +7,7 @@ mod harness;
 mod otlp_receiver;
 
 mod admin;
+mod alerts;
 mod anomalies;
 mod bad_input;
 mod cli;
