@@ -3,27 +3,42 @@
 //! - `GET /metrics`: every dnslens metric in the Prometheus/OpenMetrics text format;
 //! - `GET /healthz`: 200 while the process serves HTTP at all;
 //! - `GET /readyz`: 200 when the DNS listeners are bound and at least one upstream is in
-//!   service, 503 otherwise.
+//!   service, 503 otherwise;
+//! - `GET /debug/anomalies?since=10m&kind=K`: the anomaly journal as JSON, newest first
+//!   (`since` a duration, default 10m; `kind` one of `anomaly::Kind`); bad parameters get 400
+//!   with a one-line reason.
 //!
 //! Anything else is 404; the server reads no request body.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use prometheus_client::registry::Registry;
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::anomaly::journal::Journal;
+use crate::anomaly::Kind;
 use crate::forward::Forwarder;
 
 #[derive(Clone)]
 struct AdminState {
     registry: Arc<Registry>,
     forwarder: Arc<Forwarder>,
+    journal: Journal,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnomalyParams {
+    since: Option<String>,
+    kind: Option<String>,
 }
 
 /// Serves the endpoints on an already-bound listener until `stop`.
@@ -31,15 +46,18 @@ pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     forwarder: Arc<Forwarder>,
+    journal: Journal,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/debug/anomalies", get(anomalies))
         .with_state(AdminState {
             registry,
             forwarder,
+            journal,
         });
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -72,4 +90,24 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no upstream in service\n")
     }
+}
+
+async fn anomalies(
+    State(state): State<AdminState>,
+    Query(params): Query<AnomalyParams>,
+) -> impl IntoResponse {
+    let since = match params
+        .since
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+    {
+        Ok(since) => since.unwrap_or(Duration::from_secs(600)),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("since: {e}\n")).into_response(),
+    };
+    let kind = match params.kind.as_deref().map(str::parse::<Kind>).transpose() {
+        Ok(kind) => kind,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("kind: {e}\n")).into_response(),
+    };
+    Json(state.journal.query(since, kind)).into_response()
 }

@@ -30,6 +30,22 @@ pub enum Command {
         #[arg(long, env = "DNSLENS_CONFIG")]
         config: PathBuf,
     },
+    /// What was abnormal lately: the anomaly journal of a running dnslens, newest first.
+    Anomalies {
+        /// How far back, e.g. 10m, 1h.
+        #[arg(long, default_value = "10m")]
+        since: String,
+        /// Only this kind (empty_noerror_search, empty_noerror_no_soa, parallel_race,
+        /// client_retry, upstream_timeout, upstream_error).
+        #[arg(long)]
+        kind: Option<String>,
+        /// dnslens's metrics address.
+        #[arg(long, default_value = "127.0.0.1:9253", env = "DNSLENS_METRICS_LISTEN")]
+        addr: SocketAddr,
+        /// Print the JSON as served.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the proxy in front of an embedded Kubernetes-like upstream (no network needed).
     Demo {
         #[arg(long, default_value = "127.0.0.1:5353")]
@@ -118,6 +134,12 @@ pub fn run(cli: Cli) -> ExitCode {
                     .map_err(anyhow::Error::from)
             })
         }
+        Command::Anomalies {
+            since,
+            kind,
+            addr,
+            json,
+        } => anomalies(addr, &since, kind.as_deref(), json),
         Command::Demo {
             listen,
             metrics_listen,
@@ -140,6 +162,62 @@ fn check_config(path: &Path) -> ExitCode {
         }
         Err(e) => config_error(&e),
     }
+}
+
+fn anomalies(addr: SocketAddr, since: &str, kind: Option<&str>, json: bool) -> ExitCode {
+    if let Err(e) = humantime::parse_duration(since) {
+        eprintln!("dnslens: --since {since}: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Some(Err(e)) = kind.map(str::parse::<crate::anomaly::Kind>) {
+        eprintln!("dnslens: --kind: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let mut path = format!("/debug/anomalies?since={since}");
+    if let Some(kind) = kind {
+        path.push_str(&format!("&kind={kind}"));
+    }
+    let body = match http_get(addr, &path) {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("dnslens: cannot read the journal from http://{addr}{path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<Vec<crate::anomaly::journal::Entry>>(&body) {
+        Ok(entries) => {
+            print!("{}", crate::anomaly::journal::render(&entries));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dnslens: the journal at {addr} is not what this version reads: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET with a timeout; the body of a 200 answer.
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.take(64 << 20).read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        anyhow::bail!("HTTP {status}: {}", body.trim());
+    }
+    Ok(body.to_string())
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

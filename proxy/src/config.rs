@@ -23,6 +23,7 @@
 //! - `lookup:` `window` [2s], `max_entries` [10000], `queue` [16384] (see `lookup`)
 //! - `tracing:` `endpoint`, `protocol` (`grpc` | `http/protobuf`), `sample_ratio` [0.01],
 //!   `queue` [8192], `export_timeout` [5s] (see `telemetry`)
+//! - `journal:` `entries` [10000] (see `anomaly::journal`)
 //!
 //! Every error is one line naming the key or value at fault; the binary exits 2 on it.
 
@@ -202,6 +203,21 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     pub lookup: LookupConfig,
     pub tracing: TracingConfig,
+    pub journal: JournalConfig,
+}
+
+/// The anomaly journal (see `anomaly::journal`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Anomalous lookups kept; the oldest goes first.
+    pub entries: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig { entries: 10_000 }
+    }
 }
 
 /// Correlation of queries into lookups (see `lookup`).
@@ -281,6 +297,7 @@ impl Default for Config {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             lookup: LookupConfig::default(),
             tracing: TracingConfig::default(),
+            journal: JournalConfig::default(),
         }
     }
 }

@@ -61,8 +61,10 @@ pub enum StartError {
 pub struct Proxy {
     /// The DNS addresses actually bound (port 0 in the config becomes a real port).
     pub dns_addrs: Vec<SocketAddr>,
-    /// The address of /metrics, /healthz and /readyz.
+    /// The address of /metrics, /healthz, /readyz and /debug/anomalies.
     pub metrics_addr: SocketAddr,
+    /// The anomaly journal.
+    pub journal: anomaly::journal::Journal,
     forwarder: Arc<Forwarder>,
     grace: std::time::Duration,
     stop_listening: CancellationToken,
@@ -95,7 +97,11 @@ impl Proxy {
             observers.push(Box::new(otlp));
         }
         // The anomaly detectors always observe lookups, so correlation always runs.
-        observers.push(Box::new(anomaly::Detectors::register(&mut registry)));
+        let journal = anomaly::journal::Journal::new(config.journal.entries);
+        observers.push(Box::new(anomaly::Detectors::register(
+            &mut registry,
+            journal.clone(),
+        )));
         let model = SearchModel::from_config(config, &config.resolv_conf)?;
         let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers);
         let trace_sink =
@@ -145,9 +151,12 @@ impl Proxy {
         let admin = tokio::spawn({
             let registry = Arc::new(registry);
             let forwarder = forwarder.clone();
+            let journal = journal.clone();
             let stop = stop_all.clone();
             async move {
-                if let Err(e) = admin::serve(admin_listener, registry, forwarder, stop).await {
+                if let Err(e) =
+                    admin::serve(admin_listener, registry, forwarder, journal, stop).await
+                {
                     tracing::error!(error = %e, "metrics server failed");
                 }
             }
@@ -165,6 +174,7 @@ impl Proxy {
             "dnslens serving"
         );
         Ok(Proxy {
+            journal,
             dns_addrs,
             metrics_addr,
             forwarder,

@@ -35,6 +35,8 @@
 //! use. Each lookup's kinds go on its trace as `dns.anomaly`, and a lookup with any kind is
 //! always exported (see `telemetry`).
 
+pub mod journal;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -285,6 +287,8 @@ impl Recent {
 
 /// Counts what the detectors find; runs in the lookup tracker.
 pub struct Detectors {
+    journal: journal::Journal,
+    clock: crate::telemetry::Clock,
     /// Lookups with each anomaly kind (what the journal and alerts use).
     anomalies: CounterTable<KindLabels>,
     /// Every A/AAAA/other question asked, for retries.
@@ -302,7 +306,7 @@ pub struct Detectors {
 }
 
 impl Detectors {
-    pub fn register(registry: &mut Registry) -> Detectors {
+    pub fn register(registry: &mut Registry, journal: journal::Journal) -> Detectors {
         let anomalies = Family::<KindLabels, Counter>::default();
         registry.register(
             "anomalies",
@@ -363,6 +367,8 @@ impl Detectors {
             evicted.clone(),
         );
         Detectors {
+            journal,
+            clock: crate::telemetry::Clock::now(),
             anomalies: CounterTable::new(anomalies, Kind::ALL.len()),
             asked: Recent::new(evicted.clone()),
             lonely: Recent::new(evicted),
@@ -381,9 +387,11 @@ impl Detectors {
 impl Detectors {
     /// Retries and late twins, which span lookups: counted against what was remembered,
     /// then this lookup's questions (and its lonely A/AAAA) are remembered.
-    fn across_lookups(&mut self, lookup: &LookupRecord) {
+    fn across_lookups(&mut self, lookup: &LookupRecord) -> Vec<Kind> {
+        let mut found = Vec::new();
         for a in &lookup.attempts {
             if let Some(gap) = self.asked.take(a, a.query.qtype) {
+                found.push(Kind::ClientRetry);
                 let qtype = QtypeLabel::from_qtype(a.query.qtype);
                 self.retries
                     .get(qtype.index(), || QtypeLabels { qtype })
@@ -397,6 +405,7 @@ impl Detectors {
                     .take(a, a.query.qtype)
                     .is_some_and(|gap| gap >= LATE_TWIN)
             {
+                found.push(Kind::ParallelRace);
                 self.race_suspected.inc();
             }
         }
@@ -413,6 +422,7 @@ impl Detectors {
                 self.lonely.remember(a, twin);
             }
         }
+        found
     }
 }
 
@@ -427,12 +437,20 @@ fn query_outcome(a: &Attempt) -> &'static str {
 
 impl LookupObserver for Detectors {
     fn observe(&mut self, lookup: &LookupRecord) {
-        for kind in kinds(lookup) {
+        let mut found = kinds(lookup);
+        found.extend(self.across_lookups(lookup));
+        found.sort();
+        found.dedup();
+        for kind in &found {
             self.anomalies
-                .get(kind as usize, || KindLabels {
+                .get(*kind as usize, || KindLabels {
                     kind: kind.as_str(),
                 })
                 .inc();
+        }
+        if !found.is_empty() {
+            self.journal
+                .push(journal::Entry::from_lookup(lookup, &found, &self.clock));
         }
         self.lookups
             .get_or_create(&OutcomeLabels {
@@ -465,7 +483,6 @@ impl LookupObserver for Detectors {
         let retried = retries(lookup);
         self.race_suspected
             .inc_by(race_suspected(lookup, &retried) as u64);
-        self.across_lookups(lookup);
     }
 }
 

@@ -204,7 +204,7 @@ fn upstream_timeouts_and_errors_are_kinds() {
 #[test]
 fn detectors_count_into_their_families() {
     let mut registry = Registry::with_prefix("dnslens");
-    let mut d = Detectors::register(&mut registry);
+    let mut d = Detectors::register(&mut registry, journal::Journal::new(100));
     d.observe(&lookup(&[
         q(
             0,
@@ -257,7 +257,7 @@ fn detectors_count_into_their_families() {
 #[test]
 fn a_twin_arriving_alone_a_timeout_later_is_a_suspected_race() {
     let mut registry = Registry::with_prefix("dnslens");
-    let mut d = Detectors::register(&mut registry);
+    let mut d = Detectors::register(&mut registry, journal::Journal::new(100));
     let t0 = Instant::now();
     let mut first = lookup(&[q(0, 7000, "github.com", None, QTYPE_A, 0, 1, false)]);
     first.attempts[0].query.received = t0;
@@ -279,7 +279,7 @@ fn a_twin_arriving_alone_a_timeout_later_is_a_suspected_race() {
 #[test]
 fn the_lonely_query_memory_is_bounded() {
     let mut registry = Registry::with_prefix("dnslens");
-    let mut d = Detectors::register(&mut registry);
+    let mut d = Detectors::register(&mut registry, journal::Journal::new(100));
     let names: Vec<String> = (0..RECENT_CAP + 100)
         .map(|i| format!("n{i}.example.org"))
         .collect();

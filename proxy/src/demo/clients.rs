@@ -81,3 +81,50 @@ pub async fn getaddrinfo(
     }
     Err("Name or service not known")
 }
+
+/// Sends one query from `socket` and waits for its answer.
+async fn ask(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    id: u16,
+    name: &str,
+    qtype: RecordType,
+) -> Result<(), &'static str> {
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(
+        Name::from_ascii(name).map_err(|_| "bad name")?,
+        qtype,
+    ));
+    let bytes = msg.to_vec().map_err(|_| "encode")?;
+    socket.send_to(&bytes, server).await.map_err(|_| "send")?;
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+        .await
+        .map_err(|_| "timeout")?
+        .map_err(|_| "receive")?;
+    Ok(())
+}
+
+/// What an old-kernel node does to a resolver that sends A and AAAA together: the AAAA is
+/// lost in conntrack, so only the A reaches the proxy; after its timeout (`wait`; 5 s in
+/// real life) the resolver sends the AAAA again, alone, from the same socket.
+pub async fn lost_twin(server: SocketAddr, name: &str, wait: Duration) -> Result<(), &'static str> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.map_err(|_| "socket")?;
+    ask(&socket, server, 0x2000, name, RecordType::A).await?;
+    tokio::time::sleep(wait).await;
+    ask(&socket, server, 0x2001, name, RecordType::AAAA).await
+}
+
+/// A client whose answer was lost on the way back: it asks the same question again from
+/// the same socket after `wait`.
+pub async fn repeated_question(
+    server: SocketAddr,
+    name: &str,
+    wait: Duration,
+) -> Result<(), &'static str> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.map_err(|_| "socket")?;
+    ask(&socket, server, 0x3000, name, RecordType::A).await?;
+    tokio::time::sleep(wait).await;
+    ask(&socket, server, 0x3000, name, RecordType::A).await
+}

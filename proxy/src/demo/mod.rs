@@ -110,7 +110,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         upstream.addr,
         SEARCH.join(" "),
     );
-    simulated_clients(dns).await;
+    simulated_clients(dns, &proxy.journal).await;
     println!(
         "Try:\n  \
          dig @{ip} -p {port} kubernetes.default.svc.cluster.local\n  \
@@ -119,7 +119,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
          dig @{ip} -p {port} big.example.org TXT +noedns          # truncated over UDP; dig retries over TCP\n  \
          dig @{ip} -p {port} alauda.cn.default.svc.cluster.local  # NOERROR, no address: the musl trap\n  \
          dig @{ip} -p {port} nosuch.example.org                   # NXDOMAIN\n\n\
-         Metrics: curl -s http://{}/metrics | grep ^dnslens_\n\
+         Metrics: curl -s http://{0}/metrics | grep ^dnslens_\n\
+         Anomalies: dnslens anomalies --addr {0}   (or cargo run -p dnslens -- anomalies --addr {0})\n\
          Ctrl-C stops.\n",
         proxy.metrics_addr
     );
@@ -129,8 +130,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lookups as pods would make them, one after another so their trees print in order.
-async fn simulated_clients(dns: SocketAddr) {
+/// Lookups as pods would make them, one after another so their trees print in order, then
+/// the incident's other two patterns, then the anomaly journal.
+async fn simulated_clients(dns: SocketAddr, journal: &crate::anomaly::journal::Journal) {
     use clients::{getaddrinfo, Libc};
     let cases = [
         (
@@ -168,5 +170,23 @@ async fn simulated_clients(dns: SocketAddr) {
                 tokio::time::sleep(Duration::from_millis(1300)).await;
             }
         }
+    }
+    let wait = Duration::from_secs(1);
+    println!("== an old-kernel node: A and AAAA sent together, the AAAA lost in conntrack and re-sent alone {wait:?} later (5 s in real life)");
+    report(clients::lost_twin(dns, "github.com.", wait).await);
+    println!("== an answer lost on the way back: the client asks again {wait:?} later");
+    report(clients::repeated_question(dns, "example.org.", wait).await);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    println!("== what was abnormal in the last 10 minutes (`dnslens anomalies`):\n");
+    print!(
+        "{}",
+        crate::anomaly::journal::render(&journal.query(Duration::from_secs(600), None))
+    );
+    println!();
+}
+
+fn report(result: Result<(), &'static str>) {
+    if let Err(e) = result {
+        println!("   -> error: {e}");
     }
 }

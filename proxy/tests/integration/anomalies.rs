@@ -61,6 +61,50 @@ async fn the_musl_trap_is_counted_as_empty_noerror_on_a_search_expansion() {
         "musl sends A and AAAA together"
     );
 
+    // The journal names it, as JSON and through `dnslens anomalies`.
+    let (status, body) = http_get(m, "/debug/anomalies?since=1m").await;
+    assert_eq!(status, 200);
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(entries.len(), 1, "{body}");
+    assert_eq!(entries[0]["base"], "alauda.cn");
+    assert_eq!(
+        entries[0]["kinds"],
+        serde_json::json!(["empty_noerror_search"])
+    );
+    assert_eq!(entries[0]["queries"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        entries[0]["queries"][0]["name"],
+        "alauda.cn.default.svc.cluster.local"
+    );
+    assert_eq!(
+        http_get(m, "/debug/anomalies?kind=parallel_race").await,
+        (200, "[]".to_string())
+    );
+    assert_eq!(http_get(m, "/debug/anomalies?kind=bogus").await.0, 400);
+    assert_eq!(http_get(m, "/debug/anomalies?since=yesterday").await.0, 400);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dnslens"))
+            .arg("anomalies")
+            .args(["--addr", &m.to_string()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["--since", "5m"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("alauda.cn.default.svc.cluster.local")
+            && text.contains("empty_noerror_search: empty NOERROR on a search expansion"),
+        "{text}"
+    );
+    assert_eq!(cli(&["--kind", "bogus"]).status.code(), Some(2));
+    let closed = std::process::Command::new(env!("CARGO_BIN_EXE_dnslens"))
+        .args(["anomalies", "--addr", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(closed.status.code(), Some(1));
+
     // glibc walks on; its lookup is answered, and the walk is counted as search noise.
     getaddrinfo(world.dns(), "alauda.cn", &SEARCH, NDOTS, Libc::Glibc)
         .await

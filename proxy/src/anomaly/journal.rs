@@ -1,0 +1,214 @@
+//! The anomaly journal: a bounded in-memory ring of anomalous lookups that answers "what was
+//! abnormal in the last 10 minutes?". Written by the detectors (in the lookup tracker),
+//! read by `GET /debug/anomalies?since=10m&kind=K` (JSON, newest first) and by
+//! `dnslens anomalies`, which prints it as a table with an explanation of each kind.
+//!
+//! Config: `journal: {entries}` [10000]; the oldest entry goes when it is full.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::Kind;
+use crate::lookup::LookupRecord;
+use crate::metrics::{QtypeLabel, RcodeLabel};
+use crate::telemetry::Clock;
+
+/// One query of a journaled lookup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryQuery {
+    pub name: String,
+    pub qtype: String,
+    /// Search-list position, or `absolute`.
+    pub search: String,
+    pub rcode: String,
+    pub answers: u16,
+    pub soa: bool,
+    pub upstreams: Vec<String>,
+    pub duration_ms: f64,
+}
+
+/// One anomalous lookup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Unix time (seconds) of the lookup's first query.
+    pub time: f64,
+    pub client: String,
+    pub base: String,
+    pub outcome: String,
+    pub kinds: Vec<String>,
+    pub queries: Vec<EntryQuery>,
+}
+
+impl Entry {
+    pub fn from_lookup(lookup: &LookupRecord, kinds: &[Kind], clock: &Clock) -> Entry {
+        let time = clock
+            .at(lookup.start)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Entry {
+            time,
+            client: lookup.client.to_string(),
+            base: lookup.base.clone(),
+            outcome: lookup.outcome.as_str().to_string(),
+            kinds: kinds.iter().map(|k| k.as_str().to_string()).collect(),
+            queries: lookup
+                .attempts
+                .iter()
+                .map(|a| EntryQuery {
+                    name: a.qname.clone(),
+                    qtype: QtypeLabel::from_qtype(a.query.qtype).as_str().to_string(),
+                    search: a
+                        .suffix
+                        .as_ref()
+                        .map_or("absolute".to_string(), |(i, _)| format!("suffix {i}")),
+                    rcode: RcodeLabel::from_rcode(a.query.rcode).as_str().to_string(),
+                    answers: a.query.answers,
+                    soa: a.query.authority_soa,
+                    upstreams: a
+                        .query
+                        .tries
+                        .iter()
+                        .map(|t| {
+                            format!(
+                                "{} {} {}",
+                                t.upstream,
+                                t.transport.as_str(),
+                                t.outcome.as_str()
+                            )
+                        })
+                        .collect(),
+                    duration_ms: a
+                        .query
+                        .answered
+                        .saturating_duration_since(a.query.received)
+                        .as_secs_f64()
+                        * 1e3,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The ring, shared by its writer (the detectors) and its readers (the admin endpoint).
+#[derive(Clone)]
+pub struct Journal {
+    entries: Arc<Mutex<VecDeque<Entry>>>,
+    capacity: usize,
+}
+
+impl Journal {
+    pub fn new(capacity: usize) -> Journal {
+        Journal {
+            entries: Arc::new(Mutex::new(VecDeque::new())),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn push(&self, entry: Entry) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= self.capacity {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+    }
+
+    /// Entries of the last `since` (of one kind, if given), newest first.
+    pub fn query(&self, since: Duration, kind: Option<Kind>) -> Vec<Entry> {
+        let cutoff = SystemTime::now()
+            .checked_sub(since)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .rev()
+            .filter(|e| e.time >= cutoff)
+            .filter(|e| kind.is_none_or(|k| e.kinds.iter().any(|x| x == k.as_str())))
+            .cloned()
+            .collect()
+    }
+}
+
+/// What a kind means and what usually causes it: one line for operators.
+pub fn explain(kind: &str) -> &'static str {
+    match kind {
+        "empty_noerror_search" => {
+            "empty NOERROR on a search expansion: musl/Alpine clients stop here and fail the lookup; the upstream should say NXDOMAIN"
+        }
+        "empty_noerror_no_soa" => {
+            "NOERROR with no records and no SOA: the upstream answers 'nothing' instead of NXDOMAIN/NODATA (a filter or a broken zone)"
+        }
+        "parallel_race" => {
+            "one query of an A/AAAA pair sent together was lost and re-sent after a timeout: the conntrack race (5 s stalls)"
+        }
+        "client_retry" => "the client asked the same question again: it timed out waiting for an answer",
+        "upstream_timeout" => "an upstream did not answer in time; dnslens retried another",
+        "upstream_error" => "an upstream answered SERVFAIL or REFUSED",
+        _ => "unknown kind",
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown kind '{s}' (known: {})", known.join(", "))
+            })
+    }
+}
+
+/// The journal as a table, newest first, then one line per kind that appears.
+pub fn render(entries: &[Entry]) -> String {
+    if entries.is_empty() {
+        return "no anomalies in this window\n".to_string();
+    }
+    let mut out = String::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for e in entries {
+        let age = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |now| now.as_secs_f64() - e.time)
+            .max(0.0);
+        out.push_str(&format!(
+            "{:>7} ago  {:<15} {:<28} {:<9} {}\n",
+            humantime::format_duration(Duration::from_secs(age as u64)).to_string(),
+            e.client,
+            e.base,
+            e.outcome,
+            e.kinds.join(", ")
+        ));
+        for q in &e.queries {
+            out.push_str(&format!(
+                "             {:<5} {:<45} [{}] {} {} answer(s){}  {}\n",
+                q.qtype,
+                q.name,
+                q.search,
+                q.rcode,
+                q.answers,
+                if q.rcode == "NOERROR" && q.answers == 0 && !q.soa {
+                    ", no SOA"
+                } else {
+                    ""
+                },
+                q.upstreams.join("; ")
+            ));
+        }
+        for k in &e.kinds {
+            if !seen.contains(&k.as_str()) {
+                seen.push(k);
+            }
+        }
+    }
+    out.push_str("\nKinds:\n");
+    for k in seen {
+        out.push_str(&format!("  {k}: {}\n", explain(k)));
+    }
+    out
+}
