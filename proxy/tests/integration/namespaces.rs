@@ -68,9 +68,26 @@ fn musl_client(dir: &Path) -> PathBuf {
     out
 }
 
-/// Runs `client NAME` inside a fresh namespace with dnslens, Knot and the OTLP sink;
-/// returns the client's output and the spans received.
-fn run_in_namespace(client: &str) -> (String, Vec<ReceivedSpan>) {
+/// What one run in a namespace left behind.
+struct Run {
+    client_output: String,
+    spans: Vec<ReceivedSpan>,
+    metrics: String,
+    anomalies: String,
+}
+
+impl Run {
+    /// The value of one exact series on the proxy's /metrics, 0 if absent.
+    fn metric(&self, series: &str) -> f64 {
+        self.metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+/// Runs `client NAME` inside a fresh namespace with dnslens, Knot and the OTLP sink.
+fn run_in_namespace(client: &str) -> Run {
     let dir = TempDir::new("netns");
     let d = &dir.0;
     std::fs::write(d.join("resolv.conf"), RESOLV_CONF).unwrap();
@@ -93,6 +110,10 @@ done
 sleep 1   # the readiness probes' own lookup ends before the client starts
 {client} alauda.cn >client.out 2>&1 || true
 sleep 1.5 # the client's lookup ends (window 500 ms) and its spans are exported
+exec 3<>/dev/tcp/127.0.0.1/9253
+printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+cat <&3 >metrics.txt
+"{dnslens}" anomalies --addr 127.0.0.1:9253 --since 1m >anomalies.txt 2>&1 || true
 kill $proxy $sink $knot
 wait $proxy $sink $knot 2>/dev/null || true
 "#,
@@ -101,7 +122,7 @@ wait $proxy $sink $knot 2>/dev/null || true
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
     );
     let status = Command::new("unshare")
-        .args(["-n", "-m", "--propagation", "private", "sh", "-c", &script])
+        .args(["-n", "-m", "--propagation", "private", "bash", "-c", &script])
         .status()
         .expect("unshare (util-linux) is needed, as root");
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
@@ -111,11 +132,12 @@ wait $proxy $sink $knot 2>/dev/null || true
         read("dnslens.log"),
         read("knot.log")
     );
-    let spans = read("spans.txt")
-        .lines()
-        .filter_map(ReceivedSpan::from_line)
-        .collect();
-    (read("client.out"), spans)
+    Run {
+        client_output: read("client.out"),
+        spans: read("spans.txt").lines().filter_map(ReceivedSpan::from_line).collect(),
+        metrics: read("metrics.txt"),
+        anomalies: read("anomalies.txt"),
+    }
 }
 
 fn walk(queries: &[ReceivedSpan]) -> Vec<(String, String, String)> {
@@ -137,7 +159,8 @@ fn step(name: &str, qtype: &str, rcode: &str) -> (String, String, String) {
 
 #[test]
 fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
-    let (out, spans) = run_in_namespace("getent ahosts");
+    let run = run_in_namespace("getent ahosts");
+    let (out, spans) = (&run.client_output, &run.spans);
     assert!(
         out.contains("203.0.113.10"),
         "glibc resolves alauda.cn: {out}"
@@ -146,6 +169,7 @@ fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
         lookup_tree(&spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
     assert_eq!(root.attr("dns.lookup.outcome"), "answered");
     assert_eq!(root.attr("dns.lookup.answered_by"), "absolute");
+    assert_eq!(root.attr("dns.anomaly"), "empty_noerror_search", "musl would have failed here");
     // glibc sends A and AAAA of each name together; their order within a pair may vary.
     let mut got = walk(&queries);
     for pair in got.chunks_mut(2) {
@@ -170,13 +194,19 @@ fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
     assert!(upstream
         .iter()
         .all(|u| u.attr("server.port") == "5300" && u.attr("dns.upstream.outcome") == "answer"));
+    // The counters tell search noise from the real answer; glibc sends A and AAAA together.
+    assert_eq!(run.metric("dnslens_search_expansion_queries_total{outcome=\"nxdomain\"}"), 4.0);
+    assert_eq!(run.metric("dnslens_search_expansion_queries_total{outcome=\"nodata\"}"), 2.0);
+    assert_eq!(run.metric("dnslens_parallel_queries_total"), 4.0, "{}", run.metrics);
+    assert_eq!(run.metric("dnslens_parallel_query_race_suspected_total"), 0.0);
 }
 
 #[test]
 fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
     let dir = TempDir::new("musl-build");
     let client = musl_client(&dir.0);
-    let (out, spans) = run_in_namespace(&client.display().to_string());
+    let run = run_in_namespace(&client.display().to_string());
+    let (out, spans) = (&run.client_output, &run.spans);
     assert!(
         out.contains("error"),
         "musl fails on the empty NOERROR: {out}"
@@ -184,6 +214,7 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
     let (root, queries, _) =
         lookup_tree(&spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
     assert_eq!(root.attr("dns.lookup.outcome"), "nodata");
+    assert_eq!(root.attr("dns.anomaly"), "empty_noerror_search");
     let mut got = walk(&queries);
     got.sort();
     assert_eq!(
@@ -196,4 +227,16 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
     assert!(queries
         .iter()
         .all(|q| q.attr("dns.answer.count") == "0" && q.attr("dns.search.index") == "0"));
+    // Knot's NODATA carries its SOA; the name was a search expansion: the musl trap.
+    for qtype in ["A", "AAAA"] {
+        let series = format!("dnslens_empty_noerror_total{{qtype=\"{qtype}\",search_expansion=\"true\",soa=\"true\"}}");
+        assert_eq!(run.metric(&series), 1.0, "{series}\n{}", run.metrics);
+    }
+    assert_eq!(run.metric("dnslens_anomalies_total{kind=\"empty_noerror_search\"}"), 1.0);
+    assert_eq!(run.metric("dnslens_lookups_total{outcome=\"nodata\"}"), 1.0);
+    assert!(
+        run.anomalies.contains("alauda.cn.default.svc.cluster.local") && run.anomalies.contains("musl/Alpine clients stop here"),
+        "dnslens anomalies:\n{}",
+        run.anomalies
+    );
 }
