@@ -366,6 +366,12 @@ impl Detectors {
             "Entries dropped from the detectors' bounded memory of lonely A/AAAA queries",
             evicted.clone(),
         );
+        // Every kind's series exists from the start at 0, so `increase()` sees the first one.
+        for kind in Kind::ALL {
+            drop(anomalies.get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            }));
+        }
         Detectors {
             journal,
             clock: crate::telemetry::Clock::now(),

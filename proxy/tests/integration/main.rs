@@ -14,5 +14,6 @@ mod cli;
 mod forwarding;
 mod knot;
 mod namespaces;
+mod prometheus;
 mod tracing;
 mod upstream_faults;

@@ -122,7 +122,15 @@ wait $proxy $sink $knot 2>/dev/null || true
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
     );
     let status = Command::new("unshare")
-        .args(["-n", "-m", "--propagation", "private", "bash", "-c", &script])
+        .args([
+            "-n",
+            "-m",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            &script,
+        ])
         .status()
         .expect("unshare (util-linux) is needed, as root");
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
@@ -134,7 +142,10 @@ wait $proxy $sink $knot 2>/dev/null || true
     );
     Run {
         client_output: read("client.out"),
-        spans: read("spans.txt").lines().filter_map(ReceivedSpan::from_line).collect(),
+        spans: read("spans.txt")
+            .lines()
+            .filter_map(ReceivedSpan::from_line)
+            .collect(),
         metrics: read("metrics.txt"),
         anomalies: read("anomalies.txt"),
     }
@@ -169,7 +180,11 @@ fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
         lookup_tree(&spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
     assert_eq!(root.attr("dns.lookup.outcome"), "answered");
     assert_eq!(root.attr("dns.lookup.answered_by"), "absolute");
-    assert_eq!(root.attr("dns.anomaly"), "empty_noerror_search", "musl would have failed here");
+    assert_eq!(
+        root.attr("dns.anomaly"),
+        "empty_noerror_search",
+        "musl would have failed here"
+    );
     // glibc sends A and AAAA of each name together; their order within a pair may vary.
     let mut got = walk(&queries);
     for pair in got.chunks_mut(2) {
@@ -195,10 +210,24 @@ fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
         .iter()
         .all(|u| u.attr("server.port") == "5300" && u.attr("dns.upstream.outcome") == "answer"));
     // The counters tell search noise from the real answer; glibc sends A and AAAA together.
-    assert_eq!(run.metric("dnslens_search_expansion_queries_total{outcome=\"nxdomain\"}"), 4.0);
-    assert_eq!(run.metric("dnslens_search_expansion_queries_total{outcome=\"nodata\"}"), 2.0);
-    assert_eq!(run.metric("dnslens_parallel_queries_total"), 4.0, "{}", run.metrics);
-    assert_eq!(run.metric("dnslens_parallel_query_race_suspected_total"), 0.0);
+    assert_eq!(
+        run.metric("dnslens_search_expansion_queries_total{outcome=\"nxdomain\"}"),
+        4.0
+    );
+    assert_eq!(
+        run.metric("dnslens_search_expansion_queries_total{outcome=\"nodata\"}"),
+        2.0
+    );
+    assert_eq!(
+        run.metric("dnslens_parallel_queries_total"),
+        4.0,
+        "{}",
+        run.metrics
+    );
+    assert_eq!(
+        run.metric("dnslens_parallel_query_race_suspected_total"),
+        0.0
+    );
 }
 
 #[test]
@@ -232,10 +261,15 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
         let series = format!("dnslens_empty_noerror_total{{qtype=\"{qtype}\",search_expansion=\"true\",soa=\"true\"}}");
         assert_eq!(run.metric(&series), 1.0, "{series}\n{}", run.metrics);
     }
-    assert_eq!(run.metric("dnslens_anomalies_total{kind=\"empty_noerror_search\"}"), 1.0);
+    assert_eq!(
+        run.metric("dnslens_anomalies_total{kind=\"empty_noerror_search\"}"),
+        1.0
+    );
     assert_eq!(run.metric("dnslens_lookups_total{outcome=\"nodata\"}"), 1.0);
     assert!(
-        run.anomalies.contains("alauda.cn.default.svc.cluster.local") && run.anomalies.contains("musl/Alpine clients stop here"),
+        run.anomalies
+            .contains("alauda.cn.default.svc.cluster.local")
+            && run.anomalies.contains("musl/Alpine clients stop here"),
         "dnslens anomalies:\n{}",
         run.anomalies
     );

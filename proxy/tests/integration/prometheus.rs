@@ -1,0 +1,83 @@
+//! A real Prometheus server scrapes dnslens, evaluates config/alerts.yaml, and the empty
+//! NOERROR alert fires after a musl client falls into the trap.
+
+use std::time::{Duration, Instant};
+
+use dnslens::demo::clients::{getaddrinfo, Libc};
+use dnslens::demo::{NDOTS, SEARCH};
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_dnslens_and_the_empty_noerror_alert_fires() {
+    let world = World::start_with(|c| {
+        c.search = SEARCH.iter().map(|s| s.to_string()).collect();
+        c.ndots = Some(NDOTS as u32);
+        c.lookup.window = Duration::from_millis(300);
+    })
+    .await;
+    let dir = TempDir::new("prometheus");
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/alerts.yaml");
+    std::fs::write(
+        dir.0.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: dnslens\n    static_configs:\n      - targets: ['{}']\n",
+            rules.display(),
+            world.proxy.metrics_addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _prometheus = Child(
+        std::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.0.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={api}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "prometheus must be installed (Debian prometheus); scripts/test.sh installs it",
+            ),
+    );
+    // Wait until the anomaly series has been scraped at 0.
+    let query =
+        "/api/v1/query?query=dnslens_anomalies_total%7Bkind%3D%22empty_noerror_search%22%7D";
+    wait_until(Duration::from_secs(30), || async {
+        http_get(api, query).await.1.contains("\"value\"")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let result = getaddrinfo(world.dns(), "alauda.cn", &SEARCH, NDOTS, Libc::Musl).await;
+    assert_eq!(result, Err("Name does not resolve"));
+
+    wait_until(Duration::from_secs(30), || async {
+        let (_, body) = http_get(api, "/api/v1/alerts").await;
+        body.contains("DNSEmptyNoerrorOnSearchExpansion") && body.contains("\"state\":\"firing\"")
+    })
+    .await;
+    world.stop().await;
+}
+
+async fn wait_until<F, Fut>(timeout: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
