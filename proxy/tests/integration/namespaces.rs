@@ -177,7 +177,7 @@ fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
         "glibc resolves alauda.cn: {out}"
     );
     let (root, queries, upstream) =
-        lookup_tree(&spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
+        lookup_tree(spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
     assert_eq!(root.attr("dns.lookup.outcome"), "answered");
     assert_eq!(root.attr("dns.lookup.answered_by"), "absolute");
     assert_eq!(
@@ -241,7 +241,7 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
         "musl fails on the empty NOERROR: {out}"
     );
     let (root, queries, _) =
-        lookup_tree(&spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
+        lookup_tree(spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
     assert_eq!(root.attr("dns.lookup.outcome"), "nodata");
     assert_eq!(root.attr("dns.anomaly"), "empty_noerror_search");
     let mut got = walk(&queries);
