@@ -144,7 +144,7 @@ pub struct UdpRequest {
     pub query: Vec<u8>,
     pub info: QueryInfo,
     pub received: Instant,
-    /// Plain-data record of this query for lookup correlation (only when observed).
+    /// Plain-data record of this query for lookup correlation (`None` only without a tracker).
     pub trace: Option<Box<QueryTrace>>,
 }
 

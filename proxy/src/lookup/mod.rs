@@ -101,7 +101,7 @@ impl QueryTrace {
         }
     }
 
-    /// A record for `query` (as parsed into `info`) when something observes lookups.
+    /// A record for `query` (as parsed into `info`), when there is a tracker to send it to.
     pub fn start(
         sink: Option<&TraceSink>,
         client: SocketAddr,
