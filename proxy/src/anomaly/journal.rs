@@ -16,6 +16,11 @@ use crate::lookup::LookupRecord;
 use crate::metrics::{QtypeLabel, RcodeLabel};
 use crate::telemetry::Clock;
 
+/// Queries kept per journal entry: a `getaddrinfo` walk is at most about a dozen; a
+/// longer lookup (a client hammering one name) keeps its first ones. With `journal.entries`
+/// this bounds the journal's memory (10,000 entries: about 20 MB at worst).
+const MAX_QUERIES_PER_ENTRY: usize = 12;
+
 /// One query of a journaled lookup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntryQuery {
@@ -57,6 +62,7 @@ impl Entry {
             queries: lookup
                 .attempts
                 .iter()
+                .take(MAX_QUERIES_PER_ENTRY)
                 .map(|a| EntryQuery {
                     name: a.qname.clone(),
                     qtype: QtypeLabel::from_qtype(a.query.qtype).as_str().to_string(),

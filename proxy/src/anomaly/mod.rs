@@ -16,9 +16,9 @@
 //!   seen from dnslens's side of a lossy path, an A or AAAA whose twin never arrived and then
 //!   arrives alone on the same socket 0.5-12 s later (a resolver timeout). That memory is
 //!   bounded (4096 entries, oldest evicted: `dnslens_anomaly_state_evicted_total`).
-//! - **Client retries**: the same client socket asking the same name and type again within
-//!   12 s (across lookups: a 5 s resolver timeout outlasts a lookup), from the same bounded
-//!   memory: `dnslens_client_retries_total{qtype}` and the gap,
+//! - **Client retries**: the same client socket sending the same question with the same
+//!   message ID again within 12 s (a retransmission; across lookups, as a 5 s resolver
+//!   timeout outlasts a lookup), from the same bounded memory: `dnslens_client_retries_total{qtype}` and the gap,
 //!   `dnslens_client_retry_gap_seconds` (buckets that make 1, 2 and 5 s resolver
 //!   timeouts stand out).
 //! - **Search noise**: `dnslens_search_expansion_queries_total{outcome}` (nxdomain / nodata /
@@ -139,10 +139,15 @@ fn abs_diff(a: std::time::Instant, b: std::time::Instant) -> Duration {
 /// `getaddrinfo` of the same name opens a new socket and is not a retry. Attempts are in
 /// arrival order.
 fn retries(lookup: &LookupRecord) -> Vec<(usize, Duration)> {
-    let mut last_seen: HashMap<(&str, u16, u16), std::time::Instant> = HashMap::new();
+    let mut last_seen: HashMap<(&str, u16, u16, u16), std::time::Instant> = HashMap::new();
     let mut out = Vec::new();
     for (i, a) in lookup.attempts.iter().enumerate() {
-        let key = (a.qname.as_str(), a.query.qtype, a.query.client.port());
+        let key = (
+            a.qname.as_str(),
+            a.query.qtype,
+            a.query.client.port(),
+            a.query.id,
+        );
         if let Some(previous) = last_seen.insert(key, a.query.received) {
             out.push((i, a.query.received.saturating_duration_since(previous)));
         }
@@ -235,9 +240,14 @@ struct QtypeLabels {
 /// a retry or a late twin arrives seconds later, after the first lookup has ended. Bounded:
 /// at most `RECENT_CAP` entries, oldest evicted and counted; entries older than
 /// `RECENT_WINDOW` no longer match.
+/// (client socket, name, qtype)
+type QuestionKey = (std::net::SocketAddr, String, u16);
+/// (when it was asked, the client's message ID)
+type Asked = (std::time::Instant, u16);
+
 struct Recent {
-    seen: HashMap<(std::net::SocketAddr, String, u16), std::time::Instant>,
-    order: std::collections::VecDeque<((std::net::SocketAddr, String, u16), std::time::Instant)>,
+    seen: HashMap<QuestionKey, Asked>,
+    order: std::collections::VecDeque<(QuestionKey, Asked)>,
     evicted: Counter,
 }
 
@@ -255,14 +265,13 @@ impl Recent {
         }
     }
 
-    /// Forgets and returns how long ago `qtype` for `a`'s socket and name was remembered,
-    /// if within the window.
-    fn take(&mut self, a: &Attempt, qtype: u16) -> Option<Duration> {
-        let at = self
-            .seen
-            .remove(&(a.query.client, a.qname.clone(), qtype))?;
+    /// Forgets and returns how long ago `qtype` for `a`'s socket and name was remembered
+    /// (and the message ID it had then), if within the window.
+    fn take(&mut self, a: &Attempt, qtype: u16) -> Option<(Duration, u16)> {
+        let key = (a.query.client, a.qname.clone(), qtype);
+        let (at, id) = self.seen.remove(&key)?;
         let gap = a.query.received.saturating_duration_since(at);
-        (gap <= RECENT_WINDOW).then_some(gap)
+        (gap <= RECENT_WINDOW).then_some((gap, id))
     }
 
     fn remember(&mut self, a: &Attempt, qtype: u16) {
@@ -276,8 +285,9 @@ impl Recent {
                 }
             }
         }
-        self.seen.insert(key.clone(), a.query.received);
-        self.order.push_back((key, a.query.received));
+        let value = (a.query.received, a.query.id);
+        self.seen.insert(key.clone(), value);
+        self.order.push_back((key, value));
         if self.order.len() > 2 * RECENT_CAP {
             let seen = &self.seen;
             self.order.retain(|(k, at)| seen.get(k) == Some(at));
@@ -391,25 +401,55 @@ impl Detectors {
 }
 
 impl Detectors {
+    /// Whether the A/AAAA twin of `a` was asked from the same socket within the parallel
+    /// window of `first` (when `a` was first asked) and has not been asked again since.
+    fn twin_sent_with(&self, a: &Attempt, first: Option<std::time::Instant>) -> bool {
+        let twin = match a.query.qtype {
+            QTYPE_A => QTYPE_AAAA,
+            QTYPE_AAAA => QTYPE_A,
+            _ => return false,
+        };
+        let (Some(first), Some((twin_at, _))) = (
+            first,
+            self.asked
+                .seen
+                .get(&(a.query.client, a.qname.clone(), twin)),
+        ) else {
+            return false;
+        };
+        abs_diff(*twin_at, first) <= PARALLEL_WINDOW
+    }
+
     /// Retries and late twins, which span lookups: counted against what was remembered,
     /// then this lookup's questions (and its lonely A/AAAA) are remembered.
     fn across_lookups(&mut self, lookup: &LookupRecord) -> Vec<Kind> {
         let mut found = Vec::new();
         for a in &lookup.attempts {
-            if let Some(gap) = self.asked.take(a, a.query.qtype) {
+            // A retransmission repeats the message ID; a new question with another ID from a
+            // long-lived socket (a load generator, a caching stub) is not a retry.
+            if let Some((gap, _)) = self
+                .asked
+                .take(a, a.query.qtype)
+                .filter(|(_, id)| *id == a.query.id)
+            {
                 found.push(Kind::ClientRetry);
                 let qtype = QtypeLabel::from_qtype(a.query.qtype);
                 self.retries
                     .get(qtype.index(), || QtypeLabels { qtype })
                     .inc();
                 self.retry_gap.observe(gap.as_secs_f64());
+                // Retried, while its twin sent with it was not: one of a parallel pair lost.
+                if self.twin_sent_with(a, a.query.received.checked_sub(gap)) {
+                    found.push(Kind::ParallelRace);
+                    self.race_suspected.inc();
+                }
             }
             self.asked.remember(a, a.query.qtype);
             if matches!(a.query.qtype, QTYPE_A | QTYPE_AAAA)
                 && self
                     .lonely
                     .take(a, a.query.qtype)
-                    .is_some_and(|gap| gap >= LATE_TWIN)
+                    .is_some_and(|(gap, _)| gap >= LATE_TWIN)
             {
                 found.push(Kind::ParallelRace);
                 self.race_suspected.inc();
@@ -421,8 +461,13 @@ impl Detectors {
                 QTYPE_AAAA => QTYPE_A,
                 _ => continue,
             };
+            // A twin that got no real answer (SERVFAIL: its answer was withheld or lost
+            // upstream) counts as missing: the client will send it again.
             let has_twin = lookup.attempts.iter().any(|b| {
-                b.query.qtype == twin && b.qname == a.qname && b.query.client == a.query.client
+                b.query.qtype == twin
+                    && b.qname == a.qname
+                    && b.query.client == a.query.client
+                    && b.query.rcode != 2
             });
             if !has_twin {
                 self.lonely.remember(a, twin);
@@ -486,9 +531,8 @@ impl LookupObserver for Detectors {
             }
         }
         self.parallel.inc_by(parallel_pairs(lookup).len() as u64);
-        let retried = retries(lookup);
-        self.race_suspected
-            .inc_by(race_suspected(lookup, &retried) as u64);
+        // Retries and races are counted in `across_lookups`, which sees a lookup's own
+        // repeats as well as those that come after it ended.
     }
 }
 

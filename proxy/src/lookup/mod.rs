@@ -70,6 +70,8 @@ pub struct QueryTrace {
     /// The raw question section (name, type, class).
     pub question: Vec<u8>,
     pub qtype: u16,
+    /// The client's message ID (a resolver's retransmission repeats it).
+    pub id: u16,
     pub received: Instant,
     pub answered: Instant,
     pub rcode: u8,
@@ -92,6 +94,7 @@ impl QueryTrace {
             transport,
             question: question.to_vec(),
             qtype,
+            id: 0,
             received,
             answered: received,
             rcode: 0,
@@ -112,9 +115,9 @@ impl QueryTrace {
     ) -> Option<Box<QueryTrace>> {
         sink?;
         let question = query.get(crate::wire::HEADER_LEN..info.question_end)?;
-        Some(Box::new(QueryTrace::new(
-            client, transport, question, info.qtype, received,
-        )))
+        let mut trace = QueryTrace::new(client, transport, question, info.qtype, received);
+        trace.id = info.id;
+        Some(Box::new(trace))
     }
 
     /// Records the answer sent to the client.

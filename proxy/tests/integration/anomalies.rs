@@ -184,3 +184,93 @@ async fn an_aaaa_arriving_alone_after_its_a_is_a_suspected_race() {
     );
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withheld_aaaa_answer_then_the_clients_resend_is_a_suspected_race() {
+    // An upstream that answers everything except the first AAAA it sees.
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut withheld = false;
+        let mut buf = vec![0u8; 4096];
+        while let Ok((len, from)) = upstream.recv_from(&mut buf).await {
+            let Ok(query) = hickory_proto::op::Message::from_vec(&buf[..len]) else {
+                continue;
+            };
+            if query.queries[0].query_type() == RecordType::AAAA && !withheld {
+                withheld = true;
+                continue;
+            }
+            let mut answer =
+                hickory_proto::op::Message::response(query.metadata.id, query.metadata.op_code);
+            answer.add_query(query.queries[0].clone());
+            let _ = upstream.send_to(&answer.to_vec().unwrap(), from).await;
+        }
+    });
+    let mut config = test_config(&[upstream_addr]);
+    config.upstream_timeout = Duration::from_millis(200);
+    config.attempts = 1;
+    config.lookup.window = Duration::from_millis(400);
+    let proxy = dnslens::Proxy::start(&config).await.unwrap();
+    let dns = proxy.dns_addrs[0];
+
+    // A and AAAA together from one socket, as glibc and musl send them.
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&query_bytes("example.org.", RecordType::A, 1, None), dns)
+        .await
+        .unwrap();
+    socket
+        .send_to(&query_bytes("example.org.", RecordType::AAAA, 2, None), dns)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // The resolver sends the AAAA again after its timeout.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    exchange_on(
+        &socket,
+        dns,
+        &query_bytes("example.org.", RecordType::AAAA, 2, None),
+    )
+    .await;
+    let m = proxy.metrics_addr;
+    assert_eq!(
+        metric_at_least(m, "dnslens_parallel_query_race_suspected_total", 1.0).await,
+        1.0
+    );
+    assert_eq!(
+        metric(m, "dnslens_client_retries_total{qtype=\"AAAA\"}").await,
+        1.0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_nothing_without_soa_is_flagged() {
+    // The test upstream answers NOERROR with no records and no SOA: a broken filter.
+    let upstream = crate::upstream_faults::DelayedUpstream::start(Duration::ZERO).await;
+    let proxy = dnslens::Proxy::start(&test_config(&[upstream.addr]))
+        .await
+        .unwrap();
+    ask_udp(proxy.dns_addrs[0], "github.com.", RecordType::A, None).await;
+    let m = proxy.metrics_addr;
+    let series =
+        "dnslens_empty_noerror_total{qtype=\"A\",search_expansion=\"false\",soa=\"false\"}";
+    assert_eq!(metric_at_least(m, series, 1.0).await, 1.0);
+    assert_eq!(
+        metric_at_least(
+            m,
+            "dnslens_anomalies_total{kind=\"empty_noerror_no_soa\"}",
+            1.0
+        )
+        .await,
+        1.0
+    );
+    proxy.shutdown().await;
+}
