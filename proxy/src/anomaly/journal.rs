@@ -45,6 +45,10 @@ pub struct Entry {
     pub outcome: String,
     pub kinds: Vec<String>,
     pub queries: Vec<EntryQuery>,
+    /// More lookups of the same client, name and kinds within a second of this one, folded
+    /// into it (a flood of one anomaly is one entry a second, not thousands).
+    #[serde(default)]
+    pub repeats: u32,
 }
 
 impl Entry {
@@ -94,6 +98,7 @@ impl Entry {
                         * 1e3,
                 })
                 .collect(),
+            repeats: 0,
         }
     }
 }
@@ -111,6 +116,30 @@ impl Journal {
             entries: Arc::new(Mutex::new(VecDeque::new())),
             capacity: capacity.max(1),
         }
+    }
+
+    /// Journals an anomalous lookup, folding it into the newest entry when that is the same
+    /// client, name and kinds less than a second earlier (then nothing is built).
+    pub fn record(&self, lookup: &LookupRecord, kinds: &[Kind], clock: &Clock) {
+        let time = clock
+            .at(lookup.start)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(last) = entries.back_mut() {
+                let same = time - last.time < 1.0
+                    && last.base == lookup.base
+                    && last.client == lookup.client.to_string()
+                    && last.kinds.len() == kinds.len()
+                    && last.kinds.iter().zip(kinds).all(|(a, b)| a == b.as_str());
+                if same {
+                    last.repeats += 1;
+                    return;
+                }
+            }
+        }
+        self.push(Entry::from_lookup(lookup, kinds, clock));
     }
 
     pub fn push(&self, entry: Entry) {
@@ -182,13 +211,19 @@ pub fn render(entries: &[Entry]) -> String {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |now| now.as_secs_f64() - e.time)
             .max(0.0);
+        let repeats = if e.repeats > 0 {
+            format!("  (and {} more like it within 1 s)", e.repeats)
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "{:>7} ago  {:<15} {:<28} {:<9} {}\n",
+            "{:>7} ago  {:<15} {:<28} {:<9} {}{}\n",
             humantime::format_duration(Duration::from_secs(age as u64)).to_string(),
             e.client,
             e.base,
             e.outcome,
-            e.kinds.join(", ")
+            e.kinds.join(", "),
+            repeats
         ));
         for q in &e.queries {
             out.push_str(&format!(

@@ -240,13 +240,23 @@ struct QtypeLabels {
 /// a retry or a late twin arrives seconds later, after the first lookup has ended. Bounded:
 /// at most `RECENT_CAP` entries, oldest evicted and counted; entries older than
 /// `RECENT_WINDOW` no longer match.
-/// (client socket, name, qtype)
-type QuestionKey = (std::net::SocketAddr, String, u16);
+/// (client socket, hash of the name, qtype): a 64-bit hash rather than the name keeps the
+/// per-query work allocation-free; a collision could at worst pair two names once.
+type QuestionKey = (std::net::SocketAddr, u64, u16);
+
+fn question_key(a: &Attempt, qtype: u16) -> QuestionKey {
+    use std::hash::BuildHasher;
+    (a.query.client, NAME_HASH.hash_one(a.qname.as_str()), qtype)
+}
+
+/// A fixed-seed hasher, so equal names hash equally across lookups.
+const NAME_HASH: foldhash::fast::FixedState =
+    foldhash::fast::FixedState::with_seed(0x646e_736c_656e_73);
 /// (when it was asked, the client's message ID)
 type Asked = (std::time::Instant, u16);
 
 struct Recent {
-    seen: HashMap<QuestionKey, Asked>,
+    seen: HashMap<QuestionKey, Asked, foldhash::fast::RandomState>,
     order: std::collections::VecDeque<(QuestionKey, Asked)>,
     evicted: Counter,
 }
@@ -259,7 +269,7 @@ const LATE_TWIN: Duration = Duration::from_millis(500);
 impl Recent {
     fn new(evicted: Counter) -> Recent {
         Recent {
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             order: std::collections::VecDeque::new(),
             evicted,
         }
@@ -268,14 +278,14 @@ impl Recent {
     /// Forgets and returns how long ago `qtype` for `a`'s socket and name was remembered
     /// (and the message ID it had then), if within the window.
     fn take(&mut self, a: &Attempt, qtype: u16) -> Option<(Duration, u16)> {
-        let key = (a.query.client, a.qname.clone(), qtype);
+        let key = question_key(a, qtype);
         let (at, id) = self.seen.remove(&key)?;
         let gap = a.query.received.saturating_duration_since(at);
         (gap <= RECENT_WINDOW).then_some((gap, id))
     }
 
     fn remember(&mut self, a: &Attempt, qtype: u16) {
-        let key = (a.query.client, a.qname.clone(), qtype);
+        let key = question_key(a, qtype);
         if self.seen.len() >= RECENT_CAP && !self.seen.contains_key(&key) {
             while let Some((old, at)) = self.order.pop_front() {
                 if self.seen.get(&old) == Some(&at) {
@@ -409,12 +419,9 @@ impl Detectors {
             QTYPE_AAAA => QTYPE_A,
             _ => return false,
         };
-        let (Some(first), Some((twin_at, _))) = (
-            first,
-            self.asked
-                .seen
-                .get(&(a.query.client, a.qname.clone(), twin)),
-        ) else {
+        let (Some(first), Some((twin_at, _))) =
+            (first, self.asked.seen.get(&question_key(a, twin)))
+        else {
             return false;
         };
         abs_diff(*twin_at, first) <= PARALLEL_WINDOW

@@ -22,7 +22,7 @@
 //! tracing off (no endpoint) none of this runs.
 //!
 //! Sampling: every lookup with a timeout, SERVFAIL or anomaly (`dns.anomaly` on the root,
-//! see `anomaly`) is exported; others with probability
+//! see `anomaly`) is exported (up to 100 such lookups a second); others with probability
 //! `sample_ratio` (default 0.01), decided per lookup (all its spans or none).
 //!
 //! Settings, environment winning over config: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
@@ -62,6 +62,8 @@ use crate::metrics::{QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels};
 
 /// Spans that trigger an export before the flush interval.
 const MAX_BATCH: usize = 512;
+/// Lookups exported per second because of an anomaly or failure, beyond the sample ratio.
+const MAX_FORCED_PER_SECOND: u32 = 100;
 /// Longest time a kept span waits for export.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
@@ -226,6 +228,7 @@ pub fn start(
         sample_ratio: settings.sample_ratio,
         metrics: metrics.clone(),
         clock: Clock::now(),
+        forced: (Instant::now(), 0),
         scope: InstrumentationScope::builder("dnslens")
             .with_version(env!("CARGO_PKG_VERSION"))
             .build(),
@@ -349,14 +352,25 @@ pub struct OtlpObserver {
     metrics: TelemetryMetrics,
     clock: Clock,
     scope: InstrumentationScope,
+    /// Start of the current second and the lookups kept for their anomalies in it.
+    forced: (Instant, u32),
 }
 
 impl OtlpObserver {
     /// Lookups that went wrong are always kept; the rest by ratio.
-    fn keep(&self, lookup: &LookupRecord, anomalies: &[anomaly::Kind]) -> bool {
-        anomaly::failed(lookup)
-            || !anomalies.is_empty()
-            || (self.sample_ratio > 0.0 && rand::random::<f64>() < self.sample_ratio)
+    fn keep(&mut self, lookup: &LookupRecord, anomalies: &[anomaly::Kind]) -> bool {
+        if anomaly::failed(lookup) || !anomalies.is_empty() {
+            // Always, up to a rate: a flood of one anomaly must not flood the collector.
+            let now = Instant::now();
+            if now.duration_since(self.forced.0) >= Duration::from_secs(1) {
+                self.forced = (now, 0);
+            }
+            if self.forced.1 < MAX_FORCED_PER_SECOND {
+                self.forced.1 += 1;
+                return true;
+            }
+        }
+        self.sample_ratio > 0.0 && rand::random::<f64>() < self.sample_ratio
     }
 }
 
