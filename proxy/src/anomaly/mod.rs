@@ -251,7 +251,7 @@ fn question_key(a: &Attempt, qtype: u16) -> QuestionKey {
 
 /// A fixed-seed hasher, so equal names hash equally across lookups.
 const NAME_HASH: foldhash::fast::FixedState =
-    foldhash::fast::FixedState::with_seed(0x646e_736c_656e_73);
+    foldhash::fast::FixedState::with_seed(0x0064_6e73_6c65_6e73);
 /// (when it was asked, the client's message ID)
 type Asked = (std::time::Instant, u16);
 
@@ -296,7 +296,7 @@ impl Recent {
             }
         }
         let value = (a.query.received, a.query.id);
-        self.seen.insert(key.clone(), value);
+        self.seen.insert(key, value);
         self.order.push_back((key, value));
         if self.order.len() > 2 * RECENT_CAP {
             let seen = &self.seen;
