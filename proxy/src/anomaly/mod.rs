@@ -139,7 +139,11 @@ fn abs_diff(a: std::time::Instant, b: std::time::Instant) -> Duration {
 /// `getaddrinfo` of the same name opens a new socket and is not a retry. Attempts are in
 /// arrival order.
 fn retries(lookup: &LookupRecord) -> Vec<(usize, Duration)> {
-    let mut last_seen: HashMap<(&str, u16, u16, u16), std::time::Instant> = HashMap::new();
+    let mut last_seen: HashMap<
+        (&str, u16, u16, u16),
+        std::time::Instant,
+        foldhash::fast::RandomState,
+    > = HashMap::default();
     let mut out = Vec::new();
     for (i, a) in lookup.attempts.iter().enumerate() {
         let key = (

@@ -43,7 +43,7 @@ use crate::wire::QueryInfo;
 /// How often the tracker drains the hot path's buffer and closes ended lookups.
 const TICK: Duration = Duration::from_millis(20);
 /// Records correlated between two yields of the tracker thread.
-const YIELD_EVERY: usize = 32;
+const YIELD_EVERY: usize = 128;
 /// Quiet time after a lookup got its answer before it is closed.
 const LINGER: Duration = Duration::from_millis(100);
 /// Queries one lookup may hold. A real `getaddrinfo` sends at most about a dozen (suffixes
