@@ -31,8 +31,8 @@
 //!
 //! `dnslens_anomalies_total{kind}` counts lookups by anomaly kind (`empty_noerror_search`,
 //! `empty_noerror_no_soa`, `parallel_race`, `client_retry`, `upstream_timeout`,
-//! `upstream_error`) as [`kinds`] finds them within one lookup; it is what the alert rules
-//! use. Each lookup's kinds go on its trace as `dns.anomaly`, and a lookup with any kind is
+//! `upstream_error`), each increment carrying the lookup's trace id as an OpenMetrics
+//! exemplar; it is what the alert rules use. Each lookup's kinds go on its trace as `dns.anomaly`, and a lookup with any kind is
 //! always exported (see `telemetry`).
 
 pub mod journal;
@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::CounterWithExemplar;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -226,6 +227,11 @@ struct EmptyNoerrorLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TraceLabels {
+    trace_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -314,7 +320,7 @@ pub struct Detectors {
     journal: journal::Journal,
     clock: crate::telemetry::Clock,
     /// Lookups with each anomaly kind (what the journal and alerts use).
-    anomalies: CounterTable<KindLabels>,
+    anomalies: Vec<CounterWithExemplar<TraceLabels>>,
     /// Every A/AAAA/other question asked, for retries.
     asked: Recent,
     /// A/AAAA questions whose twin did not come with them, keyed by the missing qtype.
@@ -331,7 +337,7 @@ pub struct Detectors {
 
 impl Detectors {
     pub fn register(registry: &mut Registry, journal: journal::Journal) -> Detectors {
-        let anomalies = Family::<KindLabels, Counter>::default();
+        let anomalies = Family::<KindLabels, CounterWithExemplar<TraceLabels>>::default();
         registry.register(
             "anomalies",
             "Lookups with an anomaly, by kind (ordinary AAAA NODATA of IPv4-only names excluded)",
@@ -360,7 +366,7 @@ impl Detectors {
         let retries = Family::<QtypeLabels, Counter>::default();
         registry.register(
             "client_retries",
-            "The same client asking the same name and type again within one lookup",
+            "Retransmissions: the same client socket sending the same question with the same ID again within 12 s",
             retries.clone(),
         );
         let retry_gap = Histogram::new([
@@ -391,15 +397,20 @@ impl Detectors {
             evicted.clone(),
         );
         // Every kind's series exists from the start at 0, so `increase()` sees the first one.
-        for kind in Kind::ALL {
-            drop(anomalies.get_or_create(&KindLabels {
-                kind: kind.as_str(),
-            }));
-        }
+        let anomalies: Vec<CounterWithExemplar<TraceLabels>> = Kind::ALL
+            .iter()
+            .map(|kind| {
+                anomalies
+                    .get_or_create(&KindLabels {
+                        kind: kind.as_str(),
+                    })
+                    .clone()
+            })
+            .collect();
         Detectors {
             journal,
             clock: crate::telemetry::Clock::now(),
-            anomalies: CounterTable::new(anomalies, Kind::ALL.len()),
+            anomalies,
             asked: Recent::new(evicted.clone()),
             lonely: Recent::new(evicted),
             empty_noerror: CounterTable::new(empty_noerror, QtypeLabel::COUNT * 4),
@@ -503,16 +514,17 @@ impl LookupObserver for Detectors {
         found.extend(self.across_lookups(lookup));
         found.sort();
         found.dedup();
+        // The lookup's trace id rides along as an OpenMetrics exemplar: a dashboard jumps
+        // from the counter to the trace (anomalous lookups are always exported, see
+        // `telemetry`).
+        let exemplar = TraceLabels {
+            trace_id: format!("{:032x}", lookup.trace_id),
+        };
         for kind in &found {
-            self.anomalies
-                .get(*kind as usize, || KindLabels {
-                    kind: kind.as_str(),
-                })
-                .inc();
+            self.anomalies[*kind as usize].inc_by(1, Some(exemplar.clone()), None);
         }
         if !found.is_empty() {
-            self.journal
-                .push(journal::Entry::from_lookup(lookup, &found, &self.clock));
+            self.journal.record(lookup, &found, &self.clock);
         }
         self.lookups
             .get_or_create(&OutcomeLabels {

@@ -66,6 +66,7 @@ fn lookup(queries: &[Q]) -> LookupRecord {
         start: t0,
         end: t0 + Duration::from_secs(1),
         evicted: false,
+        trace_id: 7,
     }
 }
 

@@ -234,6 +234,8 @@ pub struct LookupRecord {
     pub end: Instant,
     /// Ended by eviction rather than by its own end.
     pub evicted: bool,
+    /// The id of this lookup's trace, whether or not it is exported (exemplars use it too).
+    pub trace_id: u128,
 }
 
 impl LookupRecord {
@@ -287,6 +289,7 @@ impl LookupRecord {
             start,
             end,
             evicted,
+            trace_id: rand::random(),
         }
     }
 }

@@ -451,7 +451,7 @@ pub fn lookup_spans(
     scope: &InstrumentationScope,
 ) -> Vec<SpanData> {
     let trace = TraceBuilder {
-        trace_id: TraceId::from_bytes(rand::random()),
+        trace_id: TraceId::from(lookup.trace_id),
         scope,
         clock,
     };

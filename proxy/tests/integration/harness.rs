@@ -168,9 +168,10 @@ pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let (status, body) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200);
     body.lines()
+        // `name{labels} value [# {exemplar} value]`
         .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
+            let rest = line.strip_prefix(series)?;
+            rest.split_whitespace().next()?.parse().ok()
         })
         .unwrap_or(0.0)
 }

@@ -81,7 +81,13 @@ impl Run {
     fn metric(&self, series: &str) -> f64 {
         self.metrics
             .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0.0)
     }
 }
@@ -264,6 +270,17 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
     assert_eq!(
         run.metric("dnslens_anomalies_total{kind=\"empty_noerror_search\"}"),
         1.0
+    );
+    // The counter's exemplar is the trace id of the lookup's exported trace.
+    let line = run
+        .metrics
+        .lines()
+        .find(|l| l.starts_with("dnslens_anomalies_total{kind=\"empty_noerror_search\"}"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("# {{trace_id=\"{}\"}}", root.trace_id)),
+        "{line} vs trace {}",
+        root.trace_id
     );
     assert_eq!(run.metric("dnslens_lookups_total{outcome=\"nodata\"}"), 1.0);
     assert!(
