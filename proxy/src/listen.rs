@@ -206,15 +206,7 @@ pub fn bind(
         local_addrs: Vec::new(),
     };
     for requested in addrs {
-        let first = reuseport_udp(*requested)?;
-        let addr = first
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| std::io::Error::other("listen socket has no IP address"))?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(reuseport_udp(addr)?);
-        }
+        let (addr, sockets, tcp) = bind_one(*requested, workers)?;
         for socket in sockets {
             bound.udp.push(Arc::new(UdpEndpoint {
                 socket: UdpSocket::from_std(socket.into())?,
@@ -222,10 +214,38 @@ pub fn bind(
                 trace_sink: trace_sink.clone(),
             }));
         }
-        bound.tcp.push(tcp_listener(addr)?);
+        bound.tcp.push(tcp);
         bound.local_addrs.push(addr);
     }
     Ok(bound)
+}
+
+/// UDP sockets and a TCP listener on one address. With port 0 the kernel picks the UDP
+/// port, which TCP may already use (an outgoing connection's local port): then try again.
+fn bind_one(
+    requested: SocketAddr,
+    workers: usize,
+) -> std::io::Result<(SocketAddr, Vec<Socket>, TcpListener)> {
+    let tries = if requested.port() == 0 { 16 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..tries {
+        let first = reuseport_udp(requested)?;
+        let addr = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("listen socket has no IP address"))?;
+        match tcp_listener(addr) {
+            Ok(tcp) => {
+                let mut sockets = vec![first];
+                for _ in 1..workers {
+                    sockets.push(reuseport_udp(addr)?);
+                }
+                return Ok((addr, sockets, tcp));
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no port for UDP and TCP")))
 }
 
 fn reuseport_udp(addr: SocketAddr) -> std::io::Result<Socket> {

@@ -119,7 +119,7 @@ impl Journal {
     }
 
     /// Journals an anomalous lookup, folding it into the newest entry when that is the same
-    /// client, name and kinds less than a second earlier (then nothing is built).
+    /// client, name, outcome and kinds less than a second earlier (then nothing is built).
     pub fn record(&self, lookup: &LookupRecord, kinds: &[Kind], clock: &Clock) {
         let time = clock
             .at(lookup.start)
@@ -130,6 +130,7 @@ impl Journal {
             if let Some(last) = entries.back_mut() {
                 let same = time - last.time < 1.0
                     && last.base == lookup.base
+                    && last.outcome == lookup.outcome.as_str()
                     && last.client == lookup.client.to_string()
                     && last.kinds.len() == kinds.len()
                     && last.kinds.iter().zip(kinds).all(|(a, b)| a == b.as_str());

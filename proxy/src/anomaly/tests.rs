@@ -295,3 +295,42 @@ fn the_lonely_query_memory_is_bounded() {
     // Both memories (questions asked, lonely A queries) overflowed by 100.
     assert_eq!(d.lonely.evicted.get(), 200);
 }
+
+#[test]
+fn the_journal_folds_a_flood_of_one_anomaly_and_keeps_its_bound() {
+    let j = journal::Journal::new(3);
+    let clock = crate::telemetry::Clock::now();
+    let musl = lookup(&[q(
+        0,
+        1,
+        "alauda.cn.default.svc.cluster.local",
+        Some(0),
+        QTYPE_A,
+        0,
+        0,
+        true,
+    )]);
+    let found = kinds(&musl);
+    for _ in 0..50 {
+        j.record(&musl, &found, &clock);
+    }
+    let entries = j.query(Duration::from_secs(600), None);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].repeats, 49);
+    // Another outcome is another entry; the ring keeps the newest 3.
+    let mut other = musl.clone();
+    other.outcome = LookupOutcome::NoData;
+    j.record(&other, &found, &clock);
+    for i in 0..5 {
+        let mut l = musl.clone();
+        l.base = format!("n{i}");
+        j.record(&l, &found, &clock);
+    }
+    let entries = j.query(Duration::from_secs(600), None);
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[0].base, "n4", "newest first");
+    assert!(j
+        .query(Duration::from_secs(600), Some(Kind::ParallelRace))
+        .is_empty());
+    assert!(journal::render(&entries).contains("musl/Alpine clients stop here"));
+}
