@@ -2,9 +2,11 @@
 //! DNS visible.
 //!
 //! Data path: `listen` (UDP/TCP sockets) → `wire` (header + question) → `forward`
-//! (upstream pool, matching, retries) → back through `listen` to the client. `admin` serves
-//! the metrics each component registers; `demo` runs the whole thing against an embedded
-//! Kubernetes-like upstream. See ARCHITECTURE.md.
+//! (upstream pool, matching, retries) → back through `listen` to the client. Each answered
+//! query is handed as plain data to `lookup`, which correlates lookups (with `search`) for
+//! its observers: `anomaly` (counters, journal) and `telemetry` (OTLP traces). `admin`
+//! serves the metrics each component registers and the journal; `demo` runs it all against
+//! an embedded Kubernetes-like upstream. See ARCHITECTURE.md.
 
 #![forbid(unsafe_code)]
 

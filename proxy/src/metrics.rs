@@ -7,10 +7,9 @@
 //! On the hot path a counter is one array index and one atomic add: [`CounterTable`] creates
 //! the labelled series on first use and keeps the handle.
 
-use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -100,15 +99,20 @@ impl RcodeLabel {
     }
 }
 
+/// Implements `EncodeLabelValue` for types with an `as_str` method (closed label sets).
 macro_rules! label_value_from_as_str {
     ($($t:ty),*) => {$(
-        impl EncodeLabelValue for $t {
-            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
-                encoder.write_str(self.as_str())
+        impl ::prometheus_client::encoding::EncodeLabelValue for $t {
+            fn encode(
+                &self,
+                encoder: &mut ::prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> ::std::fmt::Result {
+                ::std::fmt::Write::write_str(encoder, self.as_str())
             }
         }
     )*};
 }
+pub(crate) use label_value_from_as_str;
 label_value_from_as_str!(Transport, QtypeLabel, RcodeLabel);
 
 /// A reason label: a static string from a closed set chosen by the code that counts it.
@@ -158,7 +162,11 @@ impl ReasonCounters {
     /// Counts one drop. An unknown reason is a programming error; it is counted under the
     /// first reason rather than lost.
     pub fn inc(&self, reason: &str) {
+        self.inc_by(reason, 1);
+    }
+
+    pub fn inc_by(&self, reason: &str, n: u64) {
         let i = self.reasons.iter().position(|r| *r == reason).unwrap_or(0);
-        self.counters[i].inc();
+        self.counters[i].inc_by(n);
     }
 }

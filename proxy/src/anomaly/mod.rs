@@ -40,7 +40,7 @@ pub mod journal;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::CounterWithExemplar;
 use prometheus_client::metrics::family::Family;
@@ -174,8 +174,8 @@ pub fn kinds(lookup: &LookupRecord) -> Vec<Kind> {
         }
         for t in &a.query.tries {
             match t.outcome {
-                Outcome::timeout => kinds.push(Kind::UpstreamTimeout),
-                Outcome::servfail | Outcome::refused => kinds.push(Kind::UpstreamError),
+                Outcome::Timeout => kinds.push(Kind::UpstreamTimeout),
+                Outcome::ServFail | Outcome::Refused => kinds.push(Kind::UpstreamError),
                 _ => {}
             }
         }
@@ -212,12 +212,17 @@ fn race_suspected(lookup: &LookupRecord, retried: &[(usize, Duration)]) -> usize
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Flag(bool);
 
-impl EncodeLabelValue for Flag {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
-        use std::fmt::Write;
-        encoder.write_str(if self.0 { "true" } else { "false" })
+impl Flag {
+    fn as_str(self) -> &'static str {
+        if self.0 {
+            "true"
+        } else {
+            "false"
+        }
     }
 }
+
+crate::metrics::label_value_from_as_str!(Flag);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct EmptyNoerrorLabels {

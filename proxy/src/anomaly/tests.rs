@@ -190,7 +190,7 @@ fn upstream_timeouts_and_errors_are_kinds() {
     let mut l = lookup(&[q(0, 1, "a", None, QTYPE_A, 0, 1, false)]);
     let t = l.attempts[0].query.received;
     let upstream: SocketAddr = "127.0.0.1:53".parse().unwrap();
-    for outcome in [Outcome::timeout, Outcome::servfail, Outcome::answer] {
+    for outcome in [Outcome::Timeout, Outcome::ServFail, Outcome::Answer] {
         l.attempts[0].query.tries.push(UpstreamTry {
             upstream,
             transport: Transport::Udp,

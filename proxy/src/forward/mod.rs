@@ -274,13 +274,13 @@ impl Forwarder {
             Err(e) => {
                 drop(pending);
                 debug!(upstream = %upstream.addr, error = %e, "udp send failed");
-                upstream.record(Transport::Udp, Outcome::error, Duration::ZERO);
+                upstream.record(Transport::Udp, Outcome::Error, Duration::ZERO);
                 let now = Instant::now();
                 record_try(
                     &mut request.trace,
                     upstream.addr,
                     Transport::Udp,
-                    Outcome::error,
+                    Outcome::Error,
                     now,
                     now,
                 );
@@ -371,7 +371,7 @@ impl Forwarder {
         let upstream = &self.upstreams[entry.upstream];
         let now = Instant::now();
         let outcome = if info.truncated {
-            Outcome::truncated
+            Outcome::Truncated
         } else {
             Outcome::of_rcode(info.rcode)
         };
@@ -482,8 +482,8 @@ impl Forwarder {
             }
             let outcome = match &result {
                 Ok(answer) => Outcome::of_rcode(wire::rcode(answer)),
-                Err(tcp_pool::TcpError::Timeout) => Outcome::timeout,
-                Err(_) => Outcome::error,
+                Err(tcp_pool::TcpError::Timeout) => Outcome::Timeout,
+                Err(_) => Outcome::Error,
             };
             upstream.record(Transport::Tcp, outcome, started.elapsed());
             record_try(
@@ -524,13 +524,13 @@ impl Forwarder {
                 for mut p in expired {
                     self.inflight.dec();
                     let upstream = &self.upstreams[p.upstream];
-                    upstream.record(Transport::Udp, Outcome::timeout, now - p.sent_at);
+                    upstream.record(Transport::Udp, Outcome::Timeout, now - p.sent_at);
                     let trace = &mut p.request.trace;
                     record_try(
                         trace,
                         upstream.addr,
                         Transport::Udp,
-                        Outcome::timeout,
+                        Outcome::Timeout,
                         p.sent_at,
                         now,
                     );

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,48 +17,49 @@ use crate::metrics::Transport;
 
 /// How one try at an upstream ended: the `outcome` label of
 /// `dnslens_upstream_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// A response with RCODE NOERROR or NXDOMAIN (or anything not listed below).
-    answer,
-    servfail,
-    refused,
+    Answer,
+    ServFail,
+    Refused,
     /// No matching response within `upstream_timeout`.
-    timeout,
+    Timeout,
     /// A UDP response with TC set; the query is retried over TCP.
-    truncated,
+    Truncated,
     /// Send failure, refused or broken TCP connection.
-    error,
+    Error,
 }
+
+crate::metrics::label_value_from_as_str!(Outcome);
 
 impl Outcome {
     const ALL: [Outcome; 6] = [
-        Outcome::answer,
-        Outcome::servfail,
-        Outcome::refused,
-        Outcome::timeout,
-        Outcome::truncated,
-        Outcome::error,
+        Outcome::Answer,
+        Outcome::ServFail,
+        Outcome::Refused,
+        Outcome::Timeout,
+        Outcome::Truncated,
+        Outcome::Error,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::answer => "answer",
-            Outcome::servfail => "servfail",
-            Outcome::refused => "refused",
-            Outcome::timeout => "timeout",
-            Outcome::truncated => "truncated",
-            Outcome::error => "error",
+            Outcome::Answer => "answer",
+            Outcome::ServFail => "servfail",
+            Outcome::Refused => "refused",
+            Outcome::Timeout => "timeout",
+            Outcome::Truncated => "truncated",
+            Outcome::Error => "error",
         }
     }
 
     /// The outcome of a response by its RCODE.
     pub fn of_rcode(rcode: u8) -> Outcome {
         match rcode {
-            2 => Outcome::servfail,
-            5 => Outcome::refused,
-            _ => Outcome::answer,
+            2 => Outcome::ServFail,
+            5 => Outcome::Refused,
+            _ => Outcome::Answer,
         }
     }
 
@@ -66,7 +67,7 @@ impl Outcome {
     fn is_success(self) -> bool {
         matches!(
             self,
-            Outcome::answer | Outcome::servfail | Outcome::refused | Outcome::truncated
+            Outcome::Answer | Outcome::ServFail | Outcome::Refused | Outcome::Truncated
         )
     }
 }
@@ -173,7 +174,7 @@ impl Upstream {
     /// Records how a try ended, its duration (for answers) and what it says about health.
     pub fn record(&self, transport: Transport, outcome: Outcome, elapsed: Duration) {
         self.tries[transport as usize][outcome as usize].inc();
-        if outcome != Outcome::timeout {
+        if outcome != Outcome::Timeout {
             self.duration[transport as usize].observe(elapsed.as_secs_f64());
         }
         if outcome.is_success() {

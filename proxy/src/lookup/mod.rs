@@ -17,7 +17,7 @@
 //!   still reported. A lookup holds at most 32 queries; a full one is closed and reported.
 //!
 //! Finished lookups go to [`LookupObserver`]s as a [`LookupRecord`] (telemetry export, the
-//! demo's console trees, later the anomaly detectors); observers never reach back.
+//! demo's console trees, the anomaly detectors); observers never reach back.
 //!
 //! Metrics: `dnslens_lookup_records_dropped_total` (queue full), `dnslens_lookups_evicted_total`,
 //! `dnslens_lookups_open`.
@@ -127,8 +127,10 @@ impl QueryTrace {
         self.answers = answer
             .get(6..8)
             .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-        // Only empty answers need their authority section read (empty-NOERROR kinds).
-        self.authority_soa = self.answers == 0 && crate::wire::authority_has_soa(answer);
+        // Only empty NOERROR answers need their authority section read (empty-NOERROR kinds);
+        // NXDOMAIN, the bulk of search noise, never does.
+        self.authority_soa =
+            self.rcode == 0 && self.answers == 0 && crate::wire::authority_has_soa(answer);
     }
 
     /// The query name, lower case, without the trailing dot ("." for the root). The
@@ -183,11 +185,11 @@ impl TraceSink {
         }
     }
 
-    /// Takes everything buffered.
-    fn drain(&self) -> Vec<QueryTrace> {
+    /// Swaps everything buffered into `out` (which must be empty), handing `out`'s
+    /// allocation back to the hot path: no new buffer per tick.
+    fn drain_into(&self, out: &mut Vec<QueryTrace>) {
         let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        let capacity = buffer.capacity().min(self.capacity);
-        std::mem::replace(&mut *buffer, Vec::with_capacity(capacity))
+        std::mem::swap(&mut *buffer, out);
     }
 }
 
@@ -272,7 +274,7 @@ impl LookupRecord {
                         .query
                         .tries
                         .iter()
-                        .any(|t| t.outcome == Outcome::timeout) =>
+                        .any(|t| t.outcome == Outcome::Timeout) =>
                     {
                         LookupOutcome::Timeout
                     }
@@ -463,23 +465,27 @@ impl Tracker {
         let drained = sink.clone();
         let spawned = std::thread::Builder::new()
             .name("dnslens-lookups".into())
-            .spawn(move || loop {
-                std::thread::sleep(TICK);
-                let stopping = stop.is_cancelled();
-                for (i, trace) in drained.drain().into_iter().enumerate() {
-                    self.add(trace);
-                    // On a proxy confined to one core this thread and the DNS worker share
-                    // it: hand the core back often so a batch never delays answers for long.
-                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                        std::thread::yield_now();
+            .spawn(move || {
+                let mut batch = Vec::new();
+                loop {
+                    std::thread::sleep(TICK);
+                    let stopping = stop.is_cancelled();
+                    drained.drain_into(&mut batch);
+                    for (i, trace) in batch.drain(..).enumerate() {
+                        self.add(trace);
+                        // On a proxy confined to one core this thread and the DNS worker share
+                        // it: hand the core back often so a batch never delays answers for long.
+                        if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                            std::thread::yield_now();
+                        }
                     }
+                    if stopping {
+                        // Report everything still open.
+                        self.expire(Instant::now() + self.window + LINGER);
+                        return;
+                    }
+                    self.expire(Instant::now());
                 }
-                if stopping {
-                    // Report everything still open.
-                    self.expire(Instant::now() + self.window + LINGER);
-                    return;
-                }
-                self.expire(Instant::now());
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the lookup tracker thread; lookups are not correlated");

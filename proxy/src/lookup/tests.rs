@@ -224,7 +224,7 @@ fn servfail_after_timeouts_is_a_timeout_outcome() {
     q.tries.push(UpstreamTry {
         upstream: "127.0.0.1:53".parse().unwrap(),
         transport: Transport::Udp,
-        outcome: Outcome::timeout,
+        outcome: Outcome::Timeout,
         start: q.received,
         end: q.answered,
     });

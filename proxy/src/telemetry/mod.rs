@@ -329,15 +329,11 @@ async fn export(
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, spans = n, "span export failed");
-            for _ in 0..n {
-                metrics.dropped.inc("export_failed");
-            }
+            metrics.dropped.inc_by("export_failed", n as u64);
         }
         Err(_) => {
             tracing::debug!(spans = n, "span export timed out");
-            for _ in 0..n {
-                metrics.dropped.inc("export_failed");
-            }
+            metrics.dropped.inc_by("export_failed", n as u64);
         }
     }
 }
@@ -384,9 +380,7 @@ impl LookupObserver for OtlpObserver {
         let spans = lookup_spans(lookup, &anomalies, &self.clock, &self.scope);
         let n = spans.len();
         if self.queued.load(Ordering::Relaxed) + n > self.capacity {
-            for _ in 0..n {
-                self.metrics.dropped.inc("queue_full");
-            }
+            self.metrics.dropped.inc_by("queue_full", n as u64);
             return;
         }
         self.queued.fetch_add(n, Ordering::Relaxed);

@@ -120,14 +120,14 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
         UpstreamTry {
             upstream,
             transport: Transport::Udp,
-            outcome: Outcome::timeout,
+            outcome: Outcome::Timeout,
             start: t0,
             end: t0 + Duration::from_millis(2),
         },
         UpstreamTry {
             upstream,
             transport: Transport::Udp,
-            outcome: Outcome::answer,
+            outcome: Outcome::Answer,
             start: t0 + Duration::from_millis(2),
             end: t0 + Duration::from_millis(4),
         },
