@@ -14,10 +14,14 @@
 //! - `upstream_timeout`: per-try timeout [2s]; `attempts`: tries per query over all upstreams [2]
 //! - `shutdown_grace`: how long in-flight queries may take after SIGTERM [5s]
 //! - `listener:` `udp_workers` [0 = one per core], `tcp_max_connections` [1024],
-//!   `tcp_idle_timeout` [10s], `tcp_max_inflight_per_connection` [64]
+//!   `tcp_idle_timeout` [10s], `tcp_max_inflight_per_connection` [64], `allow`: client CIDRs
+//!   answered, others REFUSED [sidecar: loopback; node-local: required, the pod CIDRs]
 //! - `forward:` `udp_sockets` [4], `max_inflight` [16384], `socket_lifetime` [5m],
 //!   `failure_threshold` [3], `backoff_min` [1s], `backoff_max` [30s], `tcp_idle_timeout` [20s],
-//!   `tcp_connect_timeout` [1s]
+//!   `tcp_connect_timeout` [1s], `force_tcp` [false]: every upstream query over TCP
+//! - `cache:` `enabled` [false], `max_entries` [10000], `min_ttl` [0s], `max_ttl` [1h],
+//!   `max_negative_ttl` [5m], `serve_stale` [false], `prefetch` [0 = off] (see `cache`)
+//! - `mitigations:` `autopath` [false], `musl_shield` [false] (see `mitigate`)
 //! - `search`, `ndots`, `cluster_domain` [cluster.local], `resolv_conf` [/etc/resolv.conf]:
 //!   the search-path model (see `search`)
 //! - `lookup:` `window` [2s], `max_entries` [10000], `queue` [16384] (see `lookup`)
@@ -127,6 +131,9 @@ pub struct ListenerConfig {
     #[serde(with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
     pub tcp_max_inflight_per_connection: usize,
+    /// Client networks that get answers; queries from elsewhere are REFUSED. Empty: loopback
+    /// in a sidecar; node-local mode requires the pod CIDRs here.
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 impl Default for ListenerConfig {
@@ -136,6 +143,7 @@ impl Default for ListenerConfig {
             tcp_max_connections: 1024,
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_max_inflight_per_connection: 64,
+            allow: Vec::new(),
         }
     }
 }
@@ -161,6 +169,9 @@ pub struct ForwardConfig {
     pub tcp_idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub tcp_connect_timeout: Duration,
+    /// Send every upstream query over TCP (pooled, pipelined), as node-cache's
+    /// `force_tcp` does: no UDP flow for conntrack to race on.
+    pub force_tcp: bool,
 }
 
 impl Default for ForwardConfig {
@@ -174,6 +185,7 @@ impl Default for ForwardConfig {
             backoff_max: Duration::from_secs(30),
             tcp_idle_timeout: Duration::from_secs(20),
             tcp_connect_timeout: Duration::from_secs(1),
+            force_tcp: false,
         }
     }
 }
@@ -204,6 +216,55 @@ pub struct Config {
     pub lookup: LookupConfig,
     pub tracing: TracingConfig,
     pub journal: JournalConfig,
+    pub cache: CacheConfig,
+    pub mitigations: MitigationsConfig,
+}
+
+/// The answer cache (see `cache`). Off by default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Answers kept; beyond it the cache evicts (S3-FIFO, `quick_cache`).
+    pub max_entries: usize,
+    /// TTL clamps for positive answers.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Cap on the RFC 2308 negative TTL (SOA minimum) of NXDOMAIN/NODATA answers.
+    #[serde(with = "humantime_serde")]
+    pub max_negative_ttl: Duration,
+    /// Answer from an expired entry (TTL 30 s, up to a day old) when upstreams fail (RFC 8767).
+    pub serve_stale: bool,
+    /// Refresh an entry asked this many times when a tenth of its TTL is left; 0 = never.
+    pub prefetch: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: false,
+            max_entries: 10_000,
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(3600),
+            max_negative_ttl: Duration::from_secs(300),
+            serve_stale: false,
+            prefetch: 0,
+        }
+    }
+}
+
+/// Fixes for the failure patterns dnslens detects (see `mitigate`). Each off by default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MitigationsConfig {
+    /// Server-side search: walk the pod's search list on the first expansion and answer
+    /// with a CNAME to the name that resolved. Needs a known search list (sidecar mode).
+    pub autopath: bool,
+    /// Answer an empty NOERROR for a search expansion (no A nor AAAA at that name) as
+    /// NXDOMAIN, so musl continues its search walk.
+    pub musl_shield: bool,
 }
 
 /// The anomaly journal (see `anomaly::journal`).
@@ -298,6 +359,8 @@ impl Default for Config {
             lookup: LookupConfig::default(),
             tracing: TracingConfig::default(),
             journal: JournalConfig::default(),
+            cache: CacheConfig::default(),
+            mitigations: MitigationsConfig::default(),
         }
     }
 }
@@ -508,6 +571,25 @@ impl Config {
         }
         if l.udp_workers > 64 {
             return Err(ConfigError::invalid("listener.udp_workers", "at most 64"));
+        }
+        if self.mode == Mode::NodeLocal && l.allow.is_empty() {
+            return Err(ConfigError::invalid(
+                "listener.allow",
+                "node-local mode needs the client networks (the pod CIDRs): dnslens is never an open resolver",
+            ));
+        }
+        let c = &self.cache;
+        if c.enabled && (c.max_entries == 0 || c.max_ttl < c.min_ttl) {
+            return Err(ConfigError::invalid(
+                "cache",
+                "max_entries must be above zero and min_ttl not above max_ttl",
+            ));
+        }
+        if self.mitigations.autopath && self.mode == Mode::NodeLocal {
+            return Err(ConfigError::invalid(
+                "mitigations.autopath",
+                "needs the client's exact search list, which only a sidecar knows (a node-local proxy serves pods with different lists)",
+            ));
         }
         Ok(())
     }

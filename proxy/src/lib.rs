@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod anomaly;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -19,6 +20,8 @@ pub mod forward;
 pub mod listen;
 pub mod lookup;
 pub mod metrics;
+pub mod mitigate;
+pub mod pipeline;
 pub mod search;
 pub mod telemetry;
 pub mod wire;
@@ -35,6 +38,7 @@ use config::Config;
 use forward::Forwarder;
 use listen::ListenMetrics;
 use lookup::{LookupMetrics, LookupObserver, Tracker};
+use pipeline::Pipeline;
 use search::SearchModel;
 use telemetry::TelemetryMetrics;
 
@@ -109,13 +113,15 @@ impl Proxy {
         let trace_sink =
             Some(tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone()));
         let listen_metrics = Arc::new(ListenMetrics::register(&mut registry));
-        let forwarder = Forwarder::build(
+        let forwarder = Forwarder::build(config, &mut registry).map_err(StartError::Upstream)?;
+        let pipeline = Pipeline::build(
             config,
             &mut registry,
+            forwarder.clone(),
+            SearchModel::from_config(config, &config.resolv_conf)?,
             listen_metrics.clone(),
             trace_sink.clone(),
-        )
-        .map_err(StartError::Upstream)?;
+        );
         let listen_error = |source| StartError::Listen {
             addr: config
                 .listen
@@ -146,7 +152,7 @@ impl Proxy {
         let mut tasks = JoinSet::new();
         listeners.spawn(
             &config.listener,
-            forwarder.clone(),
+            pipeline,
             stop_listening.clone(),
             &mut tasks,
         );

@@ -22,8 +22,11 @@
 //!   answered FORMERR/NOTIMP), `tcp_bad_length`, `tcp_connection_limit`, `send_failed`.
 //! - `dnslens_udp_truncated_total`: answers cut to header+question with TC set because they
 //!   exceeded the client's UDP payload size.
+//! - `dnslens_acl_refused_total`: queries answered REFUSED because the client is outside
+//!   `listener.allow` (default: loopback only; node-local mode requires the pod CIDRs), so
+//!   dnslens is never an open resolver.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,17 +38,18 @@ use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::cache::CacheKey;
 use crate::config::ListenerConfig;
-use crate::forward::Forwarder;
 use crate::lookup::{QueryTrace, TraceSink};
 use crate::metrics::{
     CounterTable, QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels, Transport,
 };
+use crate::pipeline::Pipeline;
 use crate::wire::{self, QueryInfo, Rcode};
 
 /// Largest UDP datagram read from a client.
@@ -76,6 +80,7 @@ pub struct ListenMetrics {
     requests: CounterTable<RequestLabels>,
     dropped: ReasonCounters,
     truncated: Counter,
+    acl_refused: Counter,
 }
 
 impl ListenMetrics {
@@ -98,7 +103,14 @@ impl ListenMetrics {
             "UDP answers truncated to the client's payload size (TC set)",
             truncated.clone(),
         );
+        let acl_refused = Counter::default();
+        registry.register(
+            "acl_refused",
+            "Queries answered REFUSED because the client is outside listener.allow",
+            acl_refused.clone(),
+        );
         ListenMetrics {
+            acl_refused,
             requests: CounterTable::new(
                 requests,
                 Transport::ALL.len() * QtypeLabel::COUNT * RcodeLabel::COUNT,
@@ -136,29 +148,85 @@ pub struct UdpEndpoint {
     trace_sink: Option<TraceSink>,
 }
 
-/// A UDP client query on its way through the proxy. Holds the query bytes (their ID is
-/// rewritten for each upstream try) and the route back to the client.
+/// Where a query's answer goes.
+pub enum ReplyTo {
+    /// Back to a UDP client through the socket it came in on.
+    Client(Arc<UdpEndpoint>),
+    /// To dnslens itself (prefetch, autopath, the shield's twin check).
+    Internal(oneshot::Sender<Vec<u8>>),
+}
+
+/// A UDP query on its way through the proxy. Holds the query bytes (their ID is rewritten
+/// for each upstream try) and the route back.
 pub struct UdpRequest {
-    endpoint: Arc<UdpEndpoint>,
+    reply: ReplyTo,
+    /// Runs the cache and mitigations once the forwarder has an answer.
+    pipeline: Arc<Pipeline>,
     pub peer: SocketAddr,
     pub query: Vec<u8>,
     pub info: QueryInfo,
     pub received: Instant,
     /// Plain-data record of this query for lookup correlation (`None` only without a tracker).
     pub trace: Option<Box<QueryTrace>>,
+    /// Set on the query that leads a coalesced question: its answer is stored and shared.
+    pub cache_key: Option<CacheKey>,
 }
 
 impl UdpRequest {
-    /// Sends `answer` to the client with its own ID, truncated to its UDP payload size.
+    /// A query dnslens asks on its own behalf; the answer arrives on `reply`.
+    pub fn internal(
+        pipeline: Arc<Pipeline>,
+        query: Vec<u8>,
+        info: QueryInfo,
+        reply: oneshot::Sender<Vec<u8>>,
+    ) -> UdpRequest {
+        UdpRequest {
+            reply: ReplyTo::Internal(reply),
+            pipeline,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            query,
+            info,
+            received: Instant::now(),
+            trace: None,
+            cache_key: None,
+        }
+    }
+
+    pub fn is_client(&self) -> bool {
+        matches!(self.reply, ReplyTo::Client(_))
+    }
+
+    /// Hands the upstream's answer (or the proxy's own error) to the pipeline, which caches
+    /// it, shares it with coalesced waiters, applies the mitigations and sends it.
     pub fn respond(self, answer: &mut [u8]) {
+        let pipeline = self.pipeline.clone();
+        pipeline.complete(self, answer);
+    }
+
+    /// Answers with an error RCODE of the proxy's own (SERVFAIL when upstreams failed).
+    pub fn respond_error(self, rcode: Rcode) {
+        let mut answer = wire::error_answer(&self.query, Some(self.info.question_end), rcode);
+        self.respond(&mut answer);
+    }
+
+    /// Sends `answer` with the query's own ID: to a client truncated to its UDP payload
+    /// size, then the trace goes to the tracker.
+    pub fn send(self, answer: &mut [u8]) {
         wire::set_id(answer, self.info.id);
-        let metrics = &self.endpoint.metrics;
+        let endpoint = match self.reply {
+            ReplyTo::Internal(reply) => {
+                let _ = reply.send(answer.to_vec());
+                return;
+            }
+            ReplyTo::Client(endpoint) => endpoint,
+        };
+        let metrics = &endpoint.metrics;
         let sent = if answer.len() > usize::from(self.info.udp_payload) {
             metrics.truncated.inc();
             let truncated = wire::truncated_answer(answer, self.info.question_end);
-            self.endpoint.socket.try_send_to(&truncated, self.peer)
+            endpoint.socket.try_send_to(&truncated, self.peer)
         } else {
-            self.endpoint.socket.try_send_to(answer, self.peer)
+            endpoint.socket.try_send_to(answer, self.peer)
         };
         match sent {
             Ok(_) => metrics.answered(Transport::Udp, self.info.qtype, wire::rcode(answer)),
@@ -167,16 +235,39 @@ impl UdpRequest {
                 metrics.dropped("send_failed");
             }
         }
-        if let (Some(mut trace), Some(sink)) = (self.trace, &self.endpoint.trace_sink) {
-            trace.finish(answer);
+        if let (Some(mut trace), Some(sink)) = (self.trace, &endpoint.trace_sink) {
+            trace.answered = Instant::now();
             sink.send(*trace);
         }
     }
+}
 
-    /// Answers with an error RCODE of the proxy's own (SERVFAIL when upstreams failed).
-    pub fn respond_error(self, rcode: Rcode) {
-        let mut answer = wire::error_answer(&self.query, Some(self.info.question_end), rcode);
-        self.respond(&mut answer);
+/// The client networks dnslens answers (`listener.allow`).
+#[derive(Debug, Clone)]
+pub struct Acl {
+    allowed: Vec<ipnet::IpNet>,
+}
+
+impl Acl {
+    /// `allow` from the config; empty means loopback only.
+    pub fn new(allow: &[ipnet::IpNet]) -> Acl {
+        let loopback = ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .filter_map(|net| net.parse().ok())
+            .collect();
+        Acl {
+            allowed: if allow.is_empty() {
+                loopback
+            } else {
+                allow.to_vec()
+            },
+        }
+    }
+
+    pub fn allows(&self, client: IpAddr) -> bool {
+        // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
+        let client = client.to_canonical();
+        self.allowed.iter().any(|net| net.contains(&client))
     }
 }
 
@@ -273,12 +364,18 @@ impl BoundListeners {
     pub fn spawn(
         self,
         config: &ListenerConfig,
-        forwarder: Arc<Forwarder>,
+        pipeline: Arc<Pipeline>,
         stop: CancellationToken,
         tasks: &mut JoinSet<()>,
     ) {
+        let acl = Arc::new(Acl::new(&config.allow));
         for endpoint in self.udp {
-            tasks.spawn(udp_worker(endpoint, forwarder.clone(), stop.clone()));
+            tasks.spawn(udp_worker(
+                endpoint,
+                pipeline.clone(),
+                acl.clone(),
+                stop.clone(),
+            ));
         }
         let connections = Arc::new(Semaphore::new(config.tcp_max_connections));
         for listener in self.tcp {
@@ -289,7 +386,8 @@ impl BoundListeners {
                     max_inflight: config.tcp_max_inflight_per_connection,
                 },
                 connections.clone(),
-                forwarder.clone(),
+                pipeline.clone(),
+                acl.clone(),
                 stop.clone(),
             ));
         }
@@ -298,7 +396,8 @@ impl BoundListeners {
 
 async fn udp_worker(
     endpoint: Arc<UdpEndpoint>,
-    forwarder: Arc<Forwarder>,
+    pipeline: Arc<Pipeline>,
+    acl: Arc<Acl>,
     stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; UDP_RECV_BUFFER];
@@ -318,7 +417,16 @@ async fn udp_worker(
         let received = Instant::now();
         let packet = &buf[..len];
         match wire::parse_query(packet) {
-            Ok(info) => forwarder.submit_udp(UdpRequest {
+            Ok(info) if !acl.allows(peer.ip()) => {
+                endpoint.metrics.acl_refused.inc();
+                let answer = wire::error_answer(packet, Some(info.question_end), Rcode::Refused);
+                if endpoint.socket.try_send_to(&answer, peer).is_ok() {
+                    endpoint
+                        .metrics
+                        .answered(Transport::Udp, info.qtype, Rcode::Refused as u8);
+                }
+            }
+            Ok(info) => pipeline.handle_udp(UdpRequest {
                 trace: QueryTrace::start(
                     endpoint.trace_sink.as_ref(),
                     peer,
@@ -327,11 +435,13 @@ async fn udp_worker(
                     &info,
                     received,
                 ),
-                endpoint: endpoint.clone(),
+                reply: ReplyTo::Client(endpoint.clone()),
+                pipeline: pipeline.clone(),
                 peer,
                 query: packet.to_vec(),
                 info,
                 received,
+                cache_key: None,
             }),
             Err(e) => {
                 endpoint.metrics.dropped(e.reason());
@@ -356,7 +466,8 @@ async fn tcp_accept(
     listener: TcpListener,
     settings: TcpSettings,
     connections: Arc<Semaphore>,
-    forwarder: Arc<Forwarder>,
+    pipeline: Arc<Pipeline>,
+    acl: Arc<Acl>,
     stop: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
@@ -375,15 +486,17 @@ async fn tcp_accept(
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            forwarder.listen_metrics().dropped("tcp_connection_limit");
+            pipeline.listen_metrics().dropped("tcp_connection_limit");
             drop(stream);
             continue;
         };
-        let forwarder = forwarder.clone();
+        let pipeline = pipeline.clone();
         let stop = stop.clone();
+        let allowed = acl.allows(peer.ip());
         conns.spawn(async move {
             let _permit = permit;
-            if let Err(e) = tcp_connection(stream, peer, settings, forwarder, stop).await {
+            let result = tcp_connection(stream, peer, allowed, settings, pipeline, stop).await;
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "tcp connection ended");
             }
         });
@@ -395,8 +508,9 @@ async fn tcp_accept(
 async fn tcp_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    allowed: bool,
     settings: TcpSettings,
-    forwarder: Arc<Forwarder>,
+    pipeline: Arc<Pipeline>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
@@ -422,7 +536,7 @@ async fn tcp_connection(
         })
     };
     let inflight = Arc::new(Semaphore::new(settings.max_inflight));
-    let metrics = forwarder.listen_metrics();
+    let metrics = pipeline.listen_metrics();
     loop {
         let mut len_prefix = [0u8; 2];
         let read = tokio::select! {
@@ -451,14 +565,22 @@ async fn tcp_connection(
             break;
         }
         let received = Instant::now();
+        if !allowed {
+            metrics.acl_refused.inc();
+            let answer = refused_tcp(&message, metrics);
+            if answers_tx.send(answer).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
-        let forwarder = forwarder.clone();
+        let pipeline = pipeline.clone();
         let answers = answers_tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(answer) = forwarder.answer_tcp(message, peer, received).await {
+            if let Some(answer) = pipeline.answer_tcp(message, peer, received).await {
                 let _ = answers.send(answer).await;
             }
         });
@@ -467,4 +589,14 @@ async fn tcp_connection(
     // The writer ends once every spawned query has sent its answer (or failed).
     let _ = writer_task.await;
     Ok(())
+}
+
+/// REFUSED for a TCP client outside the access list (FORMERR if its query does not parse).
+fn refused_tcp(message: &[u8], metrics: &ListenMetrics) -> Vec<u8> {
+    let (question_end, qtype, rcode) = match wire::parse_query(message) {
+        Ok(info) => (Some(info.question_end), info.qtype, Rcode::Refused),
+        Err(_) => (None, 0, Rcode::FormErr),
+    };
+    metrics.answered(Transport::Tcp, qtype, rcode as u8);
+    wire::error_answer(message, question_end, rcode)
 }

@@ -11,7 +11,12 @@
 
 use hickory_proto::op::{Header, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
+
+/// TYPE of the EDNS pseudo-record.
+const RTYPE_OPT: u16 = 41;
+/// The DO bit in the OPT record's TTL field (RFC 3225).
+const EDNS_DO_BIT: u32 = 0x8000;
 
 /// Size of the fixed DNS header.
 pub const HEADER_LEN: usize = 12;
@@ -86,6 +91,10 @@ pub struct QueryInfo {
     pub question_end: usize,
     /// Largest UDP answer the client accepts: 512, or its EDNS payload size if larger.
     pub udp_payload: u16,
+    /// The query carries an EDNS OPT record (its answer must carry one too, RFC 6891).
+    pub edns: bool,
+    /// The EDNS DO bit: the client wants DNSSEC records.
+    pub dnssec_ok: bool,
 }
 
 /// What the proxy needs to know about an upstream response.
@@ -116,15 +125,17 @@ pub fn parse_query(msg: &[u8]) -> Result<QueryInfo, WireError> {
     let records = u32::from(header.counts.answers)
         + u32::from(header.counts.authorities)
         + u32::from(header.counts.additionals);
-    let udp_payload = find_edns_payload(&mut decoder, records)?
-        .map_or(CLASSIC_UDP_PAYLOAD, |size| {
-            size.clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD)
-        });
+    let opt = find_opt(&mut decoder, records)?;
+    let udp_payload = opt.map_or(CLASSIC_UDP_PAYLOAD, |(size, _)| {
+        size.clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD)
+    });
     Ok(QueryInfo {
         id: header.metadata.id,
         qtype: u16::from(query.query_type()),
         question_end,
         udp_payload,
+        edns: opt.is_some(),
+        dnssec_ok: opt.is_some_and(|(_, ttl)| ttl & EDNS_DO_BIT != 0),
     })
 }
 
@@ -147,30 +158,124 @@ pub fn parse_response(msg: &[u8]) -> Result<ResponseInfo, WireError> {
     })
 }
 
-/// Skips `records` resource records and returns the UDP payload size of the OPT record, if
-/// one is present. A record that runs past the end of the message is `Malformed`.
-fn find_edns_payload(decoder: &mut BinDecoder<'_>, records: u32) -> Result<Option<u16>, WireError> {
-    let mut payload = None;
+/// Skips `records` resource records and returns the OPT record's CLASS (the UDP payload
+/// size) and TTL (extended RCODE, version, flags), if one is present. A record that runs
+/// past the end of the message is `Malformed`.
+fn find_opt(decoder: &mut BinDecoder<'_>, records: u32) -> Result<Option<(u16, u32)>, WireError> {
+    let mut opt = None;
     for _ in 0..records {
-        let (rtype, class) = skip_record(decoder)?;
-        if rtype == u16::from(RecordType::OPT) {
-            payload = Some(class);
+        let record = skip_record(decoder)?;
+        if record.rtype == RTYPE_OPT {
+            opt = Some((record.class, record.ttl));
         }
     }
-    Ok(payload)
+    Ok(opt)
 }
 
-/// Skips one resource record; returns its TYPE and CLASS.
-fn skip_record(decoder: &mut BinDecoder<'_>) -> Result<(u16, u16), WireError> {
+/// Where one resource record sits in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSpan {
+    pub rtype: u16,
+    pub class: u16,
+    pub ttl: u32,
+    /// Offset of the 4-byte TTL field.
+    pub ttl_at: usize,
+    /// Offset of the 2-byte RDLENGTH field; the RDATA follows it up to `end`.
+    pub rdlength_at: usize,
+    pub end: usize,
+}
+
+/// Skips one resource record and says where its fields are.
+fn skip_record(decoder: &mut BinDecoder<'_>) -> Result<RecordSpan, WireError> {
     Name::read(decoder).map_err(|_| WireError::Malformed)?;
     let rtype = read_u16(decoder)?;
     let class = read_u16(decoder)?;
-    let _ttl = decoder.read_u32().map_err(|_| WireError::Malformed)?;
+    let ttl_at = decoder.index();
+    let ttl = decoder
+        .read_u32()
+        .map_err(|_| WireError::Malformed)?
+        .unverified(/* any value is acceptable here */);
+    let rdlength_at = decoder.index();
     let rdlength = read_u16(decoder)?;
     decoder
         .read_slice(usize::from(rdlength))
         .map_err(|_| WireError::Malformed)?;
-    Ok((rtype, class))
+    Ok(RecordSpan {
+        rtype,
+        class,
+        ttl,
+        ttl_at,
+        rdlength_at,
+        end: decoder.index(),
+    })
+}
+
+/// The records of a response, section by section.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sections {
+    pub answers: Vec<RecordSpan>,
+    pub authorities: Vec<RecordSpan>,
+    pub additionals: Vec<RecordSpan>,
+}
+
+impl Sections {
+    pub fn all(&self) -> impl Iterator<Item = &RecordSpan> {
+        self.answers
+            .iter()
+            .chain(&self.authorities)
+            .chain(&self.additionals)
+    }
+}
+
+/// Walks every record of a message (its questions skipped). Used off the per-query path:
+/// when an answer is stored in the cache, and by the mitigations.
+pub fn sections(msg: &[u8]) -> Result<Sections, WireError> {
+    let mut decoder = BinDecoder::new(msg);
+    let header = Header::read(&mut decoder).map_err(|_| WireError::TooShort)?;
+    for _ in 0..header.counts.queries {
+        Query::read(&mut decoder).map_err(|_| WireError::Malformed)?;
+    }
+    let mut read = |count: u16| -> Result<Vec<RecordSpan>, WireError> {
+        (0..count).map(|_| skip_record(&mut decoder)).collect()
+    };
+    Ok(Sections {
+        answers: read(header.counts.answers)?,
+        authorities: read(header.counts.authorities)?,
+        additionals: read(header.counts.additionals)?,
+    })
+}
+
+/// The TTL a negative answer may be cached for (RFC 2308 §5): the smaller of the SOA
+/// record's own TTL and its MINIMUM field. `None` without an SOA in the authority section
+/// (such an answer must not be cached).
+pub fn negative_ttl(msg: &[u8], sections: &Sections) -> Option<u32> {
+    sections
+        .authorities
+        .iter()
+        .find(|r| r.rtype == u16::from(RecordType::SOA))
+        .and_then(|soa| {
+            // MINIMUM is the last 4 bytes of the SOA RDATA, whatever the names before it.
+            let minimum = msg.get(soa.end.checked_sub(4)?..soa.end)?;
+            let minimum = u32::from_be_bytes(minimum.try_into().ok()?);
+            Some(soa.ttl.min(minimum))
+        })
+}
+
+/// A copy of `msg` whose OPT record carries no options (cookies, padding, client subnet):
+/// what a cache may hand to other clients. The OPT header (payload size, DO bit) stays.
+pub fn without_edns_options(msg: &[u8], sections: &Sections) -> Vec<u8> {
+    let Some(opt) = sections
+        .additionals
+        .iter()
+        .find(|r| r.rtype == RTYPE_OPT && r.end > r.rdlength_at + 2)
+    else {
+        return msg.to_vec();
+    };
+    let mut out = Vec::with_capacity(msg.len());
+    out.extend_from_slice(&msg[..opt.rdlength_at]);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&msg[opt.end..]);
+    out
 }
 
 /// Whether a response's authority section holds an SOA record: a well-formed negative
@@ -191,9 +296,8 @@ pub fn authority_has_soa(msg: &[u8]) -> bool {
             return false;
         }
     }
-    (0..header.counts.authorities).any(|_| {
-        skip_record(&mut decoder).is_ok_and(|(rtype, _)| rtype == u16::from(RecordType::SOA))
-    })
+    (0..header.counts.authorities)
+        .any(|_| skip_record(&mut decoder).is_ok_and(|r| r.rtype == u16::from(RecordType::SOA)))
 }
 
 fn read_u16(decoder: &mut BinDecoder<'_>) -> Result<u16, WireError> {
@@ -218,6 +322,75 @@ pub fn set_id(msg: &mut [u8], id: u16) {
 /// The 4-bit header RCODE of a message at least a header long.
 pub fn rcode(msg: &[u8]) -> u8 {
     msg.get(3).map_or(0, |b| b & 0x0f)
+}
+
+/// Sets the 4-bit header RCODE in place.
+pub fn set_rcode(msg: &mut [u8], rcode: Rcode) {
+    if let Some(b) = msg.get_mut(3) {
+        *b = (*b & 0xf0) | rcode as u8;
+    }
+}
+
+/// ANCOUNT: records in the answer section.
+pub fn answer_count(msg: &[u8]) -> u16 {
+    msg.get(6..8)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// The CD (checking disabled) header bit: it changes what a validating upstream answers.
+pub fn checking_disabled(msg: &[u8]) -> bool {
+    msg.get(3).is_some_and(|b| b & 0x10 != 0)
+}
+
+/// The query name of a question section (as `msg[HEADER_LEN..question_end]`), lower case,
+/// without the trailing dot ("." for the root). A question's name is never compressed
+/// (nothing precedes it), so labels are read in place.
+pub fn question_name(question: &[u8]) -> Option<String> {
+    let mut text = String::with_capacity(question.len());
+    let mut rest = question;
+    loop {
+        let (&len, tail) = rest.split_first()?;
+        if len == 0 {
+            break;
+        }
+        let label = tail.get(..usize::from(len)).filter(|_| len < 64)?;
+        if !text.is_empty() {
+            text.push('.');
+        }
+        text.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+        rest = &tail[usize::from(len)..];
+    }
+    if text.is_empty() {
+        text.push('.');
+    }
+    Some(text)
+}
+
+/// A copy of `query` asking for `qtype` instead (same name, flags and EDNS).
+pub fn with_qtype(query: &[u8], question_end: usize, qtype: u16) -> Vec<u8> {
+    let mut out = query.to_vec();
+    if let Some(field) = question_end
+        .checked_sub(4)
+        .and_then(|at| out.get_mut(at..at + 2))
+    {
+        field.copy_from_slice(&qtype.to_be_bytes());
+    }
+    out
+}
+
+/// A copy of `query` asking for `name` instead (same type, class, flags and EDNS). `None`
+/// when `name` is not a valid domain name.
+pub fn with_qname(query: &[u8], question_end: usize, name: &str) -> Option<Vec<u8>> {
+    let mut fqdn = Name::from_ascii(name).ok()?;
+    fqdn.set_fqdn(true);
+    let wire = fqdn.to_bytes().ok()?;
+    let type_class = query.get(question_end.checked_sub(4)?..question_end)?;
+    let mut out = Vec::with_capacity(query.len() + wire.len());
+    out.extend_from_slice(query.get(..HEADER_LEN)?);
+    out.extend_from_slice(&wire);
+    out.extend_from_slice(type_class);
+    out.extend_from_slice(query.get(question_end..)?);
+    Some(out)
 }
 
 /// True when two question sections ask the same thing: names equal ignoring ASCII case,

@@ -127,10 +127,46 @@ fn defaults_follow_the_mode() {
         mode: Mode::NodeLocal,
         resolv_conf: resolv.clone(),
         ..Config::default()
-    }
-    .finish()
-    .unwrap();
+    };
+    let err = node.clone().finish().unwrap_err().to_string();
+    assert!(
+        err.starts_with("listener.allow: node-local mode needs"),
+        "{err}"
+    );
+    let mut node = node;
+    node.listener.allow = vec!["10.244.0.0/16".parse().unwrap()];
+    let node = node.finish().unwrap();
     assert_eq!(node.listen, vec!["169.254.20.10:53".parse().unwrap()]);
+}
+
+#[test]
+fn mitigations_and_cache_are_checked() {
+    let base = Config {
+        upstreams: vec!["10.96.0.10".parse().unwrap()],
+        listen: vec!["127.0.0.1:53".parse().unwrap()],
+        ..Config::default()
+    };
+    let yaml = "mode: node-local\nlistener: {allow: [10.0.0.0/8]}\nmitigations: {autopath: true}\n";
+    let mut node = Config::from_yaml(yaml).unwrap();
+    node.upstreams = base.upstreams.clone();
+    node.listen = base.listen.clone();
+    let err = node.validate().unwrap_err().to_string();
+    assert!(
+        err.starts_with("mitigations.autopath: needs the client's exact search list"),
+        "{err}"
+    );
+    let mut cache = base.clone();
+    cache.cache.enabled = true;
+    cache.cache.min_ttl = std::time::Duration::from_secs(60);
+    cache.cache.max_ttl = std::time::Duration::from_secs(30);
+    assert!(cache
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("cache:"));
+    let bad_cidr = Config::from_yaml("listener: {allow: [10.0.0.0/33]}").unwrap_err();
+    assert!(bad_cidr.contains("allow"), "{bad_cidr}");
+    assert!(!bad_cidr.contains('\n'));
 }
 
 #[test]

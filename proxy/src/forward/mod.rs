@@ -14,7 +14,8 @@
 //! - **Retries**: a try that gets no answer in `upstream_timeout` is retried on the next
 //!   upstream, `attempts` tries in all, then SERVFAIL. A UDP answer with TC set is fetched
 //!   again over TCP. TCP clients are forwarded over TCP ([`tcp_pool`]: one reused, pipelined
-//!   connection per upstream).
+//!   connection per upstream), and so is everything with `forward.force_tcp` (as node-cache's
+//!   `force_tcp`: no UDP flow for a NAT to race on).
 //! - **Health**: `forward.failure_threshold` consecutive failures put an upstream aside for
 //!   a back-off (`forward.backoff_min`, doubling up to `forward.backoff_max`); the first
 //!   query after the back-off probes it. With every upstream aside, clients get SERVFAIL at
@@ -54,10 +55,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::config::Config;
-use crate::listen::{ListenMetrics, UdpRequest};
-use crate::lookup::{QueryTrace, TraceSink, UpstreamTry};
+use crate::listen::UdpRequest;
+use crate::lookup::{QueryTrace, UpstreamTry};
 use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
-use crate::wire::{self, Rcode};
+use crate::wire::{self, QueryInfo, Rcode};
 pub use upstream::Outcome;
 use upstream::{Upstream, UpstreamFamilies};
 
@@ -113,19 +114,12 @@ pub struct Forwarder {
     inflight: Gauge,
     responses_dropped: ReasonCounters,
     failures: ReasonCounters,
-    listen_metrics: Arc<ListenMetrics>,
-    trace_sink: Option<TraceSink>,
 }
 
 impl Forwarder {
     /// Builds the forwarder, binds its UDP sockets and registers its metrics. Call
     /// [`Forwarder::spawn`] from inside the runtime to start its tasks.
-    pub fn build(
-        config: &Config,
-        registry: &mut Registry,
-        listen_metrics: Arc<ListenMetrics>,
-        trace_sink: Option<TraceSink>,
-    ) -> std::io::Result<Arc<Forwarder>> {
+    pub fn build(config: &Config, registry: &mut Registry) -> std::io::Result<Arc<Forwarder>> {
         let families = UpstreamFamilies {
             tries: Family::default(),
             duration: Family::new_with_constructor(|| {
@@ -192,8 +186,6 @@ impl Forwarder {
             inflight,
             responses_dropped: ReasonCounters::new(&responses_dropped, RESPONSE_DROP_REASONS),
             failures: ReasonCounters::new(&failures, FAILURE_REASONS),
-            listen_metrics,
-            trace_sink,
         }))
     }
 
@@ -204,10 +196,6 @@ impl Forwarder {
             tokio::spawn(self.clone().receive_udp(socket, stop.clone()));
         }
         tokio::spawn(self.clone().sweep(stop));
-    }
-
-    pub fn listen_metrics(&self) -> &ListenMetrics {
-        &self.listen_metrics
     }
 
     /// True while at least one upstream is in service (or due for a probe).
@@ -385,19 +373,22 @@ impl Forwarder {
             now,
         );
         if info.truncated {
-            self.fetch_over_tcp(entry);
+            self.fetch_over_tcp(entry.request, Some(entry.upstream));
             return;
         }
         entry.request.respond(answer);
     }
 
-    /// Fetches a truncated answer again over TCP, from the same upstream first.
-    fn fetch_over_tcp(self: &Arc<Self>, entry: Pending) {
+    /// Forwards a UDP query over TCP (`forward.force_tcp`).
+    pub fn submit_over_tcp(self: &Arc<Self>, request: UdpRequest) {
+        self.fetch_over_tcp(request, None);
+    }
+
+    /// Fetches an answer over TCP, from upstream `first` first (the one that truncated).
+    fn fetch_over_tcp(self: &Arc<Self>, mut request: UdpRequest, first: Option<usize>) {
         let forwarder = self.clone();
         tokio::spawn(async move {
-            let mut request = entry.request;
             let question_end = request.info.question_end;
-            let first = Some(entry.upstream);
             let mut trace = request.trace.take();
             let fetched = forwarder
                 .exchange_tcp(&mut request.query, question_end, first, &mut trace)
@@ -413,49 +404,24 @@ impl Forwarder {
         });
     }
 
-    /// Answers a query that arrived over TCP (length prefix already stripped). `None` means
-    /// the message deserves no answer (a stray response, a runt).
-    pub async fn answer_tcp(
+    /// Forwards a TCP client's query (length prefix stripped): the upstream's answer, or
+    /// SERVFAIL when every try failed.
+    pub async fn forward_tcp(
         &self,
-        mut message: Vec<u8>,
-        peer: SocketAddr,
-        received: Instant,
-    ) -> Option<Vec<u8>> {
-        let info = match wire::parse_query(&message) {
-            Ok(info) => info,
-            Err(e) => {
-                self.listen_metrics.dropped(e.reason());
-                let rcode = e.answer_rcode()?;
-                self.listen_metrics.answered(Transport::Tcp, 0, rcode as u8);
-                return Some(wire::error_answer(&message, None, rcode));
-            }
-        };
-        let mut trace = QueryTrace::start(
-            self.trace_sink.as_ref(),
-            peer,
-            Transport::Tcp,
-            &message,
-            &info,
-            received,
-        );
-        let mut answer = match self
-            .exchange_tcp(&mut message, info.question_end, None, &mut trace)
+        message: &mut [u8],
+        info: &QueryInfo,
+        trace: &mut Option<Box<QueryTrace>>,
+    ) -> Vec<u8> {
+        match self
+            .exchange_tcp(message, info.question_end, None, trace)
             .await
         {
             Some(answer) => answer,
             None => {
                 self.failures.inc("exhausted");
-                wire::error_answer(&message, Some(info.question_end), Rcode::ServFail)
+                wire::error_answer(message, Some(info.question_end), Rcode::ServFail)
             }
-        };
-        wire::set_id(&mut answer, info.id);
-        self.listen_metrics
-            .answered(Transport::Tcp, info.qtype, wire::rcode(&answer));
-        if let (Some(mut trace), Some(sink)) = (trace, &self.trace_sink) {
-            trace.finish(&answer);
-            sink.send(*trace);
         }
-        Some(answer)
     }
 
     /// Up to `attempts` TCP tries over the available upstreams, `first` first.

@@ -79,6 +79,24 @@ pub struct QueryTrace {
     /// An SOA in the answer's authority section (a well-formed negative answer).
     pub authority_soa: bool,
     pub tries: Vec<UpstreamTry>,
+    /// Whether the answer came from the cache.
+    pub cache: CacheUse,
+    /// The musl shield sent NXDOMAIN in place of the upstream's empty NOERROR (the fields
+    /// above keep what the upstream said).
+    pub rewritten: bool,
+    /// Autopath answered with a CNAME to this name.
+    pub autopath: Option<String>,
+}
+
+/// How the cache took part in answering a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheUse {
+    /// Not answered from the cache (or no cache).
+    #[default]
+    Miss,
+    Hit,
+    /// An expired entry, served because upstreams failed (RFC 8767).
+    Stale,
 }
 
 impl QueryTrace {
@@ -101,6 +119,9 @@ impl QueryTrace {
             answers: 0,
             authority_soa: false,
             tries: Vec::new(),
+            cache: CacheUse::Miss,
+            rewritten: false,
+            autopath: None,
         }
     }
 
@@ -120,9 +141,14 @@ impl QueryTrace {
         Some(Box::new(trace))
     }
 
-    /// Records the answer sent to the client.
+    /// Records the answer: when it is sent and what it says.
     pub fn finish(&mut self, answer: &[u8]) {
         self.answered = Instant::now();
+        self.record_answer(answer);
+    }
+
+    /// Records what an answer says (RCODE, records, SOA), as the upstream or cache gave it.
+    pub fn record_answer(&mut self, answer: &[u8]) {
         self.rcode = crate::wire::rcode(answer);
         self.answers = answer
             .get(6..8)
@@ -133,28 +159,9 @@ impl QueryTrace {
             self.rcode == 0 && self.answers == 0 && crate::wire::authority_has_soa(answer);
     }
 
-    /// The query name, lower case, without the trailing dot ("." for the root). The
-    /// question was validated by `wire::parse_query`; its name is never compressed (nothing
-    /// precedes it), so labels are read in place into one string.
+    /// The query name, lower case, without the trailing dot ("." for the root).
     fn name(&self) -> Option<String> {
-        let mut text = String::with_capacity(self.question.len());
-        let mut rest = self.question.as_slice();
-        loop {
-            let (&len, tail) = rest.split_first()?;
-            if len == 0 {
-                break;
-            }
-            let label = tail.get(..usize::from(len)).filter(|_| len < 64)?;
-            if !text.is_empty() {
-                text.push('.');
-            }
-            text.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
-            rest = &tail[usize::from(len)..];
-        }
-        if text.is_empty() {
-            text.push('.');
-        }
-        Some(text)
+        crate::wire::question_name(&self.question)
     }
 
     /// NOERROR with at least one answer record.
