@@ -24,6 +24,8 @@ pub mod mitigate;
 pub mod pipeline;
 pub mod search;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod test_messages;
 pub mod wire;
 
 use std::net::SocketAddr;

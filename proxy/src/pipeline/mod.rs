@@ -400,6 +400,3 @@ fn shareable(answer: &[u8]) -> Vec<u8> {
         Err(_) => answer.to_vec(),
     }
 }
-
-#[cfg(test)]
-mod tests;

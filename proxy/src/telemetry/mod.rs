@@ -8,8 +8,11 @@
 //!   Error for servfail and timeout.
 //! - `dns.query` (one per query received): `dns.question.name`, `dns.question.type`,
 //!   `dns.search.suffix` (or `absolute`), `dns.search.index` (-1 for absolute),
-//!   `dns.response_code`, `dns.answer.count`, `dns.cache.hit`, `network.transport`,
-//!   `client.address`, `client.port`.
+//!   `dns.response_code` and `dns.answer.count` (as the upstream or cache answered),
+//!   `dns.cache.hit`, `network.transport`, `client.address`, `client.port`; when a
+//!   mitigation acted: `dns.cache.stale` (served stale), `dnslens.rewrite`
+//!   (`empty_noerror_to_nxdomain`: the client got NXDOMAIN), `dnslens.autopath.name` (the
+//!   client got a CNAME to this name).
 //! - `dns.upstream` (one per upstream try): `server.address`, `server.port`,
 //!   `network.transport`, `dns.upstream.try`, `dns.upstream.outcome`.
 //!
@@ -57,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::anomaly;
 use crate::config::{OtlpProtocol, TracingConfig};
-use crate::lookup::{Attempt, LookupObserver, LookupOutcome, LookupRecord};
+use crate::lookup::{Attempt, CacheUse, LookupObserver, LookupOutcome, LookupRecord};
 use crate::metrics::{QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels};
 
 /// Spans that trigger an export before the flush interval.
@@ -487,32 +490,45 @@ pub fn lookup_spans(
     for attempt in &lookup.attempts {
         let q = &attempt.query;
         let query_id = SpanId::from_bytes(rand::random());
+        let mut attributes = vec![
+            KeyValue::new("dns.question.name", attempt.qname.clone()),
+            KeyValue::new(
+                "dns.question.type",
+                QtypeLabel::from_qtype(q.qtype).as_str(),
+            ),
+            KeyValue::new("dns.search.suffix", suffix_text(attempt)),
+            KeyValue::new(
+                "dns.search.index",
+                attempt.suffix.as_ref().map_or(-1, |(i, _)| *i as i64),
+            ),
+            KeyValue::new(
+                "dns.response_code",
+                RcodeLabel::from_rcode(q.rcode).as_str(),
+            ),
+            KeyValue::new("dns.answer.count", i64::from(q.answers)),
+            KeyValue::new("dns.cache.hit", q.cache == CacheUse::Hit),
+            KeyValue::new("network.transport", q.transport.as_str()),
+            KeyValue::new("client.address", q.client.ip().to_string()),
+            KeyValue::new("client.port", i64::from(q.client.port())),
+        ];
+        if q.cache == CacheUse::Stale {
+            attributes.push(KeyValue::new("dns.cache.stale", true));
+        }
+        if q.rewritten {
+            attributes.push(KeyValue::new(
+                "dnslens.rewrite",
+                "empty_noerror_to_nxdomain",
+            ));
+        }
+        if let Some(name) = &q.autopath {
+            attributes.push(KeyValue::new("dnslens.autopath.name", name.clone()));
+        }
         spans.push(trace.span(
             (query_id, root_id),
             "dns.query",
             SpanKind::Internal,
             (q.received, q.answered),
-            vec![
-                KeyValue::new("dns.question.name", attempt.qname.clone()),
-                KeyValue::new(
-                    "dns.question.type",
-                    QtypeLabel::from_qtype(q.qtype).as_str(),
-                ),
-                KeyValue::new("dns.search.suffix", suffix_text(attempt)),
-                KeyValue::new(
-                    "dns.search.index",
-                    attempt.suffix.as_ref().map_or(-1, |(i, _)| *i as i64),
-                ),
-                KeyValue::new(
-                    "dns.response_code",
-                    RcodeLabel::from_rcode(q.rcode).as_str(),
-                ),
-                KeyValue::new("dns.answer.count", i64::from(q.answers)),
-                KeyValue::new("dns.cache.hit", false),
-                KeyValue::new("network.transport", q.transport.as_str()),
-                KeyValue::new("client.address", q.client.ip().to_string()),
-                KeyValue::new("client.port", i64::from(q.client.port())),
-            ],
+            attributes,
         ));
         for (n, t) in q.tries.iter().enumerate() {
             spans.push(trace.span(

@@ -70,35 +70,80 @@ fn musl_client(dir: &Path) -> PathBuf {
 
 /// What one run in a namespace left behind.
 struct Run {
+    /// Each client's output, in the order they ran.
+    outputs: Vec<String>,
     client_output: String,
     spans: Vec<ReceivedSpan>,
+    /// /metrics before the first client and after each one.
+    snapshots: Vec<String>,
     metrics: String,
     anomalies: String,
 }
 
+/// The value of one exact series in a /metrics body, 0 if absent.
+fn series_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Client queries dnslens received (all `dnslens_requests_total` series).
+fn queries_received(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("dnslens_requests_total{"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum()
+}
+
 impl Run {
-    /// The value of one exact series on the proxy's /metrics, 0 if absent.
+    /// The value of one exact series on the proxy's /metrics at the end, 0 if absent.
     fn metric(&self, series: &str) -> f64 {
-        self.metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
+        series_value(&self.metrics, series)
+    }
+
+    /// Client queries dnslens received while client `i` ran.
+    fn queries_of_client(&self, i: usize) -> f64 {
+        queries_received(&self.snapshots[i + 1]) - queries_received(&self.snapshots[i])
     }
 }
 
 /// Runs `client NAME` inside a fresh namespace with dnslens, Knot and the OTLP sink.
 fn run_in_namespace(client: &str) -> Run {
+    run_clients_in_namespace(&[client], "alauda.cn", "")
+}
+
+/// Runs each of `clients` with `name`, one after the other, inside a fresh namespace with
+/// dnslens (its config extended by `yaml`), Knot and the OTLP sink.
+fn run_clients_in_namespace(clients: &[&str], name: &str, yaml: &str) -> Run {
     let dir = TempDir::new("netns");
     let d = &dir.0;
     std::fs::write(d.join("resolv.conf"), RESOLV_CONF).unwrap();
     knot_config(d, 5300);
-    std::fs::write(d.join("dnslens.yaml"), "lookup:\n  window: 500ms\n").unwrap();
+    std::fs::write(
+        d.join("dnslens.yaml"),
+        format!("lookup:\n  window: 500ms\n{yaml}"),
+    )
+    .unwrap();
+    let clients_script: String = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            format!(
+                "{client} {name} >client{i}.out 2>&1 || true\n\
+                 sleep 1.5 # the lookup ends (window 500 ms) and its spans are exported\n\
+                 dump_metrics metrics{next}.txt\n",
+                next = i + 1
+            )
+        })
+        .collect();
     let script = format!(
         r#"set -eu
 cd "{d}"
@@ -109,17 +154,19 @@ knotd -c knot.conf >knot.log 2>&1 & knot=$!
 OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=always_on \
   "{dnslens}" serve --config dnslens.yaml --listen 127.0.0.1:53 --upstream 127.0.0.1:5300 \
   --resolv-conf "{d}/resolv.conf" --metrics-listen 127.0.0.1:9253 2>dnslens.log & proxy=$!
+dump_metrics() {{
+  exec 3<>/dev/tcp/127.0.0.1/9253
+  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+  cat <&3 >"$1"
+  exec 3<&-
+}}
 for i in $(seq 100); do
-  dig @127.0.0.1 +time=1 +tries=1 +short github.com A 2>/dev/null | grep -q 203.0.113.20 && break
+  dig @127.0.0.1 +time=1 +tries=1 +short example.org A 2>/dev/null | grep -q 203.0.113.30 && break
   sleep 0.05
 done
 sleep 1   # the readiness probes' own lookup ends before the client starts
-{client} alauda.cn >client.out 2>&1 || true
-sleep 1.5 # the client's lookup ends (window 500 ms) and its spans are exported
-exec 3<>/dev/tcp/127.0.0.1/9253
-printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
-cat <&3 >metrics.txt
-"{dnslens}" anomalies --addr 127.0.0.1:9253 --since 1m >anomalies.txt 2>&1 || true
+dump_metrics metrics0.txt
+{clients_script}"{dnslens}" anomalies --addr 127.0.0.1:9253 --since 1m >anomalies.txt 2>&1 || true
 kill $proxy $sink $knot
 wait $proxy $sink $knot 2>/dev/null || true
 "#,
@@ -146,13 +193,21 @@ wait $proxy $sink $knot 2>/dev/null || true
         read("dnslens.log"),
         read("knot.log")
     );
+    let outputs: Vec<String> = (0..clients.len())
+        .map(|i| read(&format!("client{i}.out")))
+        .collect();
+    let snapshots: Vec<String> = (0..=clients.len())
+        .map(|i| read(&format!("metrics{i}.txt")))
+        .collect();
     Run {
-        client_output: read("client.out"),
+        client_output: outputs[0].clone(),
+        outputs,
         spans: read("spans.txt")
             .lines()
             .filter_map(ReceivedSpan::from_line)
             .collect(),
-        metrics: read("metrics.txt"),
+        metrics: snapshots.last().cloned().unwrap_or_default(),
+        snapshots,
         anomalies: read("anomalies.txt"),
     }
 }
@@ -290,4 +345,88 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
         "dnslens anomalies:\n{}",
         run.anomalies
     );
+}
+
+#[test]
+fn musl_walks_on_with_the_shield_and_glibc_still_succeeds() {
+    let dir = TempDir::new("musl-build");
+    let client = musl_client(&dir.0);
+    let musl = client.display().to_string();
+    let run = run_clients_in_namespace(
+        &[&musl, "getent ahosts"],
+        "alauda.cn",
+        "mitigations:\n  musl_shield: true\n",
+    );
+    assert!(
+        run.outputs[0].contains("203.0.113.10"),
+        "musl resolves alauda.cn with the shield: {}",
+        run.outputs[0]
+    );
+    assert!(
+        run.outputs[1].contains("203.0.113.10"),
+        "glibc too: {}",
+        run.outputs[1]
+    );
+    // musl's A and AAAA of the first suffix were both empty: both rewritten (glibc's too).
+    assert_eq!(
+        run.metric("dnslens_rewrites_total{kind=\"empty_noerror_to_nxdomain\"}"),
+        4.0,
+        "{}",
+        run.metrics
+    );
+    // The anomaly is still seen and counted: the shield hides it from musl only.
+    assert_eq!(
+        run.metric("dnslens_anomalies_total{kind=\"empty_noerror_search\"}"),
+        2.0
+    );
+    // The musl trace shows the whole walk, with the rewrite on the first pair.
+    let (root, queries, _) =
+        lookup_tree(&run.spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
+    assert_eq!(root.attr("dns.lookup.outcome"), "answered");
+    assert_eq!(queries.len(), 8);
+    let rewritten: Vec<&str> = queries
+        .iter()
+        .filter(|q| q.attr("dnslens.rewrite") == "empty_noerror_to_nxdomain")
+        .map(|q| q.attr("dns.question.name"))
+        .collect();
+    assert_eq!(
+        rewritten,
+        [
+            "alauda.cn.default.svc.cluster.local",
+            "alauda.cn.default.svc.cluster.local"
+        ]
+    );
+}
+
+#[test]
+fn autopath_answers_a_search_walk_in_one_round_trip() {
+    let dir = TempDir::new("musl-build");
+    let client = musl_client(&dir.0);
+    let musl = client.display().to_string();
+    let clients = ["getent ahosts", musl.as_str()];
+    let plain = run_clients_in_namespace(&clients, "github.com", "");
+    let autopath =
+        run_clients_in_namespace(&clients, "github.com", "mitigations:\n  autopath: true\n");
+    for run in [&plain, &autopath] {
+        for out in &run.outputs {
+            assert!(out.contains("203.0.113.20"), "github.com resolves: {out}");
+        }
+    }
+    // Without autopath each resolver walks three suffixes then the name, A and AAAA: 8
+    // queries. With it, the first pair is answered with a CNAME to github.com: 2.
+    for i in 0..clients.len() {
+        assert_eq!(plain.queries_of_client(i), 8.0, "{}", clients[i]);
+        assert_eq!(autopath.queries_of_client(i), 2.0, "{}", clients[i]);
+    }
+    assert_eq!(
+        autopath.metric("dnslens_autopath_total{result=\"answered\"}"),
+        4.0,
+        "{}",
+        autopath.metrics
+    );
+    let (_, queries, _) =
+        lookup_tree(&autopath.spans, "github.com").expect("a dns.lookup trace for github.com");
+    assert!(queries
+        .iter()
+        .all(|q| q.attr("dnslens.autopath.name") == "github.com"));
 }
