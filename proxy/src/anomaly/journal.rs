@@ -183,6 +183,9 @@ pub fn explain(kind: &str) -> &'static str {
         "client_retry" => "the client asked the same question again: it timed out waiting for an answer",
         "upstream_timeout" => "an upstream did not answer in time; dnslens retried another",
         "upstream_error" => "an upstream answered SERVFAIL or REFUSED",
+        "ndots_hint" => {
+            "note: every search suffix was tried before the name itself answered; lower ndots (options ndots:2) or end the name with a dot in this workload"
+        }
         _ => "unknown kind",
     }
 }
@@ -192,9 +195,14 @@ impl std::str::FromStr for Kind {
     fn from_str(s: &str) -> Result<Kind, String> {
         Kind::ALL
             .into_iter()
+            .chain(Kind::NOTES)
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
-                let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                let known: Vec<&str> = Kind::ALL
+                    .iter()
+                    .chain(&Kind::NOTES)
+                    .map(|k| k.as_str())
+                    .collect();
                 format!("unknown kind '{s}' (known: {})", known.join(", "))
             })
     }

@@ -28,6 +28,10 @@
 //!   `dnslens_lookups_total{outcome="nxdomain"}`) is told apart from expected ones.
 //! - **Upstream faults**: a lookup with an upstream timeout, SERVFAIL or REFUSED (per
 //!   upstream counts are `dnslens_upstream_requests_total{outcome}` in `forward`).
+//! - **ndots hint** (a note, not an anomaly): a lookup that walked the search list and was
+//!   answered by the absolute name — evidence for lowering ndots or writing the name with a
+//!   trailing dot. `dnslens_ndots_hints_total`, and a journal entry of kind `ndots_hint`
+//!   (one per name per 10 minutes, 4,096 names remembered) that names the lookup.
 //!
 //! `dnslens_anomalies_total{kind}` counts lookups by anomaly kind (`empty_noerror_search`,
 //! `empty_noerror_no_soa`, `parallel_race`, `client_retry`, `upstream_timeout`,
@@ -71,6 +75,9 @@ pub enum Kind {
     UpstreamTimeout,
     /// An upstream answered SERVFAIL or REFUSED.
     UpstreamError,
+    /// A note, not an anomaly: the whole search list was walked before the absolute name
+    /// answered (evidence for lowering ndots). Journaled, never counted as an anomaly.
+    NdotsHint,
 }
 
 impl Kind {
@@ -83,8 +90,12 @@ impl Kind {
         Kind::UpstreamError,
     ];
 
+    /// Kinds the journal may hold besides the anomalies.
+    pub const NOTES: [Kind; 1] = [Kind::NdotsHint];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            Kind::NdotsHint => "ndots_hint",
             Kind::EmptyNoerrorSearch => "empty_noerror_search",
             Kind::EmptyNoerrorNoSoa => "empty_noerror_no_soa",
             Kind::ParallelRace => "parallel_race",
@@ -338,6 +349,21 @@ pub struct Detectors {
     retry_gap: Histogram,
     parallel: Counter,
     race_suspected: Counter,
+    ndots_hints: Counter,
+    /// Base names journaled with an ndots hint lately (one note per name per 10 minutes).
+    hinted: HashMap<String, std::time::Instant, foldhash::fast::RandomState>,
+}
+
+/// How often one name gets an ndots note in the journal, and how many names are remembered.
+const HINT_EVERY: Duration = Duration::from_secs(600);
+const HINTED_NAMES: usize = 4096;
+
+/// A lookup that walked the search list and was answered by the absolute name: with a
+/// lower ndots (or a trailing dot) it would have taken one query pair.
+pub fn ndots_hint(lookup: &LookupRecord) -> bool {
+    lookup.outcome == LookupOutcome::Answered
+        && lookup.answered_by().is_some_and(|a| a.suffix.is_none())
+        && lookup.attempts.iter().any(|a| a.suffix.is_some())
 }
 
 impl Detectors {
@@ -395,6 +421,12 @@ impl Detectors {
             "Parallel A/AAAA pairs one of which the client had to ask again (conntrack race suspected)",
             race_suspected.clone(),
         );
+        let ndots_hints = Counter::default();
+        registry.register(
+            "ndots_hints",
+            "Lookups that walked the whole search list before the name itself answered (lower ndots, or use a trailing dot)",
+            ndots_hints.clone(),
+        );
         let evicted = Counter::default();
         registry.register(
             "anomaly_state_evicted",
@@ -426,7 +458,35 @@ impl Detectors {
             retry_gap,
             parallel,
             race_suspected,
+            ndots_hints,
+            hinted: HashMap::default(),
         }
+    }
+
+    /// Counts an ndots hint; true when the journal should note it (not noted for this name
+    /// in the last 10 minutes).
+    fn note_ndots_hint(&mut self, lookup: &LookupRecord) -> bool {
+        if !ndots_hint(lookup) {
+            return false;
+        }
+        self.ndots_hints.inc();
+        let now = lookup.end;
+        if self
+            .hinted
+            .get(&lookup.base)
+            .is_some_and(|at| now.saturating_duration_since(*at) < HINT_EVERY)
+        {
+            return false;
+        }
+        if self.hinted.len() >= HINTED_NAMES {
+            self.hinted
+                .retain(|_, at| now.saturating_duration_since(*at) < HINT_EVERY);
+            if self.hinted.len() >= HINTED_NAMES {
+                self.hinted.clear();
+            }
+        }
+        self.hinted.insert(lookup.base.clone(), now);
+        true
     }
 }
 
@@ -527,6 +587,9 @@ impl LookupObserver for Detectors {
         };
         for kind in &found {
             self.anomalies[*kind as usize].inc_by(1, Some(exemplar.clone()), None);
+        }
+        if self.note_ndots_hint(lookup) {
+            found.push(Kind::NdotsHint);
         }
         if !found.is_empty() {
             self.journal.record(lookup, &found, &self.clock);

@@ -334,3 +334,82 @@ fn the_journal_folds_a_flood_of_one_anomaly_and_keeps_its_bound() {
         .is_empty());
     assert!(journal::render(&entries).contains("musl/Alpine clients stop here"));
 }
+
+#[test]
+fn a_walk_answered_by_the_absolute_name_is_an_ndots_hint_noted_once() {
+    let walk = || {
+        lookup(&[
+            q(
+                0,
+                1,
+                "github.com.ns.svc.cluster.local",
+                Some(0),
+                QTYPE_A,
+                3,
+                0,
+                true,
+            ),
+            q(
+                1,
+                2,
+                "github.com.svc.cluster.local",
+                Some(1),
+                QTYPE_A,
+                3,
+                0,
+                true,
+            ),
+            q(
+                2,
+                3,
+                "github.com.cluster.local",
+                Some(2),
+                QTYPE_A,
+                3,
+                0,
+                true,
+            ),
+            q(3, 4, "github.com", None, QTYPE_A, 0, 1, false),
+        ])
+    };
+    assert!(ndots_hint(&walk()));
+    assert!(kinds(&walk()).is_empty(), "a note, not an anomaly");
+    // Answered by a suffix, or the absolute name asked first: no hint.
+    assert!(!ndots_hint(&lookup(&[q(
+        0,
+        1,
+        "web.ns.svc.cluster.local",
+        Some(0),
+        QTYPE_A,
+        0,
+        1,
+        false
+    )])));
+    assert!(!ndots_hint(&lookup(&[q(
+        0,
+        1,
+        "github.com",
+        None,
+        QTYPE_A,
+        0,
+        1,
+        false
+    )])));
+
+    let mut registry = Registry::with_prefix("dnslens");
+    let journal = journal::Journal::new(100);
+    let mut d = Detectors::register(&mut registry, journal.clone());
+    for _ in 0..3 {
+        d.observe(&walk());
+    }
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("dnslens_ndots_hints_total 3"), "{text}");
+    assert!(
+        !text.contains("kind=\"ndots_hint\""),
+        "not an anomaly series"
+    );
+    let noted = journal.query(Duration::from_secs(600), Some(Kind::NdotsHint));
+    assert_eq!(noted.len(), 1, "one note per name per 10 minutes");
+    assert!(journal::render(&noted).contains("lower ndots"));
+}

@@ -10,6 +10,7 @@ mod admin;
 mod alerts;
 mod anomalies;
 mod bad_input;
+mod cache;
 mod cli;
 mod forwarding;
 mod knot;
