@@ -146,12 +146,14 @@ zone:
 def target_argv(kind, cache, work, port, upstream, dnslens):
     up = f"127.0.0.1:{upstream}"
     if kind in ("dnslens", "dnslens-traced"):
-        return [dnslens, "serve", "--listen", f"127.0.0.1:{port}", "--upstream", up,
+        conf = work / f"dnslens-{port}.yaml"
+        conf.write_text(f"cache:\n  enabled: {'true' if cache else 'false'}\n  max_entries: 200000\n")
+        return [dnslens, "serve", "--config", str(conf), "--listen", f"127.0.0.1:{port}", "--upstream", up,
                 "--metrics-listen", f"127.0.0.1:{free_port()}", "--ndots", "5",
                 "--search", "default.svc.cluster.local,svc.cluster.local,cluster.local"]
     if kind == "dnsdist":
         conf = work / f"dnsdist-{port}.conf"
-        cache_lines = "pc = newPacketCache(100000)\ngetPool(''):setCache(pc)\n" if cache else ""
+        cache_lines = "pc = newPacketCache(200000)\ngetPool(''):setCache(pc)\n" if cache else ""
         conf.write_text(f"""setSecurityPollSuffix('')
 setLocal('127.0.0.1:{port}')
 newServer({{address='{up}', healthCheckMode='up'}})
@@ -197,9 +199,11 @@ def latency(line):
         return None
 
 
-def dnsperf(port, qfile, seconds, rate=None, verbose=False):
+def dnsperf(port, qfile, seconds, rate=None, verbose=False, loops=None):
     argv = ["taskset", "-c", LOADGEN_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
             "-l", str(seconds), "-c", "8", "-q", "200", "-t", "2"]
+    if loops:
+        argv += ["-n", str(loops)]
     if rate:
         argv += ["-Q", str(rate)]
     if verbose:
@@ -240,6 +244,11 @@ def measure(target, work, upstream, qfile, args):
         sat = dnsperf(port, qfile, args.seconds)
         cpu = (cpu_ticks(pid) - before) / CLK_TCK
         fixed = dnsperf(port, qfile, max(3, args.seconds // 2), rate=args.rate, verbose=True)
+        names_rss = 0.0
+        if cache and args.names:
+            # Peak RSS once 100k distinct names (wildcard answers) went through the cache.
+            dnsperf(port, args.names_file, 60, rate=40000, loops=1)
+            names_rss = status_kib(pid, "VmHWM") / 1024
         return {
             "qps": sat["qps"],
             "cpu_us": cpu * 1e6 / max(sat["completed"], 1),
@@ -248,6 +257,7 @@ def measure(target, work, upstream, qfile, args):
             "p99_us": fixed["p99_us"],
             "idle_rss_mib": idle_rss / 1024,
             "peak_rss_mib": status_kib(pid, "VmHWM") / 1024,
+            "names_rss_mib": names_rss,
         }
     finally:
         if server:
@@ -261,19 +271,27 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rate", type=int, default=20000)
-    ap.add_argument("--only", default="", help="comma-separated target kinds")
+    ap.add_argument("--only", default="", help="comma-separated target kinds (dnslens-cache: dnslens with its cache)")
+    ap.add_argument("--names", type=int, default=100000,
+                    help="distinct names pushed through each cache for the RSS column (0: skip)")
     args = ap.parse_args()
 
-    targets = [("knot", False), ("dnslens", False), ("dnslens-traced", False), ("dnsdist", False), ("dnsdist", True),
-               ("unbound", False), ("unbound", True), ("dnsmasq", False), ("dnsmasq", True)]
+    targets = [("knot", False), ("dnslens", False), ("dnslens-traced", False), ("dnslens", True),
+               ("dnsdist", False), ("dnsdist", True), ("unbound", False), ("unbound", True), ("dnsmasq", False),
+               ("dnsmasq", True)]
     if args.only:
         keep = set(args.only.split(","))
-        targets = [t for t in targets if t[0] in keep or t[0] == "knot"]
+        targets = [t for t in targets if t[0] in keep or t[0] == "knot"
+                   or (t == ("dnslens", True) and "dnslens-cache" in keep)]
+        if "dnslens-cache" in keep and "dnslens" not in keep:
+            targets = [t for t in targets if t != ("dnslens", False)]
     if not any(t[0] == "dnsdist" and not t[1] for t in targets):
         print("note: without dnsdist (no cache) in the run there is no ratio column baseline", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="dnslens-compare-"))
     qfile = work / "queries.txt"
     qfile.write_text(QUERIES)
+    args.names_file = work / "names.txt"
+    args.names_file.write_text("".join(f"n{i}.bulk.example.org A\n" for i in range(args.names)))
     upstream = free_port()
     knot = Server("knot", knot_argv(work, upstream), upstream, work)
     args.knot_pid = knot.proc.pid
@@ -299,19 +317,26 @@ def main():
     if plain and traced:
         print(f"dnslens tracing on / off: CPU per query x{traced['cpu_us'] / plain['cpu_us']:.2f}, "
               f"mean latency x{traced['mean_us'] / plain['mean_us']:.2f}, p99 x{traced['p99_us'] / plain['p99_us']:.2f}\n")
+    cached = {kind: m for (kind, cache), m in med.items() if cache}
+    if "dnslens" in cached and len(cached) > 1:
+        best = min((m["cpu_us"], kind) for kind, m in cached.items() if kind != "dnslens")
+        print(f"cache hot: dnslens CPU per query x{cached['dnslens']['cpu_us'] / best[0]:.2f} of the best peer "
+              f"({best[1]}, {best[0]:.2f} µs)\n")
     cpu_info = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                      if l.startswith("model name")), "unknown CPU")
     print(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu_info}), "
           f"medians of {args.rounds} interleaved rounds; dnsperf on core {LOADGEN_CPU}, server and Knot on core "
           f"{SERVER_CPU}; latency at {args.rate} QPS.\n")
-    print("| target | cache | QPS (saturation) | CPU µs/query | × dnsdist (no cache) | mean latency µs | p99 latency µs | lost % | idle RSS MiB | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| target | cache | QPS (saturation) | CPU µs/query | × dnsdist (no cache) | mean latency µs | p99 latency µs | lost % | idle RSS MiB | peak RSS MiB | RSS MiB after 100k names |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (kind, cache), m in med.items():
         name = {"knot": "Knot (direct)", "dnslens-traced": "dnslens, tracing on (1% sampled, OTLP)"}.get(kind, kind)
         ratio = f"{m['cpu_us'] / base['cpu_us']:.2f}" if base and base["cpu_us"] else "-"
         cache_s = "-" if kind == "knot" else ("on" if cache else "off")
+        names_rss = f"{m['names_rss_mib']:.1f}" if m["names_rss_mib"] else "-"
         print(f"| {name} | {cache_s} | {m['qps']:,.0f} | {m['cpu_us']:.2f} | {ratio} | {m['mean_us']:.0f} | "
-              f"{m['p99_us']:.0f} | {m['lost_pct']:.2f} | {m['idle_rss_mib']:.1f} | {m['peak_rss_mib']:.1f} |")
+              f"{m['p99_us']:.0f} | {m['lost_pct']:.2f} | {m['idle_rss_mib']:.1f} | {m['peak_rss_mib']:.1f} | "
+              f"{names_rss} |")
 
 
 if __name__ == "__main__":

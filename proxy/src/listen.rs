@@ -212,30 +212,85 @@ impl UdpRequest {
     /// Sends `answer` with the query's own ID: to a client truncated to its UDP payload
     /// size, then the trace goes to the tracker.
     pub fn send(self, answer: &mut [u8]) {
-        wire::set_id(answer, self.info.id);
-        let endpoint = match self.reply {
+        match self.reply {
             ReplyTo::Internal(reply) => {
+                wire::set_id(answer, self.info.id);
                 let _ = reply.send(answer.to_vec());
-                return;
             }
-            ReplyTo::Client(endpoint) => endpoint,
-        };
-        let metrics = &endpoint.metrics;
-        let sent = if answer.len() > usize::from(self.info.udp_payload) {
-            metrics.truncated.inc();
-            let truncated = wire::truncated_answer(answer, self.info.question_end);
-            endpoint.socket.try_send_to(&truncated, self.peer)
-        } else {
-            endpoint.socket.try_send_to(answer, self.peer)
-        };
-        match sent {
-            Ok(_) => metrics.answered(Transport::Udp, self.info.qtype, wire::rcode(answer)),
-            Err(e) => {
-                debug!(peer = %self.peer, error = %e, "udp answer not sent");
-                metrics.dropped("send_failed");
+            ReplyTo::Client(endpoint) => {
+                endpoint.send_answer(self.peer, &self.info, answer, self.trace)
             }
         }
-        if let (Some(mut trace), Some(sink)) = (self.trace, &endpoint.trace_sink) {
+    }
+
+    /// A client query as it came off the socket.
+    pub fn from_client(
+        endpoint: &Arc<UdpEndpoint>,
+        pipeline: &Arc<Pipeline>,
+        packet: &[u8],
+        peer: SocketAddr,
+        info: QueryInfo,
+        received: Instant,
+    ) -> UdpRequest {
+        UdpRequest {
+            trace: endpoint.trace(packet, peer, &info, received),
+            reply: ReplyTo::Client(endpoint.clone()),
+            pipeline: pipeline.clone(),
+            peer,
+            query: packet.to_vec(),
+            info,
+            received,
+            cache_key: None,
+        }
+    }
+}
+
+impl UdpEndpoint {
+    /// A trace record for a query received here, when lookups are tracked.
+    pub fn trace(
+        &self,
+        packet: &[u8],
+        peer: SocketAddr,
+        info: &QueryInfo,
+        received: Instant,
+    ) -> Option<Box<QueryTrace>> {
+        QueryTrace::start(
+            self.trace_sink.as_ref(),
+            peer,
+            Transport::Udp,
+            packet,
+            info,
+            received,
+        )
+    }
+
+    /// Sends `answer` to `peer` with its query's ID, truncated to its UDP payload size, and
+    /// hands the query's trace to the tracker.
+    pub fn send_answer(
+        &self,
+        peer: SocketAddr,
+        info: &QueryInfo,
+        answer: &mut [u8],
+        trace: Option<Box<QueryTrace>>,
+    ) {
+        wire::set_id(answer, info.id);
+        let sent = if answer.len() > usize::from(info.udp_payload) {
+            self.metrics.truncated.inc();
+            let truncated = wire::truncated_answer(answer, info.question_end);
+            self.socket.try_send_to(&truncated, peer)
+        } else {
+            self.socket.try_send_to(answer, peer)
+        };
+        match sent {
+            Ok(_) => self
+                .metrics
+                .answered(Transport::Udp, info.qtype, wire::rcode(answer)),
+            Err(e) => {
+                debug!(%peer, error = %e, "udp answer not sent");
+                self.metrics.dropped("send_failed");
+            }
+        }
+        if let (Some(mut trace), Some(sink)) = (trace, &self.trace_sink) {
             trace.answered = Instant::now();
             sink.send(*trace);
         }
@@ -426,23 +481,7 @@ async fn udp_worker(
                         .answered(Transport::Udp, info.qtype, Rcode::Refused as u8);
                 }
             }
-            Ok(info) => pipeline.handle_udp(UdpRequest {
-                trace: QueryTrace::start(
-                    endpoint.trace_sink.as_ref(),
-                    peer,
-                    Transport::Udp,
-                    packet,
-                    &info,
-                    received,
-                ),
-                reply: ReplyTo::Client(endpoint.clone()),
-                pipeline: pipeline.clone(),
-                peer,
-                query: packet.to_vec(),
-                info,
-                received,
-                cache_key: None,
-            }),
+            Ok(info) => pipeline.handle_udp_packet(&endpoint, packet, peer, info, received),
             Err(e) => {
                 endpoint.metrics.dropped(e.reason());
                 if let Some(rcode) = e.answer_rcode() {

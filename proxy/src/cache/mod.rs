@@ -59,25 +59,78 @@ const RTYPE_OPT: u16 = 41;
 
 type FastHash = foldhash::fast::RandomState;
 
-/// What identifies an answer: the lower-cased question and a flags byte.
+/// Longest key: a 255-byte name, type, class and the flags byte.
+const MAX_KEY: usize = 255 + 4 + 1;
+
+/// What identifies an answer: the lower-cased question and a flags byte. Stored keys live
+/// on the heap; lookups use a [`KeyBuf`] on the stack (no allocation on a hit).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey(Box<[u8]>);
 
-impl CacheKey {
-    /// The key of a parsed query; `None` for a question too short to be one.
-    pub fn of(query: &[u8], info: &QueryInfo) -> Option<CacheKey> {
+/// A key built on the stack. Hashes like the [`CacheKey`] it equals (both hash as `[u8]`).
+pub struct KeyBuf {
+    bytes: [u8; MAX_KEY],
+    len: usize,
+}
+
+/// A borrowed key, for lookups.
+#[derive(Hash)]
+pub struct KeyRef<'a>(&'a [u8]);
+
+/// Either kind of key, for lookups.
+pub trait AsKey {
+    fn key_ref(&self) -> KeyRef<'_>;
+}
+
+impl AsKey for KeyBuf {
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef(&self.bytes[..self.len])
+    }
+}
+
+impl AsKey for CacheKey {
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef(&self.0)
+    }
+}
+
+impl quick_cache::Equivalent<CacheKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &CacheKey) -> bool {
+        self.0 == &*key.0
+    }
+}
+
+impl KeyBuf {
+    /// The key of a parsed query; `None` for a question too short or too long to be one.
+    pub fn of(query: &[u8], info: &QueryInfo) -> Option<KeyBuf> {
         let question = query.get(HEADER_LEN..info.question_end)?;
         let name_len = question.len().checked_sub(4)?;
-        let mut key = Vec::with_capacity(question.len() + 1);
+        let mut key = KeyBuf {
+            bytes: [0; MAX_KEY],
+            len: question.len() + 1,
+        };
+        let out = key.bytes.get_mut(..key.len)?;
         // Length bytes are below 64, so lower-casing the whole name touches only letters.
-        key.extend(question[..name_len].iter().map(u8::to_ascii_lowercase));
-        key.extend_from_slice(&question[name_len..]);
-        key.push(
-            u8::from(info.edns)
-                | u8::from(info.dnssec_ok) << 1
-                | u8::from(wire::checking_disabled(query)) << 2,
-        );
-        Some(CacheKey(key.into_boxed_slice()))
+        for (o, b) in out.iter_mut().zip(&question[..name_len]) {
+            *o = b.to_ascii_lowercase();
+        }
+        out[name_len..name_len + 4].copy_from_slice(&question[name_len..]);
+        out[name_len + 4] = u8::from(info.edns)
+            | u8::from(info.dnssec_ok) << 1
+            | u8::from(wire::checking_disabled(query)) << 2;
+        Some(key)
+    }
+
+    /// The key as stored (and as coalescing uses it).
+    pub fn to_key(&self) -> CacheKey {
+        CacheKey(self.bytes[..self.len].into())
+    }
+}
+
+impl CacheKey {
+    /// The key of a parsed query; `None` for a question too short or too long to be one.
+    pub fn of(query: &[u8], info: &QueryInfo) -> Option<CacheKey> {
+        KeyBuf::of(query, info).map(|k| k.to_key())
     }
 }
 
@@ -235,14 +288,15 @@ impl Cache {
     }
 
     /// A fresh answer for `key`, TTLs counted down, or a miss (counted either way).
-    pub fn get(&self, key: &CacheKey, now: Instant) -> Lookup {
-        let Some(entry) = self.entries.get(key) else {
+    pub fn get(&self, key: &impl AsKey, now: Instant) -> Lookup {
+        let key = key.key_ref();
+        let Some(entry) = self.entries.get(&key) else {
             self.metrics.misses.inc();
             return Lookup::Miss;
         };
         if entry.expires() <= now {
             if !self.serve_stale || entry.expires() + MAX_STALENESS <= now {
-                self.entries.remove_if(key, |e| Arc::ptr_eq(e, &entry));
+                self.entries.remove_if(&key, |e| Arc::ptr_eq(e, &entry));
                 self.metrics.entries.set(self.entries.len() as i64);
             }
             self.metrics.misses.inc();

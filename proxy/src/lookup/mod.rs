@@ -42,6 +42,25 @@ use crate::wire::QueryInfo;
 
 /// How often the tracker drains the hot path's buffer and closes ended lookups.
 const TICK: Duration = Duration::from_millis(20);
+/// Puts the calling (tracker) thread under SCHED_BATCH: the scheduler treats it as
+/// CPU-bound background work, so when it wakes with a batch it does not preempt a DNS worker
+/// on the same core, yet it keeps its fair share of CPU under saturation (unlike a raised
+/// nice value, which starved it: 39% of records dropped at 125k QPS on one core, against
+/// ~1.5% either way with SCHED_BATCH). Measured with the cache hot at 20k QPS on one core,
+/// three A/B pairs: p99 154/225/339 µs before, 119/211/220 µs after. Needs no privilege;
+/// where it fails the thread keeps the default policy.
+fn run_as_background_work() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    let unchanged_nice = ThreadPriority::Os(Default::default());
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), unchanged_nice, batch) {
+        tracing::debug!(error = ?e, "lookup tracker keeps the default scheduling policy");
+    }
+}
+
 /// Records correlated between two yields of the tracker thread.
 const YIELD_EVERY: usize = 128;
 /// Quiet time after a lookup got its answer before it is closed.
@@ -473,6 +492,7 @@ impl Tracker {
         let spawned = std::thread::Builder::new()
             .name("dnslens-lookups".into())
             .spawn(move || {
+                run_as_background_work();
                 let mut batch = Vec::new();
                 loop {
                     std::thread::sleep(TICK);

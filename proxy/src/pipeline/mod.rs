@@ -27,10 +27,10 @@ use std::time::Instant;
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
-use crate::cache::{Cache, CacheKey, Coalescer, Join, Lookup};
+use crate::cache::{Cache, CacheKey, Coalescer, Join, KeyBuf, Lookup};
 use crate::config::Config;
 use crate::forward::Forwarder;
-use crate::listen::{ListenMetrics, UdpRequest};
+use crate::listen::{ListenMetrics, UdpEndpoint, UdpRequest};
 use crate::lookup::{CacheUse, QueryTrace, TraceSink};
 use crate::metrics::Transport;
 use crate::mitigate::{self, AutopathResult, MitigationMetrics};
@@ -92,7 +92,61 @@ impl Pipeline {
         self.trace_sink.as_ref()
     }
 
-    /// A UDP client query, already past the access list.
+    /// A UDP client query (past the access list) as it came off the socket. A cache hit is
+    /// answered from here without copying the query; everything else becomes a
+    /// [`UdpRequest`].
+    pub fn handle_udp_packet(
+        self: &Arc<Self>,
+        endpoint: &Arc<UdpEndpoint>,
+        packet: &[u8],
+        peer: SocketAddr,
+        info: QueryInfo,
+        received: Instant,
+    ) {
+        let from_cache = match (&self.cache, self.autopath) {
+            (Some(cache), false) => KeyBuf::of(packet, &info).map(|key| {
+                let lookup = cache.get(&key, received);
+                (key, lookup)
+            }),
+            _ => None,
+        };
+        let Some((key, lookup)) = from_cache else {
+            let request = UdpRequest::from_client(endpoint, self, packet, peer, info, received);
+            self.handle_udp(request);
+            return;
+        };
+        match lookup {
+            Lookup::Hit {
+                mut answer,
+                prefetch,
+            } => {
+                if prefetch {
+                    self.prefetch(key.to_key(), packet, info);
+                }
+                let mut trace = endpoint.trace(packet, peer, &info, received);
+                if let Some(trace) = &mut trace {
+                    trace.cache = CacheUse::Hit;
+                }
+                if self.shield_applies(packet, &info, &answer) {
+                    let mut request =
+                        UdpRequest::from_client(endpoint, self, packet, peer, info, received);
+                    request.trace = trace;
+                    self.finish(request, &mut answer);
+                } else {
+                    if let Some(trace) = &mut trace {
+                        trace.record_answer(&answer);
+                    }
+                    endpoint.send_answer(peer, &info, &mut answer, trace);
+                }
+            }
+            Lookup::Miss => {
+                let request = UdpRequest::from_client(endpoint, self, packet, peer, info, received);
+                self.coalesce_and_forward(request, key.to_key());
+            }
+        }
+    }
+
+    /// A UDP query that has not been looked up in the cache yet.
     pub fn handle_udp(self: &Arc<Self>, request: UdpRequest) {
         if self.autopath {
             let walk = request
@@ -110,36 +164,45 @@ impl Pipeline {
 
     /// Cache, then coalescing, then the forwarder.
     fn dispatch(self: &Arc<Self>, mut request: UdpRequest) {
-        if let Some(cache) = &self.cache {
-            if let Some(key) = CacheKey::of(&request.query, &request.info) {
-                if let Lookup::Hit {
-                    mut answer,
-                    prefetch,
-                } = cache.get(&key, Instant::now())
-                {
-                    if prefetch {
-                        self.prefetch(key, &request.query, request.info);
-                    }
-                    if let Some(trace) = &mut request.trace {
-                        trace.cache = CacheUse::Hit;
-                    }
-                    self.finish(request, &mut answer);
-                    return;
+        let Some(cache) = &self.cache else {
+            self.forward(request);
+            return;
+        };
+        let Some(key) = KeyBuf::of(&request.query, &request.info) else {
+            self.forward(request);
+            return;
+        };
+        match cache.get(&key, Instant::now()) {
+            Lookup::Hit {
+                mut answer,
+                prefetch,
+            } => {
+                if prefetch {
+                    self.prefetch(key.to_key(), &request.query, request.info);
                 }
-                match self.coalescer.join(&key, request) {
-                    Join::Waiting => {
-                        cache.count_coalesced();
-                        return;
-                    }
-                    Join::Lead(mut leader) => {
-                        leader.cache_key = Some(key);
-                        request = leader;
-                    }
-                    Join::Alone(alone) => request = alone,
+                if let Some(trace) = &mut request.trace {
+                    trace.cache = CacheUse::Hit;
+                }
+                self.finish(request, &mut answer);
+            }
+            Lookup::Miss => self.coalesce_and_forward(request, key.to_key()),
+        }
+    }
+
+    /// A cache miss: waits for an identical question already asked, or asks it.
+    fn coalesce_and_forward(self: &Arc<Self>, request: UdpRequest, key: CacheKey) {
+        match self.coalescer.join(&key, request) {
+            Join::Waiting => {
+                if let Some(cache) = &self.cache {
+                    cache.count_coalesced();
                 }
             }
+            Join::Lead(mut leader) => {
+                leader.cache_key = Some(key);
+                self.forward(leader);
+            }
+            Join::Alone(alone) => self.forward(alone),
         }
-        self.forward(request);
     }
 
     fn forward(&self, request: UdpRequest) {

@@ -414,9 +414,9 @@ fn autopath_answers_a_search_walk_in_one_round_trip() {
     }
     // Without autopath each resolver walks three suffixes then the name, A and AAAA: 8
     // queries. With it, the first pair is answered with a CNAME to github.com: 2.
-    for i in 0..clients.len() {
-        assert_eq!(plain.queries_of_client(i), 8.0, "{}", clients[i]);
-        assert_eq!(autopath.queries_of_client(i), 2.0, "{}", clients[i]);
+    for (i, client) in clients.iter().enumerate() {
+        assert_eq!(plain.queries_of_client(i), 8.0, "{client}");
+        assert_eq!(autopath.queries_of_client(i), 2.0, "{client}");
     }
     assert_eq!(
         autopath.metric("dnslens_autopath_total{result=\"answered\"}"),
