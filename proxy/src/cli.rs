@@ -1,5 +1,6 @@
-//! The command line: `serve`, `check-config`, `demo`. Flags override `DNSLENS_*`
-//! environment variables (clap reads both), which override the YAML file.
+//! The command line: `serve`, `check-config`, `anomalies`, `demo`, `inject`, `webhook`.
+//! Flags override `DNSLENS_*` environment variables (clap reads both), which override the
+//! YAML file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,114 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9253")]
         metrics_listen: SocketAddr,
     },
+    /// Add the dnslens sidecar to Kubernetes YAML (Pods and workloads' pod templates), as
+    /// `linkerd inject` does; what became of each object goes to stderr.
+    Inject {
+        /// The YAML to read, `-` for stdin.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: PathBuf,
+        /// Namespace of objects that do not name one.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        settings: InjectArgs,
+    },
+    /// Serve the mutating admission webhook that injects the sidecar (HTTPS).
+    Webhook {
+        #[arg(long, env = "DNSLENS_TLS_CERT")]
+        tls_cert: PathBuf,
+        #[arg(long, env = "DNSLENS_TLS_KEY")]
+        tls_key: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:8443", env = "DNSLENS_WEBHOOK_LISTEN")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        settings: InjectArgs,
+    },
+}
+
+/// Injection settings: a YAML file, then flags on top.
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// Injection settings (YAML: image, upstreams, cluster_domain, kube_version,
+    /// tracing_endpoint, sample_ratio, cache, musl_shield, autopath, resources, ...).
+    #[arg(long, env = "DNSLENS_INJECT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The sidecar image.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The cluster DNS service IP, the sidecar's upstream (repeatable).
+    #[arg(long = "upstream", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+    #[arg(long)]
+    pub cluster_domain: Option<String>,
+    /// The target cluster's Kubernetes version: native sidecars from 1.29.
+    #[arg(long)]
+    pub kube_version: Option<String>,
+    /// OTLP endpoint for the sidecar's traces.
+    #[arg(long)]
+    pub tracing_endpoint: Option<String>,
+    #[arg(long)]
+    pub sample_ratio: Option<f64>,
+    #[arg(long)]
+    pub cache: Option<bool>,
+    #[arg(long)]
+    pub musl_shield: Option<bool>,
+    #[arg(long)]
+    pub autopath: Option<bool>,
+}
+
+impl InjectArgs {
+    pub fn load(&self) -> anyhow::Result<crate::inject::InjectConfig> {
+        use anyhow::Context;
+        let mut config: crate::inject::InjectConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("injection config {}", path.display()))?;
+                serde_yaml_ng::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "injection config {}: {}",
+                        path.display(),
+                        e.to_string().replace('\n', " ")
+                    )
+                })?
+            }
+            None => Default::default(),
+        };
+        if let Some(v) = &self.image {
+            config.image = v.clone();
+        }
+        if !self.upstreams.is_empty() {
+            config.upstreams = self.upstreams.clone();
+        }
+        if let Some(v) = &self.cluster_domain {
+            config.cluster_domain = v.clone();
+        }
+        if let Some(v) = &self.kube_version {
+            config.kube_version = v.clone();
+        }
+        if let Some(v) = &self.tracing_endpoint {
+            config.tracing_endpoint = Some(v.clone());
+        }
+        if let Some(v) = self.sample_ratio {
+            config.sample_ratio = Some(v);
+        }
+        for (flag, value) in [
+            (self.cache, &mut config.cache),
+            (self.musl_shield, &mut config.musl_shield),
+            (self.autopath, &mut config.autopath),
+        ] {
+            if let Some(flag) = flag {
+                *value = flag;
+            }
+        }
+        config.native_sidecar()?;
+        for upstream in &config.upstreams {
+            upstream
+                .parse::<UpstreamAddr>()
+                .map_err(|e| anyhow::anyhow!("upstream: {e}"))?;
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +199,15 @@ pub struct ServeArgs {
     /// The cluster's DNS domain [cluster.local].
     #[arg(long, env = "DNSLENS_CLUSTER_DOMAIN")]
     pub cluster_domain: Option<String>,
+    /// Turn the answer cache on (`cache.enabled`).
+    #[arg(long, env = "DNSLENS_CACHE")]
+    pub cache: bool,
+    /// Turn the musl shield on (`mitigations.musl_shield`).
+    #[arg(long, env = "DNSLENS_MUSL_SHIELD")]
+    pub musl_shield: bool,
+    /// Turn autopath on (`mitigations.autopath`).
+    #[arg(long, env = "DNSLENS_AUTOPATH")]
+    pub autopath: bool,
 }
 
 impl ServeArgs {
@@ -111,6 +229,9 @@ impl ServeArgs {
             cluster_domain: self.cluster_domain.clone(),
             resolv_conf: self.resolv_conf.clone(),
         });
+        config.cache.enabled |= self.cache;
+        config.mitigations.musl_shield |= self.musl_shield;
+        config.mitigations.autopath |= self.autopath;
         config.finish()
     }
 }
@@ -150,6 +271,65 @@ pub fn run(cli: Cli) -> ExitCode {
                 ..Config::default()
             };
             run_async(crate::demo::run(config))
+        }
+        Command::Inject {
+            file,
+            namespace,
+            settings,
+        } => inject(&file, &namespace, &settings),
+        Command::Webhook {
+            tls_cert,
+            tls_key,
+            listen,
+            settings,
+        } => {
+            let config = match settings.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("dnslens: config error: {e:#}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let settings = crate::inject::webhook::WebhookSettings {
+                listen,
+                tls_cert,
+                tls_key,
+            };
+            run_async(crate::inject::webhook::serve(settings, config, None))
+        }
+    }
+}
+
+fn inject(file: &Path, namespace: &str, settings: &InjectArgs) -> ExitCode {
+    use std::io::Read;
+    let config = match settings.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dnslens: config error: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut text = String::new();
+    let read = if file == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(file).map(|t| text = t)
+    };
+    if let Err(e) = read {
+        eprintln!("dnslens: cannot read {}: {e}", file.display());
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match crate::inject::inject_yaml(&text, namespace, &config) {
+        Ok((out, report)) => {
+            print!("{out}");
+            for line in report {
+                eprintln!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dnslens: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod inject;
 pub mod listen;
 pub mod lookup;
 pub mod metrics;

@@ -1,0 +1,352 @@
+use serde_json::{json, Value};
+
+use super::webhook::{review, ReviewResult};
+use super::*;
+
+fn config() -> InjectConfig {
+    InjectConfig {
+        upstreams: vec!["10.96.0.10".into()],
+        ..InjectConfig::default()
+    }
+}
+
+fn pod(spec: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "app", "namespace": "team-a"},
+        "spec": spec,
+    })
+}
+
+fn app_spec() -> Value {
+    json!({"containers": [{"name": "app", "image": "alpine:3.20"}]})
+}
+
+fn arg_after<'a>(container: &'a Value, flag: &str) -> Vec<&'a str> {
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    args.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1])
+        .collect()
+}
+
+#[test]
+fn a_pod_gets_a_native_sidecar_and_cluster_first_dns() {
+    let mut p = pod(app_spec());
+    assert_eq!(
+        inject(&mut p, "default", &config()).unwrap(),
+        Outcome::Injected
+    );
+    let spec = &p["spec"];
+    assert_eq!(spec["dnsPolicy"], "None");
+    assert_eq!(spec["dnsConfig"]["nameservers"], json!(["127.0.0.1"]));
+    assert_eq!(
+        spec["dnsConfig"]["searches"],
+        json!([
+            "team-a.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local"
+        ])
+    );
+    assert_eq!(
+        spec["dnsConfig"]["options"],
+        json!([{"name": "ndots", "value": "5"}])
+    );
+    let sidecar = &spec["initContainers"][0];
+    assert_eq!(sidecar["name"], "dnslens");
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(arg_after(sidecar, "--listen"), ["127.0.0.1:53"]);
+    assert_eq!(arg_after(sidecar, "--upstream"), ["10.96.0.10"]);
+    assert_eq!(
+        arg_after(sidecar, "--search"),
+        [
+            "team-a.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local"
+        ]
+    );
+    assert_eq!(arg_after(sidecar, "--ndots"), ["5"]);
+    let sc = &sidecar["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["capabilities"]["add"], json!(["NET_BIND_SERVICE"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let env: Vec<&str> = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(env, ["POD_NAME", "POD_NAMESPACE", "NODE_NAME"]);
+    assert_eq!(spec["containers"][0]["name"], "app", "the app is untouched");
+    assert_eq!(p["metadata"]["annotations"]["dnslens.io/injected"], "true");
+}
+
+#[test]
+fn before_1_29_the_sidecar_is_a_regular_container() {
+    let mut p = pod(app_spec());
+    let old = InjectConfig {
+        kube_version: "1.28".into(),
+        ..config()
+    };
+    inject(&mut p, "default", &old).unwrap();
+    assert!(p["spec"].get("initContainers").is_none());
+    let containers = p["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers[0]["name"], "dnslens");
+    assert!(containers[0].get("restartPolicy").is_none());
+    assert_eq!(containers[1]["name"], "app");
+    assert!(InjectConfig {
+        kube_version: "one.two".into(),
+        ..config()
+    }
+    .native_sidecar()
+    .is_err());
+}
+
+#[test]
+fn the_pods_own_dns_config_is_kept_after_ours() {
+    let mut spec = app_spec();
+    spec["dnsConfig"] = json!({
+        "nameservers": ["10.0.0.2"],
+        "searches": ["corp.example", "svc.cluster.local"],
+        "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}],
+    });
+    let mut p = pod(spec);
+    inject(&mut p, "default", &config()).unwrap();
+    let dns = &p["spec"]["dnsConfig"];
+    assert_eq!(dns["nameservers"], json!(["127.0.0.1", "10.0.0.2"]));
+    assert_eq!(
+        dns["searches"],
+        json!([
+            "team-a.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local",
+            "corp.example"
+        ])
+    );
+    assert_eq!(
+        dns["options"],
+        json!([{"name": "ndots", "value": "2"}, {"name": "edns0"}])
+    );
+    assert_eq!(arg_after(&p["spec"]["initContainers"][0], "--ndots"), ["2"]);
+}
+
+#[test]
+fn workloads_get_it_in_their_pod_template() {
+    for (kind, path) in [
+        ("Deployment", "/spec/template/spec"),
+        ("StatefulSet", "/spec/template/spec"),
+        ("DaemonSet", "/spec/template/spec"),
+        ("Job", "/spec/template/spec"),
+        ("CronJob", "/spec/jobTemplate/spec/template/spec"),
+    ] {
+        let template = json!({"metadata": {"labels": {"app": "x"}}, "spec": app_spec()});
+        let spec = if kind == "CronJob" {
+            json!({"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}})
+        } else {
+            json!({"template": template})
+        };
+        let mut object = json!({"kind": kind, "metadata": {"name": "x"}, "spec": spec});
+        assert_eq!(
+            inject(&mut object, "ns1", &config()).unwrap(),
+            Outcome::Injected,
+            "{kind}"
+        );
+        let pod_spec = object.pointer(path).unwrap();
+        assert_eq!(pod_spec["initContainers"][0]["name"], "dnslens", "{kind}");
+        assert_eq!(
+            pod_spec["dnsConfig"]["searches"][0],
+            "ns1.svc.cluster.local"
+        );
+    }
+    let mut service = json!({"kind": "Service", "metadata": {"name": "s"}, "spec": {}});
+    let before = service.clone();
+    assert_eq!(
+        inject(&mut service, "d", &config()).unwrap(),
+        Outcome::NotAWorkload
+    );
+    assert_eq!(service, before);
+    let mut broken = json!({"kind": "Deployment", "metadata": {"name": "b"}, "spec": {}});
+    let err = inject(&mut broken, "d", &config()).unwrap_err().to_string();
+    assert_eq!(err, "Deployment b: has no pod template");
+}
+
+#[test]
+fn skips_are_unchanged_and_say_why() {
+    let cases = [
+        (
+            json!({"metadata": {"name": "a", "annotations": {"dnslens.io/inject": "disabled"}}}),
+            app_spec(),
+            "annotated dnslens.io/inject: disabled",
+        ),
+        (
+            json!({"metadata": {"name": "b"}}),
+            json!({"hostNetwork": true, "containers": []}),
+            "hostNetwork",
+        ),
+        (
+            json!({"metadata": {"name": "c"}}),
+            json!({"dnsPolicy": "Default", "containers": []}),
+            "dnsPolicy Default",
+        ),
+    ];
+    for (meta, spec, why) in cases {
+        let mut p = json!({"kind": "Pod", "metadata": meta["metadata"], "spec": spec});
+        let before = p.clone();
+        match inject(&mut p, "d", &config()).unwrap() {
+            Outcome::Skipped(reason) => assert!(reason.starts_with(why), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p, before);
+    }
+}
+
+#[test]
+fn injecting_twice_changes_nothing_and_annotations_override() {
+    let mut p = pod(app_spec());
+    p["metadata"]["annotations"] = json!({
+        "dnslens.io/upstream": "10.0.0.53, 10.0.0.54",
+        "dnslens.io/tracing-endpoint": "http://otel:4317",
+        "dnslens.io/sample-ratio": "0.5",
+        "dnslens.io/autopath": "true",
+        "dnslens.io/cache": "false",
+    });
+    inject(&mut p, "d", &config()).unwrap();
+    let once = p.clone();
+    assert_eq!(
+        inject(&mut p, "d", &config()).unwrap(),
+        Outcome::AlreadyInjected
+    );
+    assert_eq!(p, once);
+    let sidecar = &p["spec"]["initContainers"][0];
+    assert_eq!(arg_after(sidecar, "--upstream"), ["10.0.0.53", "10.0.0.54"]);
+    let args = sidecar["args"].to_string();
+    assert!(
+        args.contains("--autopath") && !args.contains("--cache"),
+        "{args}"
+    );
+    let env = sidecar["env"].to_string();
+    assert!(
+        env.contains("http://otel:4317") && env.contains("\"0.5\""),
+        "{env}"
+    );
+}
+
+#[test]
+fn yaml_documents_round_trip_with_a_report() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\nspec:\n  containers:\n  - name: app\n    image: x\n---\n# a comment only\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: v\n";
+    let (out, report) = inject_yaml(text, "prod", &config()).unwrap();
+    assert_eq!(
+        report,
+        ["Pod a: injected", "ConfigMap c: not a workload, unchanged"]
+    );
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&out)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[1]["data"]["k"], "v");
+    // Key order is kept: apiVersion first, as written.
+    assert!(out.starts_with("apiVersion: v1\nkind: Pod\n"), "{out}");
+    assert!(matches!(
+        inject_yaml("kind: [unclosed", "d", &config()),
+        Err(InjectError::Yaml(_))
+    ));
+}
+
+fn admission_review(object: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-b",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": object,
+            "dryRun": false,
+        }
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_webhook_answers_with_a_patch_that_makes_the_same_pod() {
+    // A pod as a ReplicaSet controller creates it: generateName, no namespace in the object.
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "web-7d9c-", "labels": {"app": "web"}},
+        "spec": app_spec(),
+    });
+    let (answer, result) = review(&admission_review(object.clone()), &config(), false);
+    assert_eq!(result, ReviewResult::Injected);
+    let response = &answer["response"];
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+    use base64::Engine;
+    let patch_bytes = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch_bytes).unwrap();
+    let mut patched = object.clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+    let mut expected = object;
+    inject(&mut expected, "team-b", &config()).unwrap();
+    assert_eq!(patched, expected);
+    assert_eq!(
+        patched["spec"]["dnsConfig"]["searches"][0],
+        "team-b.svc.cluster.local"
+    );
+    assert_eq!(patched["spec"]["initContainers"][0]["name"], "dnslens");
+    assert_eq!(patched["spec"]["containers"][0]["name"], "app");
+}
+
+#[test]
+fn the_webhook_never_blocks_unless_asked_to_fail_closed() {
+    let hostile: [&[u8]; 4] = [
+        b"",
+        b"{not json",
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","userInfo":{},"object":{"metadata":{"name":"x"},"spec":"nonsense"}}}"#,
+    ];
+    for body in hostile {
+        let (answer, result) = review(body, &config(), false);
+        assert_eq!(result, ReviewResult::Error);
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        let warning = answer["response"]["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.starts_with("dnslens: sidecar not injected: "),
+            "{warning}"
+        );
+        let (closed, _) = review(body, &config(), true);
+        assert_eq!(closed["response"]["allowed"], false);
+        assert!(closed["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("dnslens: sidecar not injected"));
+    }
+    // The uid of a readable request is echoed even when the object is bad.
+    let (answer, _) = review(hostile[3], &config(), false);
+    assert_eq!(answer["response"]["uid"], "u1");
+    // A pod that is skipped on purpose is allowed without a patch.
+    let skipped = json!({"kind": "Pod", "metadata": {"name": "h"}, "spec": {"hostNetwork": true, "containers": []}});
+    let (answer, result) = review(&admission_review(skipped), &config(), true);
+    assert_eq!(result, ReviewResult::Unchanged);
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none());
+}
