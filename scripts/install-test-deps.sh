@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a Debian machine, if it is missing:
 # musl-gcc and iproute2 for the resolver-in-a-namespace tests; promtool (prometheus) for the
-# alert rules;
+# alert rules; python3 with venv for helm-template (shared/tools), which renders the chart;
 # Knot DNS (the real upstream), dig (the real client); with --bench also dnsperf and the
 # peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq).
 # Services that the packages would start are kept from starting (policy-rc.d): tests start
@@ -18,6 +18,10 @@ for pair in "${need[@]}"; do
   cmd=${pair%%:*} pkg=${pair##*:}
   PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# helm-template builds a virtualenv on first use: python3 with venv and ensurepip.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3 python3-venv)
+fi
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 echo "installing: ${missing[*]}" >&2

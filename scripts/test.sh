@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 export PATH="$PATH:/usr/sbin:/sbin"   # knotd lives in /usr/sbin
+# The chart tests render with the real Helm library through shared/tools/helm-template.
+export HELM_TEMPLATE="${HELM_TEMPLATE:-$(cd .. && pwd)/shared/tools/helm-template}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -444,17 +444,34 @@ impl Detectors {
                     .clone()
             })
             .collect();
+        // The series dashboards and alerts read exist at 0 from the start too.
+        for outcome in LookupOutcome::ALL {
+            let _ = lookups.get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
+        }
+        for outcome in ["answer", "nodata", "nxdomain", "servfail"] {
+            let _ = search_expansion.get_or_create(&OutcomeLabels { outcome });
+        }
+        let empty_noerror = CounterTable::new(empty_noerror, QtypeLabel::COUNT * 4);
+        let retries = CounterTable::new(retries, QtypeLabel::COUNT);
+        for qtype in [QTYPE_A, QTYPE_AAAA].map(QtypeLabel::from_qtype) {
+            retries.get(qtype.index(), || QtypeLabels { qtype });
+            for (search, soa) in [(false, false), (false, true), (true, false), (true, true)] {
+                empty_noerror_counter(&empty_noerror, qtype, search, soa);
+            }
+        }
         Detectors {
             journal,
             clock: crate::telemetry::Clock::now(),
             anomalies,
             asked: Recent::new(evicted.clone()),
             lonely: Recent::new(evicted),
-            empty_noerror: CounterTable::new(empty_noerror, QtypeLabel::COUNT * 4),
+            empty_noerror,
             search_expansion,
             lookups,
             attempts,
-            retries: CounterTable::new(retries, QtypeLabel::COUNT),
+            retries,
             retry_gap,
             parallel,
             race_suspected,
@@ -611,20 +628,28 @@ impl LookupObserver for Detectors {
             if is_empty_noerror(a) {
                 let qtype = QtypeLabel::from_qtype(a.query.qtype);
                 let (search, soa) = (a.suffix.is_some(), a.query.authority_soa);
-                let index = qtype.index() * 4 + usize::from(search) * 2 + usize::from(soa);
-                self.empty_noerror
-                    .get(index, || EmptyNoerrorLabels {
-                        qtype,
-                        search_expansion: Flag(search),
-                        soa: Flag(soa),
-                    })
-                    .inc();
+                empty_noerror_counter(&self.empty_noerror, qtype, search, soa).inc();
             }
         }
         self.parallel.inc_by(parallel_pairs(lookup).len() as u64);
         // Retries and races are counted in `across_lookups`, which sees a lookup's own
         // repeats as well as those that come after it ended.
     }
+}
+
+/// The `dnslens_empty_noerror_total` series of one label combination.
+fn empty_noerror_counter(
+    table: &CounterTable<EmptyNoerrorLabels>,
+    qtype: QtypeLabel,
+    search: bool,
+    soa: bool,
+) -> &Counter {
+    let index = qtype.index() * 4 + usize::from(search) * 2 + usize::from(soa);
+    table.get(index, || EmptyNoerrorLabels {
+        qtype,
+        search_expansion: Flag(search),
+        soa: Flag(soa),
+    })
 }
 
 /// Whether a lookup's outcome alone makes it worth keeping (timeouts and SERVFAIL).

@@ -16,7 +16,8 @@
 //!   nameserver 127.0.0.1, searches `<ns>.svc.<cluster_domain> svc.<cluster_domain>
 //!   <cluster_domain>`, `ndots:5` — plus whatever `dnsConfig` the pod already had (its
 //!   nameservers after 127.0.0.1, its searches after ours, its options kept).
-//! - the annotation `dnslens.io/injected: "true"`.
+//! - the annotation and label `dnslens.io/injected: "true"` (the chart's PodMonitor selects
+//!   the label).
 //!
 //! Skipped, with the reason: pods annotated `dnslens.io/inject: disabled`, `hostNetwork`
 //! pods (they use the node's DNS, and 127.0.0.1:53 is the node's), pods with
@@ -273,12 +274,15 @@ fn inject_template(
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
         .ok_or("metadata is not a map")?;
-    metadata
-        .entry("annotations")
-        .or_insert_with(|| json!({}))
-        .as_object_mut()
-        .ok_or("annotations is not a map")?
-        .insert(ANNOTATION_INJECTED.into(), json!("true"));
+    for field in ["annotations", "labels"] {
+        // The label lets a PodMonitor find injected pods; the annotation says it for humans.
+        metadata
+            .entry(field)
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| format!("{field} is not a map"))?
+            .insert(ANNOTATION_INJECTED.into(), json!("true"));
+    }
     Ok(Outcome::Injected)
 }
 

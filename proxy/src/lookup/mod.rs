@@ -230,6 +230,14 @@ pub enum LookupOutcome {
 }
 
 impl LookupOutcome {
+    pub const ALL: [LookupOutcome; 5] = [
+        LookupOutcome::Answered,
+        LookupOutcome::NxDomain,
+        LookupOutcome::NoData,
+        LookupOutcome::ServFail,
+        LookupOutcome::Timeout,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             LookupOutcome::Answered => "answered",

@@ -14,6 +14,7 @@ mod cache;
 mod cli;
 mod forwarding;
 mod knot;
+mod kubernetes;
 mod namespaces;
 mod prometheus;
 mod tracing;

@@ -1,0 +1,64 @@
+{{/* Names and labels shared by every object. */}}
+{{- define "dnslens.name" -}}
+{{- .Release.Name | trunc 55 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "dnslens.labels" -}}
+app.kubernetes.io/name: dnslens
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "dnslens.selector" -}}
+app.kubernetes.io/name: dnslens
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "dnslens.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* The Kubernetes version injected pods run on, MAJOR.MINOR. */}}
+{{- define "dnslens.kubeVersion" -}}
+{{- if .Values.sidecar.kubeVersion -}}
+{{ .Values.sidecar.kubeVersion }}
+{{- else -}}
+{{ .Capabilities.KubeVersion.Major }}.{{ .Capabilities.KubeVersion.Minor | trimSuffix "+" }}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether TLS comes from cert-manager. */}}
+{{- define "dnslens.certManager" -}}
+{{- $mode := toString .Values.sidecar.tls.certManager -}}
+{{- if eq $mode "true" -}}true
+{{- else if eq $mode "false" -}}
+{{- else if .Capabilities.APIVersions.Has "cert-manager.io/v1" -}}true
+{{- end -}}
+{{- end -}}
+
+{{/* The securityContext every dnslens container runs with. */}}
+{{- define "dnslens.securityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .runAsUser }}
+runAsGroup: {{ .runAsUser }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+  add: [NET_BIND_SERVICE]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Downward-API variables behind the k8s.* resource attributes of traces, and OTLP. */}}
+{{- define "dnslens.env" -}}
+- name: POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: POD_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: NODE_NAME
+  valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+{{- end -}}

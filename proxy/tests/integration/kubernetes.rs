@@ -1,0 +1,654 @@
+//! The Helm chart, the injector and the webhook, without a cluster: the chart is rendered by
+//! the real Helm library (`helm-template`, see shared/tools) and every object is validated
+//! against the Kubernetes 1.31 schemas; the injector's output on the chart's example
+//! workloads is validated the same way; the rendered PrometheusRule goes through
+//! `promtool check rules`; the dashboard's queries are checked against a live /metrics; the
+//! webhook answers real AdmissionReviews over HTTPS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn helm_template() -> PathBuf {
+    let tool = std::env::var_os("HELM_TEMPLATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/tools/helm-template"));
+    assert!(
+        tool.exists(),
+        "{} missing: the chart tests render with shared/tools/helm-template (set HELM_TEMPLATE)",
+        tool.display()
+    );
+    tool
+}
+
+/// Runs helm-template on `chart` with `args`; (exit success, stdout, stderr).
+fn run_helm_template(chart: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(helm_template())
+        .arg(chart)
+        .args(["--release", "dns", "--namespace", "dnslens-system"])
+        .args(args)
+        .output()
+        .expect("helm-template runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Renders the chart with `args`, validated against Kubernetes 1.31; the objects.
+fn render(args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["--validate", "1.31.0"];
+    all.extend_from_slice(args);
+    let (ok, stdout, stderr) = run_helm_template(&repo().join("helm/dnslens"), &all);
+    assert!(ok, "helm-template {args:?} failed:\n{stderr}");
+    yaml_documents(&stdout)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = docs
+                .iter()
+                .map(|d| format!("{} {}", d["kind"], d["metadata"]["name"]))
+                .collect();
+            panic!("no {kind} {name} among {have:?}")
+        })
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| d["kind"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn assert_locked_down(container: &Value) {
+    let sc = &container["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true, "{container}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["capabilities"]["add"], json!(["NET_BIND_SERVICE"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+}
+
+/// config/alerts.yaml's rule groups, as JSON.
+fn alert_groups() -> Value {
+    let text = std::fs::read_to_string(repo().join("config/alerts.yaml")).unwrap();
+    let rules: Value = serde_yaml_ng::from_str(&text).unwrap();
+    rules["groups"].clone()
+}
+
+#[test]
+fn sidecar_mode_renders_the_webhook_with_cert_manager() {
+    let docs = render(&[]);
+    let kinds = kinds(&docs);
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k.contains("Role") || k == "ClusterRoleBinding"),
+        "no RBAC: dnslens needs no API access ({kinds:?})"
+    );
+    let hook = find(&docs, "MutatingWebhookConfiguration", "dns-dnslens-system");
+    assert_eq!(
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "dnslens-system/dns-webhook"
+    );
+    let webhooks = hook["webhooks"].as_array().unwrap();
+    assert_eq!(webhooks.len(), 2);
+    let (open, closed) = (&webhooks[0], &webhooks[1]);
+    assert_eq!(open["failurePolicy"], "Ignore");
+    assert_eq!(closed["failurePolicy"], "Fail");
+    assert_eq!(
+        closed["clientConfig"]["service"]["path"],
+        "/mutate?fail_closed=true"
+    );
+    for w in webhooks {
+        assert_eq!(w["sideEffects"], "None");
+        assert_eq!(w["timeoutSeconds"], 5);
+        assert_eq!(w["rules"][0]["resources"], json!(["pods"]));
+        let selector = w["namespaceSelector"]["matchExpressions"].to_string();
+        assert!(selector.contains("dnslens.io/inject"), "{selector}");
+        assert!(
+            selector.contains("dnslens-system"),
+            "never its own namespace"
+        );
+    }
+    find(&docs, "Certificate", "dns-webhook");
+    let deployment = find(&docs, "Deployment", "dns-webhook");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["args"][0], "webhook");
+    assert_locked_down(container);
+    assert!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .is_some_and(|c| c.len() == 64)
+    );
+    // The injector's settings: what `dnslens webhook --config` reads.
+    let config = find(&docs, "ConfigMap", "dns");
+    let inject: dnslens::inject::InjectConfig =
+        serde_yaml_ng::from_str(config["data"]["inject.yaml"].as_str().unwrap())
+            .expect("inject.yaml is an InjectConfig");
+    assert_eq!(inject.upstreams, ["10.96.0.10"]);
+    assert_eq!(inject.kube_version, "1.31");
+    assert!(inject.native_sidecar().unwrap());
+    // The alert rules are config/alerts.yaml, not a copy.
+    let rule = find(&docs, "PrometheusRule", "dns");
+    assert_eq!(rule["spec"]["groups"], alert_groups());
+    let dashboard = find(&docs, "ConfigMap", "dns-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value =
+        serde_json::from_str(dashboard["data"]["dnslens.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("helm/dnslens/dashboards/dnslens.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, file);
+}
+
+#[test]
+fn sidecar_mode_without_cert_manager_makes_its_own_certificate() {
+    let docs = render(&[
+        "--without-api",
+        "cert-manager.io/v1",
+        "--set",
+        "sidecar.webhook.failurePolicy=Fail,sidecar.webhook.replicas=1",
+        "--kube-version",
+        "1.28.0",
+    ]);
+    assert!(!kinds(&docs).iter().any(|k| k == "Certificate"));
+    assert!(
+        !kinds(&docs).iter().any(|k| k == "PodDisruptionBudget"),
+        "one replica: no PDB"
+    );
+    let secret = find(&docs, "Secret", "dns-webhook-tls");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let hook = find(&docs, "MutatingWebhookConfiguration", "dns-dnslens-system");
+    let ca = secret["data"]["ca.crt"].as_str().unwrap();
+    assert!(!ca.is_empty());
+    for w in hook["webhooks"].as_array().unwrap() {
+        assert_eq!(w["clientConfig"]["caBundle"], ca);
+        assert_eq!(w["failurePolicy"], "Fail");
+    }
+    let config = find(&docs, "ConfigMap", "dns");
+    let inject: dnslens::inject::InjectConfig =
+        serde_yaml_ng::from_str(config["data"]["inject.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(inject.kube_version, "1.28");
+    assert!(!inject.native_sidecar().unwrap());
+}
+
+#[test]
+fn node_local_service_mode_never_leaves_a_node_without_dns() {
+    let docs = render(&[
+        "--set",
+        "mode=node-local,nodeLocal.clientCIDRs={10.244.0.0/16},nodeLocal.service.clusterIP=10.96.0.11",
+    ]);
+    let ds = find(&docs, "DaemonSet", "dns");
+    let strategy = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(strategy["maxUnavailable"], 0);
+    assert_eq!(strategy["maxSurge"], 1);
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert!(pod.get("hostNetwork").is_none());
+    let container = &pod["containers"][0];
+    assert_locked_down(container);
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let env = container["env"].to_string();
+    for var in ["POD_NAME", "POD_NAMESPACE", "NODE_NAME"] {
+        assert!(env.contains(var), "{var} in {env}");
+    }
+    let service = find(&docs, "Service", "dns");
+    assert_eq!(service["spec"]["internalTrafficPolicy"], "Local");
+    assert_eq!(service["spec"]["clusterIP"], "10.96.0.11");
+    assert_eq!(
+        find(&docs, "PodDisruptionBudget", "dns")["spec"]["maxUnavailable"],
+        1
+    );
+    assert!(!kinds(&docs).contains(&"MutatingWebhookConfiguration".to_string()));
+    // The proxy's configuration loads as dnslens reads it.
+    let config = find(&docs, "ConfigMap", "dns");
+    let text = config["data"]["dnslens.yaml"].as_str().unwrap();
+    let parsed = dnslens::config::Config::from_yaml(text).expect("dnslens.yaml parses");
+    parsed.validate().expect("dnslens.yaml is valid");
+    assert_eq!(parsed.listen, ["0.0.0.0:53".parse().unwrap()]);
+    assert_eq!(parsed.listener.allow.len(), 2, "the pod CIDR and loopback");
+    assert!(parsed.cache.enabled && parsed.mitigations.musl_shield);
+}
+
+#[test]
+fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
+    let dir = TempDir::new("values");
+    let values = dir.0.join("values.yaml");
+    std::fs::write(
+        &values,
+        "mode: node-local\nnodeLocal:\n  exposure: linkLocal\n  clientCIDRs: [10.244.0.0/16, 192.168.0.0/24]\n  linkLocal:\n    interceptClusterDNS: true\ntracing:\n  endpoint: http://otel.observability:4317\n",
+    )
+    .unwrap();
+    let docs = render(&["-f", values.to_str().unwrap()]);
+    let ds = find(&docs, "DaemonSet", "dns");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "Default");
+    let setup = &pod["initContainers"][0];
+    assert_eq!(
+        setup["securityContext"]["capabilities"]["add"],
+        json!(["NET_ADMIN", "NET_RAW"])
+    );
+    let script = setup["args"][0].as_str().unwrap();
+    for line in [
+        "ip addr replace 169.254.20.10/32 dev nodelocaldns",
+        "ip addr replace 10.96.0.10/32 dev nodelocaldns",
+        "-t raw -I PREROUTING -d 169.254.20.10/32 -p $proto --dport 53 -j NOTRACK",
+        "-t raw -I OUTPUT -s 10.96.0.10/32 -p $proto --sport 53 -j NOTRACK",
+    ] {
+        assert!(script.contains(line), "{line} in\n{script}");
+    }
+    assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"], 0);
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(args.contains("$(DNS_UPSTREAM_SERVICE_HOST)"), "{args}");
+    let upstream = find(&docs, "Service", "dns-upstream");
+    assert_eq!(upstream["spec"]["selector"]["k8s-app"], "kube-dns");
+    let text = find(&docs, "ConfigMap", "dns")["data"]["dnslens.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parsed = dnslens::config::Config::from_yaml(&text).unwrap();
+    assert_eq!(
+        parsed.listen,
+        [
+            "169.254.20.10:53".parse().unwrap(),
+            "10.96.0.10:53".parse().unwrap()
+        ]
+    );
+    assert!(parsed.upstreams.is_empty(), "the upstream comes as a flag");
+    assert_eq!(
+        parsed.tracing.endpoint.as_deref(),
+        Some("http://otel.observability:4317")
+    );
+    // And the binary accepts it.
+    let file = dir.0.join("dnslens.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_dnslens"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn bad_values_fail_at_install_with_a_clear_message() {
+    let chart = repo().join("helm/dnslens");
+    for (set, expect) in [
+        ("mode=nodelocal", "mode"),
+        ("mode=node-local", "clientCIDRs"),
+        ("tracing.sampleRatio=2", "sampleRatio"),
+        ("nodeLocal.exposure=hostPort", "exposure"),
+        ("cache.maxTTL=forever", "maxTTL"),
+        ("sidecar.webhook.failurePolicy=Maybe", "failurePolicy"),
+    ] {
+        let (ok, _, stderr) = run_helm_template(&chart, &["--set", set]);
+        assert!(!ok, "{set} must fail");
+        assert!(stderr.contains(expect), "{set}: {stderr}");
+    }
+}
+
+#[test]
+fn the_rendered_alert_rules_pass_promtool() {
+    let docs = render(&[]);
+    let rule = find(&docs, "PrometheusRule", "dns");
+    let dir = TempDir::new("rules");
+    let file = dir.0.join("rules.yaml");
+    std::fs::write(
+        &file,
+        serde_yaml_ng::to_string(&json!({"groups": rule["spec"]["groups"]})).unwrap(),
+    )
+    .unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool (prometheus) is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs the `dnslens inject` binary on `input`; (stdout, stderr).
+fn inject_cli(input: &str, args: &[&str]) -> (String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dnslens"))
+        .arg("inject")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Validates Kubernetes YAML against the `version` schemas with the same tool, by wrapping
+/// it in a throwaway chart.
+fn validate_manifests(yaml: &str, version: &str) {
+    let dir = TempDir::new("chart");
+    std::fs::create_dir_all(dir.0.join("templates")).unwrap();
+    std::fs::write(
+        dir.0.join("Chart.yaml"),
+        "apiVersion: v2\nname: injected\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(dir.0.join("templates/injected.yaml"), yaml).unwrap();
+    let (ok, _, stderr) = run_helm_template(&dir.0, &["--validate", version]);
+    assert!(ok, "injected manifests invalid for {version}:\n{stderr}");
+}
+
+#[test]
+fn the_injector_output_on_the_example_workloads_is_valid_kubernetes() {
+    let docs = render(&["--set", "examples.enabled=true"]);
+    let workloads: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "CronJob")
+        .filter(|d| d["metadata"]["namespace"] == "dnslens-demo")
+        .collect();
+    assert_eq!(workloads.len(), 2);
+    let input: String = workloads
+        .iter()
+        .map(|w| serde_yaml_ng::to_string(w).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n");
+    for (kube, native) in [("1.31.0", true), ("1.28.0", false)] {
+        let (out, report) = inject_cli(
+            &input,
+            &["--upstream", "10.96.0.10", "--kube-version", &kube[..4]],
+        );
+        assert_eq!(
+            report.lines().collect::<Vec<_>>(),
+            [
+                "Deployment alpine-lookups: injected",
+                "CronJob nightly-fetch: injected"
+            ]
+        );
+        let injected = yaml_documents(&out);
+        let deployment = &injected[0]["spec"]["template"]["spec"];
+        let list = if native {
+            "initContainers"
+        } else {
+            "containers"
+        };
+        assert_eq!(deployment[list][0]["name"], "dnslens", "{kube}");
+        assert_eq!(
+            deployment["dnsConfig"]["searches"][0],
+            "dnslens-demo.svc.cluster.local"
+        );
+        validate_manifests(&out, kube);
+        // Injecting the output again changes nothing.
+        let (again, _) = inject_cli(&out, &["--kube-version", &kube[..4]]);
+        assert_eq!(again, out);
+    }
+}
+
+/// Metric family names in a /metrics body (`# TYPE name kind`).
+fn exported_families(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every `dnslens_*` name in `text`, as its family name.
+fn referenced_families(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("dnslens_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let mut name = &tail[..end];
+        for suffix in ["_total", "_bucket", "_count", "_sum", "_created"] {
+            name = name.strip_suffix(suffix).unwrap_or(name);
+        }
+        names.insert(name.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_and_alerts_query_only_metrics_dnslens_exports() {
+    let world = World::start_with(|c| {
+        c.cache.enabled = true;
+        c.mitigations.musl_shield = true;
+    })
+    .await;
+    ask_udp(
+        world.dns(),
+        "github.com.",
+        hickory_proto::rr::RecordType::A,
+        None,
+    )
+    .await;
+    let (_, metrics) = http_get(world.proxy.metrics_addr, "/metrics").await;
+    let exported = exported_families(&metrics);
+    assert!(exported.contains("dnslens_cache_hits"), "{exported:?}");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("helm/dnslens/dashboards/dnslens.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 12);
+    let mut queries = String::new();
+    for panel in panels {
+        assert!(panel["title"].as_str().is_some_and(|t| !t.is_empty()));
+        for target in panel["targets"].as_array().unwrap() {
+            queries.push_str(target["expr"].as_str().unwrap());
+            queries.push('\n');
+        }
+    }
+    let alerts = std::fs::read_to_string(repo().join("config/alerts.yaml")).unwrap();
+    for (what, text) in [("dashboard", &queries), ("alerts", &alerts)] {
+        let referenced = referenced_families(text);
+        assert!(referenced.len() >= 5, "{what}: {referenced:?}");
+        let unknown: Vec<_> = referenced.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{what} queries metrics dnslens does not export: {unknown:?}"
+        );
+    }
+    // The panels the operators asked for are there.
+    for wanted in [
+        "dnslens_search_expansion_queries_total",
+        "dnslens_client_retry_gap_seconds_bucket",
+        "dnslens_empty_noerror_total",
+        "dnslens_parallel_query_race_suspected_total",
+        "dnslens_upstream_duration_seconds_bucket",
+        "dnslens_cache_hits_total",
+    ] {
+        assert!(queries.contains(wanted), "{wanted}");
+    }
+    assert!(queries.contains("exemplar") || dashboard.to_string().contains("\"exemplar\":true"));
+    world.stop().await;
+}
+
+/// One HTTPS request to the webhook, trusting `ca`; (status, body).
+async fn https_request(
+    addr: std::net::SocketAddr,
+    ca: &rcgen::Certificate,
+    request: String,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn post(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn the_webhook_serves_admission_reviews_over_https() {
+    let dir = TempDir::new("tls");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.0.join("tls.crt"), dir.0.join("tls.key"));
+    std::fs::write(&cert_file, certified.cert.pem()).unwrap();
+    std::fs::write(&key_file, certified.signing_key.serialize_pem()).unwrap();
+    let (bound, listening) = tokio::sync::oneshot::channel();
+    let settings = dnslens::inject::webhook::WebhookSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: cert_file,
+        tls_key: key_file,
+    };
+    let config = dnslens::inject::InjectConfig::default();
+    tokio::spawn(dnslens::inject::webhook::serve(
+        settings,
+        config,
+        Some(bound),
+    ));
+    let addr = tokio::time::timeout(std::time::Duration::from_secs(5), listening)
+        .await
+        .expect("webhook listens")
+        .unwrap();
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "web-", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]},
+    });
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "b7f1c0de-0000-4000-8000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "alice"},
+            "object": pod,
+        }
+    });
+    let (status, body) =
+        https_request(addr, &certified.cert, post("/mutate", &review.to_string())).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let response = &answer["response"];
+    assert_eq!(response["uid"], "b7f1c0de-0000-4000-8000-000000000001");
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+    use base64::Engine;
+    let patch: json_patch::Patch = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(response["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+    let spec = &patched["spec"];
+    assert_eq!(spec["initContainers"][0]["name"], "dnslens");
+    assert_eq!(spec["dnsPolicy"], "None");
+    assert_eq!(spec["dnsConfig"]["searches"][0], "shop.svc.cluster.local");
+    assert_eq!(spec["containers"][0]["image"], "nginx:1.27");
+    // Garbage is allowed with a warning; fail-closed denies it.
+    let (_, body) = https_request(addr, &certified.cert, post("/mutate", "{\"nope\": 1}")).await;
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("not injected"));
+    let (_, body) = https_request(
+        addr,
+        &certified.cert,
+        post("/mutate?fail_closed=true", "{\"nope\": 1}"),
+    )
+    .await;
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false);
+    // An oversized body is refused before it is read whole.
+    let huge = "x".repeat(4 << 20);
+    let (status, _) = https_request(addr, &certified.cert, post("/mutate", &huge)).await;
+    assert_eq!(status, 413);
+    let (status, metrics) = https_request(
+        addr,
+        &certified.cert,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("dnslens_webhook_requests_total{result=\"injected\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dnslens_webhook_requests_total{result=\"error\"} 2"),
+        "{metrics}"
+    );
+}
