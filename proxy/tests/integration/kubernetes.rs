@@ -100,7 +100,17 @@ fn alert_groups() -> Value {
 
 #[test]
 fn sidecar_mode_renders_the_webhook_with_cert_manager() {
-    let docs = render(&[]);
+    let docs = render(&["--set", "metrics.podMonitor.enabled=true"]);
+    // Scrapes every injected pod by the label the injector sets, on the sidecar's port.
+    let monitor = find(&docs, "PodMonitor", "dns");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["dnslens.io/injected"],
+        "true"
+    );
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"][0]["port"],
+        "dnslens-metrics"
+    );
     let kinds = kinds(&docs);
     assert!(
         !kinds
