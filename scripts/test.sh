@@ -6,8 +6,13 @@ cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 export PATH="$PATH:/usr/sbin:/sbin"   # knotd lives in /usr/sbin
-# The chart tests render with the real Helm library through shared/tools/helm-template.
-export HELM_TEMPLATE="${HELM_TEMPLATE:-$(cd .. && pwd)/shared/tools/helm-template}"
+# The chart tests render with the real Helm library through helm-template: the team's
+# shared/tools copy when this checkout sits beside it, else the copy in scripts/vendor.
+if [[ -z "${HELM_TEMPLATE:-}" ]]; then
+  HELM_TEMPLATE=$(pwd)/scripts/vendor/helm-template
+  [[ -x ../shared/tools/helm-template ]] && HELM_TEMPLATE=$(cd ../shared/tools && pwd)/helm-template
+fi
+export HELM_TEMPLATE
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -20,15 +20,17 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// The renderer: `HELM_TEMPLATE` (scripts/test.sh sets it), else the team's shared copy
+/// beside this checkout, else the one vendored in scripts/vendor.
 fn helm_template() -> PathBuf {
     let tool = std::env::var_os("HELM_TEMPLATE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/tools/helm-template"));
-    assert!(
-        tool.exists(),
-        "{} missing: the chart tests render with shared/tools/helm-template (set HELM_TEMPLATE)",
-        tool.display()
-    );
+        .or_else(|| {
+            let shared = repo().join("../shared/tools/helm-template");
+            shared.exists().then_some(shared)
+        })
+        .unwrap_or_else(|| repo().join("scripts/vendor/helm-template"));
+    assert!(tool.exists(), "{} missing", tool.display());
     tool
 }
 
