@@ -111,6 +111,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         SEARCH.join(" "),
     );
     simulated_clients(dns, &proxy.journal).await;
+    fixes(&config, upstream.addr).await?;
     println!(
         "Try:\n  \
          dig @{ip} -p {port} kubernetes.default.svc.cluster.local\n  \
@@ -183,6 +184,55 @@ async fn simulated_clients(dns: SocketAddr, journal: &crate::anomaly::journal::J
         crate::anomaly::journal::render(&journal.query(Duration::from_secs(600), None))
     );
     println!();
+}
+
+/// The opt-in fixes on a second proxy in front of the same upstream: the musl shield lets
+/// musl walk past the empty NOERROR, autopath answers a search walk in one round trip, the
+/// cache answers a repeat.
+async fn fixes(config: &Config, upstream: SocketAddr) -> anyhow::Result<()> {
+    use clients::{getaddrinfo, Libc};
+    let mut fixed = config.clone();
+    fixed.listen = vec!["127.0.0.1:0".parse()?];
+    fixed.metrics_listen = "127.0.0.1:0".parse()?;
+    fixed.upstreams = vec![UpstreamAddr(upstream)];
+    fixed.cache.enabled = true;
+    fixed.mitigations.musl_shield = true;
+    fixed.mitigations.autopath = true;
+    fixed.validate()?;
+    let trees: Box<dyn crate::lookup::LookupObserver> =
+        Box::new(ConsoleTree::new(std::io::stdout()));
+    let proxy = crate::Proxy::start_with_observers(&fixed, vec![trees]).await?;
+    let dns = proxy.dns_addrs[0];
+    println!(
+        "== the fixes, opt-in: a second dnslens on {dns} with cache, musl_shield and autopath on\n"
+    );
+    let cases = [
+        (
+            "alauda.cn",
+            Libc::Musl,
+            "musl again: the shield turns the empty NOERROR into NXDOMAIN, musl walks on",
+        ),
+        (
+            "github.com",
+            Libc::Glibc,
+            "glibc: autopath answers the first query with a CNAME, 2 queries instead of 8",
+        ),
+        (
+            "github.com",
+            Libc::Glibc,
+            "the same again: autopath's walk is answered from the cache",
+        ),
+    ];
+    for (name, libc, what) in cases {
+        println!("== getaddrinfo(\"{name}\") with {libc:?}: {what}");
+        match getaddrinfo(dns, name, &SEARCH, NDOTS, libc).await {
+            Ok(addrs) => println!("   -> {addrs:?}"),
+            Err(e) => println!("   -> error: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    proxy.shutdown().await;
+    Ok(())
 }
 
 fn report(result: Result<(), &'static str>) {

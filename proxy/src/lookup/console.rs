@@ -54,8 +54,20 @@ pub fn render(lookup: &LookupRecord) -> String {
             Some((index, _)) => format!("suffix {index}"),
             None => "absolute".to_string(),
         };
+        let mut marks = String::new();
+        match q.cache {
+            crate::lookup::CacheUse::Hit => marks.push_str("  (cache hit)"),
+            crate::lookup::CacheUse::Stale => marks.push_str("  (served stale)"),
+            crate::lookup::CacheUse::Miss => {}
+        }
+        if q.rewritten {
+            marks.push_str("  -> sent as NXDOMAIN (musl shield)");
+        }
+        if let Some(name) = &q.autopath {
+            marks.push_str(&format!("  -> CNAME to {name} (autopath)"));
+        }
         s.push_str(&format!(
-            "{} {:<5} {}  [{}]  {} {} answer{}  {} {}\n",
+            "{} {:<5} {}  [{}]  {} {} answer{}  {} {}{}\n",
             if last { "└─" } else { "├─" },
             QtypeLabel::from_qtype(q.qtype).as_str(),
             a.qname,
@@ -65,6 +77,7 @@ pub fn render(lookup: &LookupRecord) -> String {
             if q.answers == 1 { "" } else { "s" },
             since(lookup.start, q.received),
             ms(q.answered.saturating_duration_since(q.received)),
+            marks,
         ));
         for (k, t) in q.tries.iter().enumerate() {
             s.push_str(&format!(
