@@ -36,8 +36,10 @@
 //! `dnslens_anomalies_total{kind}` counts lookups by anomaly kind (`empty_noerror_search`,
 //! `empty_noerror_no_soa`, `parallel_race`, `client_retry`, `upstream_timeout`,
 //! `upstream_error`), each increment carrying the lookup's trace id as an OpenMetrics
-//! exemplar; it is what the alert rules use. Each lookup's kinds go on its trace as `dns.anomaly`, and a lookup with any kind is
-//! always exported (see `telemetry`).
+//! exemplar; it is what the alert rules use. The detectors write each lookup's kinds on its
+//! record before any observer reads it (`LookupObserver::annotate`), so the kinds that only
+//! memory across lookups reveals (a retry, a late twin) reach its trace as `dns.anomaly`
+//! too, and a lookup with any kind is always exported (see `telemetry`).
 
 pub mod journal;
 
@@ -591,11 +593,22 @@ fn query_outcome(a: &Attempt) -> &'static str {
 }
 
 impl LookupObserver for Detectors {
-    fn observe(&mut self, lookup: &LookupRecord) {
+    /// Finds the lookup's kinds — its own, and retries and late twins remembered across
+    /// lookups — and writes them on the record, so its trace carries them too.
+    fn annotate(&mut self, lookup: &mut LookupRecord) {
         let mut found = kinds(lookup);
         found.extend(self.across_lookups(lookup));
         found.sort();
         found.dedup();
+        lookup.anomalies = Some(found);
+    }
+
+    fn observe(&mut self, lookup: &LookupRecord) {
+        let mut found = match &lookup.anomalies {
+            Some(found) => found.clone(),
+            // Not annotated (a caller that skipped `annotate`): the per-lookup kinds only.
+            None => kinds(lookup),
+        };
         // The lookup's trace id rides along as an OpenMetrics exemplar: a dashboard jumps
         // from the counter to the trace (anomalous lookups are always exported, see
         // `telemetry`).

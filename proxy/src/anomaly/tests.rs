@@ -39,6 +39,13 @@ fn q(
     }
 }
 
+/// What the tracker does with a finished lookup: the detectors annotate it, then observe it.
+fn see(d: &mut Detectors, mut record: LookupRecord) -> LookupRecord {
+    d.annotate(&mut record);
+    d.observe(&record);
+    record
+}
+
 fn lookup(queries: &[Q]) -> LookupRecord {
     let t0 = Instant::now();
     let attempts: Vec<Attempt> = queries
@@ -67,6 +74,7 @@ fn lookup(queries: &[Q]) -> LookupRecord {
         end: t0 + Duration::from_secs(1),
         evicted: false,
         trace_id: 7,
+        anomalies: None,
     }
 }
 
@@ -206,38 +214,41 @@ fn upstream_timeouts_and_errors_are_kinds() {
 fn detectors_count_into_their_families() {
     let mut registry = Registry::with_prefix("dnslens");
     let mut d = Detectors::register(&mut registry, journal::Journal::new(100));
-    d.observe(&lookup(&[
-        q(
-            0,
-            1,
-            "alauda.cn.default.svc.cluster.local",
-            Some(0),
-            QTYPE_A,
-            0,
-            0,
-            false,
-        ),
-        q(
-            0,
-            1,
-            "alauda.cn.default.svc.cluster.local",
-            Some(0),
-            QTYPE_AAAA,
-            0,
-            0,
-            false,
-        ),
-        q(
-            0,
-            1,
-            "alauda.cn.default.svc.cluster.local",
-            Some(0),
-            QTYPE_AAAA,
-            0,
-            0,
-            false,
-        ),
-    ]));
+    see(
+        &mut d,
+        lookup(&[
+            q(
+                0,
+                1,
+                "alauda.cn.default.svc.cluster.local",
+                Some(0),
+                QTYPE_A,
+                0,
+                0,
+                false,
+            ),
+            q(
+                0,
+                1,
+                "alauda.cn.default.svc.cluster.local",
+                Some(0),
+                QTYPE_AAAA,
+                0,
+                0,
+                false,
+            ),
+            q(
+                0,
+                1,
+                "alauda.cn.default.svc.cluster.local",
+                Some(0),
+                QTYPE_AAAA,
+                0,
+                0,
+                false,
+            ),
+        ]),
+    );
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     for line in [
@@ -262,18 +273,23 @@ fn a_twin_arriving_alone_a_timeout_later_is_a_suspected_race() {
     let t0 = Instant::now();
     let mut first = lookup(&[q(0, 7000, "github.com", None, QTYPE_A, 0, 1, false)]);
     first.attempts[0].query.received = t0;
-    d.observe(&first);
+    let first = see(&mut d, first);
+    assert_eq!(first.anomalies, Some(vec![]));
     let mut late = lookup(&[q(0, 7000, "github.com", None, QTYPE_AAAA, 0, 0, true)]);
     late.attempts[0].query.received = t0 + Duration::from_secs(5);
-    d.observe(&late);
+    let late = see(&mut d, late);
     assert_eq!(d.race_suspected.get(), 1);
+    // Only memory across lookups sees it, and it is written on the record, so the lookup's
+    // trace carries it as dns.anomaly (the exporter reads the record after the detectors).
+    assert!(kinds(&late).is_empty());
+    assert_eq!(late.anomalies, Some(vec![Kind::ParallelRace]));
     // From another socket, or too soon, it is not.
     let mut other = lookup(&[q(0, 7001, "example.org", None, QTYPE_A, 0, 1, false)]);
     other.attempts[0].query.received = t0;
-    d.observe(&other);
+    see(&mut d, other.clone());
     let mut soon = lookup(&[q(0, 7001, "example.org", None, QTYPE_AAAA, 0, 1, false)]);
     soon.attempts[0].query.received = t0 + Duration::from_millis(100);
-    d.observe(&soon);
+    see(&mut d, soon.clone());
     assert_eq!(d.race_suspected.get(), 1);
 }
 
@@ -287,7 +303,7 @@ fn the_lonely_query_memory_is_bounded() {
     for name in &names {
         let mut l = lookup(&[q(0, 1, "x", None, QTYPE_A, 0, 1, false)]);
         l.attempts[0].qname = name.clone();
-        d.observe(&l);
+        see(&mut d, l.clone());
     }
     assert_eq!(d.lonely.seen.len(), RECENT_CAP);
     assert!(d.lonely.order.len() <= 2 * RECENT_CAP);
@@ -400,7 +416,7 @@ fn a_walk_answered_by_the_absolute_name_is_an_ndots_hint_noted_once() {
     let journal = journal::Journal::new(100);
     let mut d = Detectors::register(&mut registry, journal.clone());
     for _ in 0..3 {
-        d.observe(&walk());
+        see(&mut d, walk());
     }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();

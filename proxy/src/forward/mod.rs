@@ -29,8 +29,10 @@
 //!   `servfail`, `refused`, `timeout`, `truncated`, `error`.
 //! - `dnslens_upstream_duration_seconds{upstream,transport}`: time to an upstream's answer.
 //! - `dnslens_upstream_healthy{upstream}`: 1 in service, 0 put aside.
-//! - `dnslens_responses_dropped_total{reason}`: upstream responses discarded: `malformed`,
-//!   `unknown_id` (late, or spoofed), `wrong_source` and `question_mismatch` (spoofing).
+//! - `dnslens_responses_dropped_total{upstream,reason}`: upstream responses discarded:
+//!   `malformed`, `unknown_id` (late, or spoofed), `wrong_source` and `question_mismatch`
+//!   (spoofing); `upstream` is the configured upstream the datagram came from, or `other`
+//!   (any other source: never a free-form address as a label).
 //! - `dnslens_forward_failures_total{reason}`: queries answered SERVFAIL by dnslens:
 //!   `exhausted` (every try failed), `no_upstream` (all put aside), `overload` (inflight cap).
 //! - `dnslens_inflight_queries`: queries waiting on an upstream.
@@ -59,6 +61,7 @@ use crate::listen::UdpRequest;
 use crate::lookup::{QueryTrace, UpstreamTry};
 use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
 use crate::wire::{self, QueryInfo, Rcode};
+use prometheus_client::encoding::EncodeLabelSet;
 pub use upstream::Outcome;
 use upstream::{Upstream, UpstreamFamilies};
 
@@ -112,8 +115,60 @@ pub struct Forwarder {
     next_slot: AtomicUsize,
     next_upstream: AtomicUsize,
     inflight: Gauge,
-    responses_dropped: ReasonCounters,
+    responses_dropped: ResponseDrops,
     failures: ReasonCounters,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DropLabels {
+    upstream: String,
+    reason: &'static str,
+}
+
+/// `dnslens_responses_dropped_total` handles: a row per configured upstream, and one for
+/// every other source, each with every reason; all created up front.
+struct ResponseDrops {
+    counters: Vec<Counter>,
+    upstreams: Vec<SocketAddr>,
+}
+
+impl ResponseDrops {
+    fn new(family: &Family<DropLabels, Counter>, upstreams: Vec<SocketAddr>) -> Self {
+        let rows = upstreams
+            .iter()
+            .map(|u| u.to_string())
+            .chain(std::iter::once("other".to_string()));
+        let counters = rows
+            .flat_map(|upstream| {
+                RESPONSE_DROP_REASONS.iter().map(move |reason| {
+                    family
+                        .get_or_create(&DropLabels {
+                            upstream: upstream.clone(),
+                            reason,
+                        })
+                        .clone()
+                })
+            })
+            .collect();
+        ResponseDrops {
+            counters,
+            upstreams,
+        }
+    }
+
+    /// Counts a response from `from` dropped for `reason` (one of the known reasons).
+    fn inc(&self, from: SocketAddr, reason: &str) {
+        let row = self
+            .upstreams
+            .iter()
+            .position(|u| *u == from)
+            .unwrap_or(self.upstreams.len());
+        let column = RESPONSE_DROP_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.counters[row * RESPONSE_DROP_REASONS.len() + column].inc();
+    }
 }
 
 impl Forwarder {
@@ -142,10 +197,10 @@ impl Forwarder {
             "1 while the upstream is in service, 0 while it is put aside",
             families.healthy.clone(),
         );
-        let responses_dropped = Family::<ReasonLabels, Counter>::default();
+        let responses_dropped = Family::<DropLabels, Counter>::default();
         registry.register(
             "responses_dropped",
-            "Upstream responses discarded, by reason",
+            "Upstream responses discarded, by the upstream they came from (or other) and reason",
             responses_dropped.clone(),
         );
         let failures = Family::<ReasonLabels, Counter>::default();
@@ -184,7 +239,10 @@ impl Forwarder {
             next_slot: AtomicUsize::new(0),
             next_upstream: AtomicUsize::new(0),
             inflight,
-            responses_dropped: ReasonCounters::new(&responses_dropped, RESPONSE_DROP_REASONS),
+            responses_dropped: ResponseDrops::new(
+                &responses_dropped,
+                config.upstreams.iter().map(|u| u.0).collect(),
+            ),
             failures: ReasonCounters::new(&failures, FAILURE_REASONS),
         }))
     }
@@ -326,7 +384,7 @@ impl Forwarder {
 
     fn on_udp_answer(self: &Arc<Self>, socket: &PoolSocket, answer: &mut [u8], from: SocketAddr) {
         let Ok(info) = wire::parse_response(answer) else {
-            self.responses_dropped.inc("malformed");
+            self.responses_dropped.inc(from, "malformed");
             return;
         };
         let entry = {
@@ -349,7 +407,7 @@ impl Forwarder {
             match verdict {
                 Ok(()) => pending.remove(&info.id),
                 Err(reason) => {
-                    self.responses_dropped.inc(reason);
+                    self.responses_dropped.inc(from, reason);
                     return;
                 }
             }

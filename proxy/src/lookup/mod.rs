@@ -272,6 +272,9 @@ pub struct LookupRecord {
     pub evicted: bool,
     /// The id of this lookup's trace, whether or not it is exported (exemplars use it too).
     pub trace_id: u128,
+    /// The anomaly kinds the detectors found, including those only memory across lookups
+    /// reveals (a retry, a late A/AAAA twin); `None` until they have looked.
+    pub anomalies: Option<Vec<crate::anomaly::Kind>>,
 }
 
 impl LookupRecord {
@@ -326,12 +329,18 @@ impl LookupRecord {
             end,
             evicted,
             trace_id: rand::random(),
+            anomalies: None,
         }
     }
 }
 
 /// Receives every finished lookup, in the tracker task. Must not block.
 pub trait LookupObserver: Send {
+    /// Called for every observer before any `observe`: the one place a finding may be
+    /// written onto the record (the anomaly detectors set `anomalies`), so that every
+    /// observer — the trace exporter among them — sees it.
+    fn annotate(&mut self, _lookup: &mut LookupRecord) {}
+
     fn observe(&mut self, lookup: &LookupRecord);
 }
 
@@ -633,7 +642,10 @@ impl Tracker {
         }
     }
 
-    fn report(&mut self, record: LookupRecord) {
+    fn report(&mut self, mut record: LookupRecord) {
+        for observer in &mut self.observers {
+            observer.annotate(&mut record);
+        }
         for observer in &mut self.observers {
             observer.observe(&record);
         }

@@ -375,7 +375,12 @@ impl OtlpObserver {
 
 impl LookupObserver for OtlpObserver {
     fn observe(&mut self, lookup: &LookupRecord) {
-        let anomalies = anomaly::kinds(lookup);
+        // The detectors' verdict (with retries and late twins seen across lookups), or the
+        // per-lookup kinds when no detector looked.
+        let anomalies = lookup
+            .anomalies
+            .clone()
+            .unwrap_or_else(|| anomaly::kinds(lookup));
         if !self.keep(lookup, &anomalies) {
             self.metrics.sampled_out.inc();
             return;

@@ -146,6 +146,7 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
         end: t0 + Duration::from_millis(5),
         evicted: false,
         trace_id: 7,
+        anomalies: None,
     };
     let clock = Clock::now();
     let scope = InstrumentationScope::builder("test").build();

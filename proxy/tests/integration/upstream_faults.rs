@@ -228,14 +228,19 @@ async fn spoofed_and_mismatched_responses_are_dropped_and_counted() {
     let answer = ask_udp(proxy.dns_addrs[0], "example.org.", RecordType::A, None).await;
     assert_eq!(answer.metadata.response_code.low(), 0);
     assert_eq!(answer.queries[0].query_type(), RecordType::A);
-    for reason in [
-        "question_mismatch",
-        "unknown_id",
-        "wrong_source",
-        "malformed",
+    // Counted against the upstream they came from; the impostor's port is "other".
+    for (source, reason) in [
+        (addr.to_string(), "question_mismatch"),
+        (addr.to_string(), "unknown_id"),
+        ("other".to_string(), "wrong_source"),
+        (addr.to_string(), "malformed"),
     ] {
-        let series = format!("dnslens_responses_dropped_total{{reason=\"{reason}\"}}");
+        let series =
+            format!("dnslens_responses_dropped_total{{upstream=\"{source}\",reason=\"{reason}\"}}");
         assert_eq!(metric(proxy.metrics_addr, &series).await, 1.0, "{reason}");
     }
+    let elsewhere =
+        format!("dnslens_responses_dropped_total{{upstream=\"{addr}\",reason=\"wrong_source\"}}");
+    assert_eq!(metric(proxy.metrics_addr, &elsewhere).await, 0.0);
     proxy.shutdown().await;
 }
