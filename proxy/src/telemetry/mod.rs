@@ -212,18 +212,16 @@ pub fn start(
     metrics: &TelemetryMetrics,
     stop: CancellationToken,
 ) -> Result<OtlpObserver, TelemetryError> {
-    let mut exporter = build_exporter(settings)?;
-    exporter.set_resource(resource);
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(export_loop(
-        exporter,
+    spawn_exporter(
+        settings.clone(),
+        resource.clone(),
         rx,
         queued.clone(),
         metrics.clone(),
-        settings.export_timeout,
         stop,
-    ));
+    )?;
     Ok(OtlpObserver {
         tx,
         queued,
@@ -236,6 +234,61 @@ pub fn start(
             .with_version(env!("CARGO_PKG_VERSION"))
             .build(),
     })
+}
+
+/// Runs the export loop on its own thread and runtime, under SCHED_BATCH like the tracker:
+/// encoding and sending a batch (protobuf, gRPC/HTTP) then never runs on a DNS worker's
+/// thread, and never preempts one. Returns once the exporter is built (or failed to be).
+fn spawn_exporter(
+    settings: ExportSettings,
+    resource: Resource,
+    rx: mpsc::UnboundedReceiver<Vec<SpanData>>,
+    queued: Arc<AtomicUsize>,
+    metrics: TelemetryMetrics,
+    stop: CancellationToken,
+) -> Result<(), TelemetryError> {
+    let failed = |message: String| TelemetryError::Exporter {
+        endpoint: settings.endpoint.clone(),
+        message,
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread_settings = settings.clone();
+    std::thread::Builder::new()
+        .name("dnslens-otlp".into())
+        .spawn(move || {
+            crate::lookup::run_as_background_work();
+            let settings = thread_settings;
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(TelemetryError::Exporter {
+                        endpoint: settings.endpoint.clone(),
+                        message: format!("runtime: {e}"),
+                    }));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // Built inside this runtime: the gRPC channel's worker lives on it.
+                let mut exporter = match build_exporter(&settings) {
+                    Ok(exporter) => exporter,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                exporter.set_resource(&resource);
+                let _ = ready_tx.send(Ok(()));
+                export_loop(exporter, rx, queued, metrics, settings.export_timeout, stop).await;
+            });
+        })
+        .map_err(|e| failed(format!("thread: {e}")))?;
+    ready_rx
+        .recv()
+        .map_err(|_| failed("the export thread ended".into()))?
 }
 
 fn build_exporter(
