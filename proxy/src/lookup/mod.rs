@@ -50,14 +50,23 @@ const TICK: Duration = Duration::from_millis(20);
 /// three A/B pairs: p99 154/225/339 µs before, 119/211/220 µs after. Needs no privilege;
 /// where it fails the thread keeps the default policy.
 pub(crate) fn run_as_background_work() {
+    set_policy(thread_priority::NormalThreadSchedulePolicy::Batch);
+}
+
+/// Puts the calling thread under SCHED_IDLE: it runs only when nothing else on its core
+/// wants to (the trace exporter: traces are sampled, answers are not).
+pub(crate) fn run_as_idle_work() {
+    set_policy(thread_priority::NormalThreadSchedulePolicy::Idle);
+}
+
+fn set_policy(policy: thread_priority::NormalThreadSchedulePolicy) {
     use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-        ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id, ThreadPriority, ThreadSchedulePolicy,
     };
-    let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    let policy = ThreadSchedulePolicy::Normal(policy);
     let unchanged_nice = ThreadPriority::Os(Default::default());
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), unchanged_nice, batch) {
-        tracing::debug!(error = ?e, "lookup tracker keeps the default scheduling policy");
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), unchanged_nice, policy) {
+        tracing::debug!(error = ?e, ?policy, "thread keeps the default scheduling policy");
     }
 }
 

@@ -205,7 +205,7 @@ pub fn resource(env: impl Fn(&str) -> Option<String>) -> Resource {
         .build()
 }
 
-/// Starts the export task and returns the observer that feeds it.
+/// Starts the export thread and returns the observer that feeds it.
 pub fn start(
     settings: &ExportSettings,
     resource: &Resource,
@@ -228,21 +228,34 @@ pub fn start(
         capacity: settings.queue,
         sample_ratio: settings.sample_ratio,
         metrics: metrics.clone(),
-        clock: Clock::now(),
         forced: (Instant::now(), 0),
-        scope: InstrumentationScope::builder("dnslens")
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build(),
     })
 }
 
-/// Runs the export loop on its own thread and runtime, under SCHED_BATCH like the tracker:
-/// encoding and sending a batch (protobuf, gRPC/HTTP) then never runs on a DNS worker's
-/// thread, and never preempts one. Returns once the exporter is built (or failed to be).
+/// A lookup kept for export, on its way to the export thread, which builds its spans.
+struct Kept {
+    lookup: LookupRecord,
+    anomalies: Vec<anomaly::Kind>,
+}
+
+/// How many spans [`lookup_spans`] makes of a lookup: the root, one per query, one per try.
+fn span_count(lookup: &LookupRecord) -> usize {
+    1 + lookup
+        .attempts
+        .iter()
+        .map(|a| 1 + a.query.tries.len())
+        .sum::<usize>()
+}
+
+/// Runs span building and the export loop on their own thread and runtime, under
+/// SCHED_IDLE: building SpanData, encoding and sending a batch (protobuf, gRPC/HTTP) use
+/// only CPU time no DNS worker and no tracker wants. Traces are sampled anyway: a proxy
+/// saturated for long enough drops spans (counted, `queue_full`) rather than answers late.
+/// Returns once the exporter is built (or failed to be).
 fn spawn_exporter(
     settings: ExportSettings,
     resource: Resource,
-    rx: mpsc::UnboundedReceiver<Vec<SpanData>>,
+    rx: mpsc::UnboundedReceiver<Kept>,
     queued: Arc<AtomicUsize>,
     metrics: TelemetryMetrics,
     stop: CancellationToken,
@@ -256,7 +269,7 @@ fn spawn_exporter(
     std::thread::Builder::new()
         .name("dnslens-otlp".into())
         .spawn(move || {
-            crate::lookup::run_as_background_work();
+            crate::lookup::run_as_idle_work();
             let settings = thread_settings;
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -325,7 +338,7 @@ fn build_exporter(
 /// exporter's work (encoding, HTTP/2) happens about once a second, not per kept lookup.
 async fn export_loop(
     exporter: opentelemetry_otlp::SpanExporter,
-    mut rx: mpsc::UnboundedReceiver<Vec<SpanData>>,
+    mut rx: mpsc::UnboundedReceiver<Kept>,
     queued: Arc<AtomicUsize>,
     metrics: TelemetryMetrics,
     timeout: Duration,
@@ -333,12 +346,17 @@ async fn export_loop(
 ) {
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let clock = Clock::now();
+    let scope = InstrumentationScope::builder("dnslens")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let spans_of = |kept: Kept| lookup_spans(&kept.lookup, &kept.anomalies, &clock, &scope);
     let mut batch = Vec::new();
     loop {
         let stopping = tokio::select! {
             received = rx.recv() => match received {
-                Some(spans) => {
-                    batch.extend(spans);
+                Some(kept) => {
+                    batch.extend(spans_of(kept));
                     if batch.len() < MAX_BATCH {
                         continue;
                     }
@@ -350,8 +368,8 @@ async fn export_loop(
             _ = stop.cancelled() => true,
         };
         if stopping {
-            while let Ok(spans) = rx.try_recv() {
-                batch.extend(spans);
+            while let Ok(kept) = rx.try_recv() {
+                batch.extend(spans_of(kept));
             }
         }
         if !batch.is_empty() {
@@ -396,14 +414,12 @@ async fn export(
 
 /// Decides per finished lookup whether to export it, and queues its spans.
 pub struct OtlpObserver {
-    tx: mpsc::UnboundedSender<Vec<SpanData>>,
-    /// Spans queued and not yet taken by the export task; bounded by `capacity`.
+    tx: mpsc::UnboundedSender<Kept>,
+    /// Spans queued and not yet taken by the export thread; bounded by `capacity`.
     queued: Arc<AtomicUsize>,
     capacity: usize,
     sample_ratio: f64,
     metrics: TelemetryMetrics,
-    clock: Clock,
-    scope: InstrumentationScope,
     /// Start of the current second and the lookups kept for their anomalies in it.
     forced: (Instant, u32),
 }
@@ -438,14 +454,17 @@ impl LookupObserver for OtlpObserver {
             self.metrics.sampled_out.inc();
             return;
         }
-        let spans = lookup_spans(lookup, &anomalies, &self.clock, &self.scope);
-        let n = spans.len();
+        let n = span_count(lookup);
         if self.queued.load(Ordering::Relaxed) + n > self.capacity {
             self.metrics.dropped.inc_by("queue_full", n as u64);
             return;
         }
         self.queued.fetch_add(n, Ordering::Relaxed);
-        if self.tx.send(spans).is_err() {
+        let kept = Kept {
+            lookup: lookup.clone(),
+            anomalies,
+        };
+        if self.tx.send(kept).is_err() {
             self.queued.fetch_sub(n, Ordering::Relaxed);
         }
     }
