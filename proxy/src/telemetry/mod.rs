@@ -35,7 +35,9 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`; `k8s.pod.name`, `k8s.namespace.name`, `k8s.node.name` from
 //! `POD_NAME`, `POD_NAMESPACE`, `NODE_NAME` (the chart sets them from the downward API).
 //! `tracing.queue` bounds the spans waiting for export; `tracing.export_timeout` bounds one
-//! export call. A slow or absent collector costs dropped spans, never DNS latency.
+//! export call. A slow or absent collector costs dropped spans, never DNS latency. Kept
+//! lookups go to the export thread (`dnslens-otlp`, under SCHED_IDLE) as records; spans are
+//! built and sent there, with CPU no DNS worker wants.
 //!
 //! Metrics: `dnslens_spans_exported_total`, `dnslens_spans_dropped_total{reason}`
 //! (`queue_full`, `export_failed`), `dnslens_lookups_sampled_out_total`.
