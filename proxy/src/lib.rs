@@ -1,12 +1,14 @@
 //! dnslens: a DNS forwarder for Kubernetes pods (sidecar) and nodes (node-local) that makes
 //! DNS visible.
 //!
-//! Data path: `listen` (UDP/TCP sockets) → `wire` (header + question) → `forward`
-//! (upstream pool, matching, retries) → back through `listen` to the client. Each answered
+//! Data path: `listen` (UDP/TCP sockets, access list) → `wire` (header + question) →
+//! `pipeline` (`cache`, coalescing, the `mitigate` decisions) → `forward` (upstream pool,
+//! matching, retries) → back through `pipeline` and `listen` to the client. Each answered
 //! query is handed as plain data to `lookup`, which correlates lookups (with `search`) for
 //! its observers: `anomaly` (counters, journal) and `telemetry` (OTLP traces). `admin`
 //! serves the metrics each component registers and the journal; `demo` runs it all against
-//! an embedded Kubernetes-like upstream. See ARCHITECTURE.md.
+//! an embedded Kubernetes-like upstream; `inject` adds dnslens to pods (offline and as an
+//! admission webhook). See ARCHITECTURE.md.
 
 #![forbid(unsafe_code)]
 
