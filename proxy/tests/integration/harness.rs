@@ -149,7 +149,12 @@ pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let _ = stream.write_all(request).await;
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
-    let text = String::from_utf8_lossy(&response).to_string();
+    http_status_and_body(&response)
+}
+
+/// The status and body of a raw HTTP/1 response (status 0 when there is none).
+pub fn http_status_and_body(response: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(response);
     let status = text
         .split_whitespace()
         .nth(1)

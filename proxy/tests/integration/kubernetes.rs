@@ -558,17 +558,7 @@ async fn https_request(
         }
         response.extend_from_slice(&chunk[..n]);
     }
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    http_status_and_body(&response)
 }
 
 fn post(path: &str, body: &str) -> String {
