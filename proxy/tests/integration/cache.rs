@@ -232,3 +232,35 @@ async fn force_tcp_sends_every_upstream_query_over_tcp() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn popular_entries_are_refreshed_before_they_expire() {
+    let knot = Knot::start().await;
+    let relay = CountingRelay::start(knot.addr, Duration::ZERO).await;
+    let proxy = proxy_in_front_of(relay.addr, |c| {
+        c.cache.prefetch = 2;
+        c.cache.max_ttl = Duration::from_secs(4);
+    })
+    .await;
+    let dns = proxy.dns_addrs[0];
+    let name = "web.default.svc.cluster.local.";
+    let start = std::time::Instant::now();
+    for _ in 0..3 {
+        ask_udp(dns, name, RecordType::A, None).await;
+    }
+    assert_eq!(relay.seen.load(Ordering::SeqCst), 1);
+    // Less than a tenth of the 4 s lifetime left: this hit is answered and triggers a refresh.
+    tokio::time::sleep_until((start + Duration::from_millis(3750)).into()).await;
+    ask_udp(dns, name, RecordType::A, None).await;
+    let m = proxy.metrics_addr;
+    metric_at_least(m, "dnslens_cache_prefetches_total", 1.0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(relay.seen.load(Ordering::SeqCst), 2, "one refresh upstream");
+    // Past the first entry's expiry the refreshed one answers: no miss.
+    tokio::time::sleep_until((start + Duration::from_millis(4500)).into()).await;
+    ask_udp(dns, name, RecordType::A, None).await;
+    assert_eq!(metric(m, "dnslens_cache_misses_total").await, 1.0);
+    assert_eq!(metric(m, "dnslens_cache_hits_total").await, 4.0);
+    assert_eq!(relay.seen.load(Ordering::SeqCst), 2);
+    proxy.shutdown().await;
+}
