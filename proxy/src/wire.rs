@@ -14,7 +14,10 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
 
 /// TYPE of the EDNS pseudo-record.
-const RTYPE_OPT: u16 = 41;
+pub const RTYPE_OPT: u16 = 41;
+/// The address QTYPEs a `getaddrinfo` asks for.
+pub const QTYPE_A: u16 = 1;
+pub const QTYPE_AAAA: u16 = 28;
 /// The DO bit in the OPT record's TTL field (RFC 3225).
 const EDNS_DO_BIT: u32 = 0x8000;
 

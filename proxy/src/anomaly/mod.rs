@@ -56,11 +56,10 @@ use prometheus_client::registry::Registry;
 use crate::forward::Outcome;
 use crate::lookup::{Attempt, LookupObserver, LookupOutcome, LookupRecord};
 use crate::metrics::{CounterTable, QtypeLabel};
+use crate::wire::{QTYPE_A, QTYPE_AAAA};
 
 /// A and AAAA of one name from one socket this close together are "sent in parallel".
 const PARALLEL_WINDOW: Duration = Duration::from_millis(50);
-const QTYPE_A: u16 = 1;
-const QTYPE_AAAA: u16 = 28;
 
 /// What can be abnormal about a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

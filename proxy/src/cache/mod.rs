@@ -43,7 +43,7 @@ use prometheus_client::registry::Registry;
 use quick_cache::Lifecycle;
 
 use crate::config::CacheConfig;
-use crate::wire::{self, QueryInfo, HEADER_LEN};
+use crate::wire::{self, QueryInfo, Rcode, HEADER_LEN, RTYPE_OPT};
 
 /// TTL of an answer served stale (RFC 8767 §4 recommends 30 s).
 const STALE_ANSWER_TTL: u32 = 30;
@@ -53,9 +53,8 @@ const MAX_STALENESS: Duration = Duration::from_secs(24 * 3600);
 const WEIGHT_UNIT: usize = 512;
 /// Waiters per coalesced question.
 const MAX_WAITERS: usize = 256;
-const RCODE_NOERROR: u8 = 0;
-const RCODE_NXDOMAIN: u8 = 3;
-const RTYPE_OPT: u16 = 41;
+const RCODE_NOERROR: u8 = Rcode::NoError as u8;
+const RCODE_NXDOMAIN: u8 = Rcode::NxDomain as u8;
 
 type FastHash = foldhash::fast::RandomState;
 
@@ -364,8 +363,7 @@ impl Cache {
             return None;
         }
         let stored = wire::without_edns_options(answer, &sections);
-        // Offsets are unchanged by stripping: the OPT record is the only one that shrinks
-        // and its TTL is not counted down; records after it are re-read.
+        // Stripping moves whatever follows the OPT record: read the TTL offsets afresh.
         let sections = wire::sections(&stored).ok()?;
         let ttls = sections
             .all()

@@ -178,9 +178,7 @@ impl QueryTrace {
     /// Records what an answer says (RCODE, records, SOA), as the upstream or cache gave it.
     pub fn record_answer(&mut self, answer: &[u8]) {
         self.rcode = crate::wire::rcode(answer);
-        self.answers = answer
-            .get(6..8)
-            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        self.answers = crate::wire::answer_count(answer);
         // Only empty NOERROR answers need their authority section read (empty-NOERROR kinds);
         // NXDOMAIN, the bulk of search noise, never does.
         self.authority_soa =

@@ -40,10 +40,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::search::SearchModel;
-use crate::wire::{self, HEADER_LEN};
-
-pub const QTYPE_A: u16 = 1;
-pub const QTYPE_AAAA: u16 = 28;
+use crate::wire::{self, HEADER_LEN, QTYPE_A, QTYPE_AAAA};
 
 /// How an autopath walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,11 +137,6 @@ pub fn twin_qtype(qtype: u16) -> Option<u16> {
 /// NOERROR with no answer records.
 pub fn is_empty_noerror(answer: &[u8]) -> bool {
     wire::rcode(answer) == 0 && wire::answer_count(answer) == 0
-}
-
-/// NOERROR with at least one answer record.
-pub fn has_data(answer: &[u8]) -> bool {
-    wire::rcode(answer) == 0 && wire::answer_count(answer) > 0
 }
 
 /// Whether the shield should look at this answer: an empty NOERROR to an A/AAAA question

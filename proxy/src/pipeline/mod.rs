@@ -80,16 +80,8 @@ impl Pipeline {
         })
     }
 
-    pub fn forwarder(&self) -> &Arc<Forwarder> {
-        &self.forwarder
-    }
-
     pub fn listen_metrics(&self) -> &ListenMetrics {
         &self.listen_metrics
-    }
-
-    pub fn trace_sink(&self) -> Option<&TraceSink> {
-        self.trace_sink.as_ref()
     }
 
     /// A UDP client query (past the access list) as it came off the socket. A cache hit is
