@@ -85,6 +85,29 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime, stime
 
 
+def thread_ticks(pid):
+    """CPU ticks per thread name (threads of one name summed)."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def span_counts(metrics_port):
+    """(exported, dropped) spans from dnslens's /metrics."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    exported = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("dnslens_spans_exported_total"))
+    dropped = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("dnslens_spans_dropped_total"))
+    return exported, dropped
+
+
 def status_kib(pid, key):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -143,13 +166,14 @@ zone:
     return ["knotd", "-c", str(conf)]
 
 
-def target_argv(kind, cache, work, port, upstream, dnslens):
+def target_argv(kind, cache, work, port, upstream, dnslens, traced_yaml="", metrics_port=0):
     up = f"127.0.0.1:{upstream}"
     if kind in ("dnslens", "dnslens-traced"):
         conf = work / f"dnslens-{port}.yaml"
-        conf.write_text(f"cache:\n  enabled: {'true' if cache else 'false'}\n  max_entries: 200000\n")
+        conf.write_text(f"cache:\n  enabled: {'true' if cache else 'false'}\n  max_entries: 200000\n"
+                        + (traced_yaml + "\n" if kind == "dnslens-traced" else ""))
         return [dnslens, "serve", "--config", str(conf), "--listen", f"127.0.0.1:{port}", "--upstream", up,
-                "--metrics-listen", f"127.0.0.1:{free_port()}", "--ndots", "5",
+                "--metrics-listen", f"127.0.0.1:{metrics_port or free_port()}", "--ndots", "5",
                 "--search", "default.svc.cluster.local,svc.cluster.local,cluster.local"]
     if kind == "dnsdist":
         conf = work / f"dnsdist-{port}.conf"
@@ -232,10 +256,10 @@ def measure(target, work, upstream, qfile, args):
     if kind == "knot":
         server, pid, port = None, args.knot_pid, upstream
     else:
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         name = f"{kind}-{'cache' if cache else 'nocache'}"
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{args.sink_port}"} if kind == "dnslens-traced" else {}
-        server = Server(name, target_argv(kind, cache, work, port, upstream, args.dnslens), port, work, env=env)
+        server = Server(name, target_argv(kind, cache, work, port, upstream, args.dnslens, args.traced_yaml, metrics_port), port, work, env=env)
         pid = server.proc.pid
     try:
         idle_rss = status_kib(pid, "VmRSS")
@@ -243,7 +267,19 @@ def measure(target, work, upstream, qfile, args):
         before = cpu_ticks(pid)
         sat = dnsperf(port, qfile, args.seconds)
         cpu = (cpu_ticks(pid) - before) / CLK_TCK
+        spans_before = span_counts(metrics_port) if kind == "dnslens-traced" else None
+        threads_before = thread_ticks(pid)
         fixed = dnsperf(port, qfile, max(3, args.seconds // 2), rate=args.rate, verbose=True)
+        if kind.startswith("dnslens"):
+            spent = {n: t - threads_before.get(n, 0) for n, t in thread_ticks(pid).items()}
+            total = max(sum(spent.values()), 1)
+            print(f"  {kind} at {args.rate} QPS, CPU by thread: "
+                  + ", ".join(f"{n} {100 * t / total:.0f}%" for n, t in sorted(spent.items(), key=lambda x: -x[1]) if t),
+                  file=sys.stderr)
+        if spans_before:
+            after = span_counts(metrics_port)
+            print(f"  {kind} at {args.rate} QPS: spans exported {after[0] - spans_before[0]:.0f}, "
+                  f"dropped {after[1] - spans_before[1]:.0f}", file=sys.stderr)
         names_rss = 0.0
         if cache and args.names:
             # Peak RSS once 100k distinct names (wildcard answers) went through the cache.
@@ -275,6 +311,11 @@ def main():
     ap.add_argument("--sink-cpu", default=LOADGEN_CPU,
                     help="core of the OTLP sink (default: the load generator's; the server's core charges "
                          "the collector's work to the proxy's latency instead)")
+    ap.add_argument("--sink-sched", choices=("normal", "idle"), default="idle",
+                    help="scheduling class of the OTLP sink: idle (default) keeps the collector's bursts from "
+                         "delaying the load generator's receive loop, which would show up as proxy latency")
+    ap.add_argument("--traced-yaml", default="",
+                    help="extra dnslens config for the traced target, e.g. 'tracing: {sample_ratio: 0}'")
     ap.add_argument("--names", type=int, default=100000,
                     help="distinct names pushed through each cache for the RSS column (0: skip)")
     args = ap.parse_args()
@@ -299,7 +340,8 @@ def main():
     knot = Server("knot", knot_argv(work, upstream), upstream, work)
     args.knot_pid = knot.proc.pid
     args.sink_port = free_port()
-    sink = Server("otlp-sink", [args.otlp_sink, f"127.0.0.1:{args.sink_port}", f"127.0.0.1:{free_port()}",
+    sink_sched = ["chrt", "--idle", "0"] if args.sink_sched == "idle" else []
+    sink = Server("otlp-sink", sink_sched + [args.otlp_sink, f"127.0.0.1:{args.sink_port}", f"127.0.0.1:{free_port()}",
                                 str(work / "spans.txt")], args.sink_port, work, cpu=args.sink_cpu, check_dns=False)
     results = {t: [] for t in targets}
     try:

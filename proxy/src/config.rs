@@ -26,7 +26,7 @@
 //!   the search-path model (see `search`)
 //! - `lookup:` `window` [2s], `max_entries` [10000], `queue` [16384] (see `lookup`)
 //! - `tracing:` `endpoint`, `protocol` (`grpc` | `http/protobuf`), `sample_ratio` [0.01],
-//!   `queue` [8192], `export_timeout` [5s] (see `telemetry`)
+//!   `keep_anomalous_per_second` [100], `queue` [8192], `export_timeout` [5s] (see `telemetry`)
 //! - `journal:` `entries` [10000] (see `anomaly::journal`)
 //!
 //! Every error is one line naming the key or value at fault; the binary exits 2 on it.
@@ -322,6 +322,9 @@ pub struct TracingConfig {
     pub protocol: Option<OtlpProtocol>,
     /// Share of ordinary lookups exported; lookups with a timeout, SERVFAIL or anomaly always are.
     pub sample_ratio: Option<f64>,
+    /// Lookups with an anomaly, timeout or SERVFAIL exported per second at most (every one
+    /// of them up to this rate; the rest are still counted and journaled).
+    pub keep_anomalous_per_second: u32,
     /// Spans waiting for export; beyond it they are dropped (counted).
     pub queue: usize,
     #[serde(with = "humantime_serde")]
@@ -334,6 +337,7 @@ impl Default for TracingConfig {
             endpoint: None,
             protocol: None,
             sample_ratio: None,
+            keep_anomalous_per_second: 100,
             queue: 8_192,
             export_timeout: Duration::from_secs(5),
         }

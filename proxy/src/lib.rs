@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod anomaly;
+pub mod background;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -73,9 +73,8 @@ impl EmbeddedUpstream {
             .map_err(zone_error)?;
             catalog.upsert(name.into(), vec![Arc::new(handler)]);
         }
-        let udp = tokio::net::UdpSocket::bind(addr).await?;
+        let (udp, tcp) = bind_udp_and_tcp(addr).await?;
         let addr = udp.local_addr()?;
-        let tcp = tokio::net::TcpListener::bind(addr).await?;
         let mut server = Server::new(catalog);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64);
@@ -84,6 +83,23 @@ impl EmbeddedUpstream {
 
     pub async fn stop(mut self) {
         let _ = self.server.shutdown_gracefully().await;
+    }
+}
+
+/// A UDP socket and a TCP listener on one address. With port 0 the UDP socket picks the
+/// port, and another process may hold that port for TCP: then it tries another port.
+async fn bind_udp_and_tcp(
+    addr: SocketAddr,
+) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut tries_left = if addr.port() == 0 { 16 } else { 1 };
+    loop {
+        let udp = tokio::net::UdpSocket::bind(addr).await?;
+        tries_left -= 1;
+        match tokio::net::TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries_left > 0 => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

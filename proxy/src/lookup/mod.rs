@@ -34,6 +34,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::background::Pacer;
 use crate::config::LookupConfig;
 use crate::forward::Outcome;
 use crate::metrics::Transport;
@@ -42,36 +43,9 @@ use crate::wire::QueryInfo;
 
 /// How often the tracker drains the hot path's buffer and closes ended lookups.
 const TICK: Duration = Duration::from_millis(20);
-/// Puts the calling thread (the tracker, the trace exporter) under SCHED_BATCH: the scheduler treats it as
-/// CPU-bound background work, so when it wakes with a batch it does not preempt a DNS worker
-/// on the same core, yet it keeps its fair share of CPU under saturation (unlike a raised
-/// nice value, which starved it: 39% of records dropped at 125k QPS on one core, against
-/// ~1.5% either way with SCHED_BATCH). Measured with the cache hot at 20k QPS on one core,
-/// three A/B pairs: p99 154/225/339 µs before, 119/211/220 µs after. Needs no privilege;
-/// where it fails the thread keeps the default policy.
-pub(crate) fn run_as_background_work() {
-    set_policy(thread_priority::NormalThreadSchedulePolicy::Batch);
-}
-
-/// Puts the calling thread under SCHED_IDLE: it runs only when nothing else on its core
-/// wants to (the trace exporter: traces are sampled, answers are not).
-pub(crate) fn run_as_idle_work() {
-    set_policy(thread_priority::NormalThreadSchedulePolicy::Idle);
-}
-
-fn set_policy(policy: thread_priority::NormalThreadSchedulePolicy) {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, ThreadPriority, ThreadSchedulePolicy,
-    };
-    let policy = ThreadSchedulePolicy::Normal(policy);
-    let unchanged_nice = ThreadPriority::Os(Default::default());
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), unchanged_nice, policy) {
-        tracing::debug!(error = ?e, ?policy, "thread keeps the default scheduling policy");
-    }
-}
-
-/// Records correlated between two yields of the tracker thread.
-const YIELD_EVERY: usize = 128;
+/// Work the tracker does before it steps aside for the DNS workers (see `background`).
+const WORK_BUDGET: Duration = Duration::from_micros(100);
+const PAUSE: Duration = Duration::from_micros(20);
 /// Quiet time after a lookup got its answer before it is closed.
 const LINGER: Duration = Duration::from_millis(100);
 /// Queries one lookup may hold. A real `getaddrinfo` sends at most about a dozen (suffixes
@@ -445,6 +419,9 @@ pub struct Tracker {
     observers: Vec<Box<dyn LookupObserver>>,
     evicted: Counter,
     open_gauge: Gauge,
+    /// On a proxy confined to one core this thread and the DNS worker share it: a batch
+    /// must never hold up answers for long.
+    pacer: Pacer,
 }
 
 /// The tracker's metric handles.
@@ -494,6 +471,7 @@ impl Tracker {
             observers,
             evicted: metrics.evicted.clone(),
             open_gauge: metrics.open.clone(),
+            pacer: Pacer::new(WORK_BUDGET, PAUSE),
         }
     }
 
@@ -516,19 +494,15 @@ impl Tracker {
         let spawned = std::thread::Builder::new()
             .name("dnslens-lookups".into())
             .spawn(move || {
-                run_as_background_work();
+                crate::background::run_as_background_work();
                 let mut batch = Vec::new();
                 loop {
                     std::thread::sleep(TICK);
+                    self.pacer.start();
                     let stopping = stop.is_cancelled();
                     drained.drain_into(&mut batch);
-                    for (i, trace) in batch.drain(..).enumerate() {
+                    for trace in batch.drain(..) {
                         self.add(trace);
-                        // On a proxy confined to one core this thread and the DNS worker share
-                        // it: hand the core back often so a batch never delays answers for long.
-                        if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                            std::thread::yield_now();
-                        }
                     }
                     if stopping {
                         // Report everything still open.
@@ -590,6 +564,7 @@ impl Tracker {
             open.attempts.push(attempt);
         }
         self.open_gauge.set(self.open.len() as i64);
+        self.pacer.checkpoint();
     }
 
     fn open_lookup(&mut self, key: Key, client: IpAddr, activity: Instant) {
@@ -656,6 +631,7 @@ impl Tracker {
         for observer in &mut self.observers {
             observer.observe(&record);
         }
+        self.pacer.checkpoint();
     }
 
     pub fn open_lookups(&self) -> usize {

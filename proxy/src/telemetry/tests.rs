@@ -190,3 +190,54 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
         "real instants, so gaps show"
     );
 }
+
+fn lookup_with(outcome: LookupOutcome) -> LookupRecord {
+    let t0 = Instant::now();
+    LookupRecord {
+        client: "10.0.0.1".parse().unwrap(),
+        base: "web".into(),
+        attempts: Vec::new(),
+        outcome,
+        start: t0,
+        end: t0,
+        evicted: false,
+        trace_id: 1,
+        anomalies: None,
+    }
+}
+
+#[test]
+fn failed_lookups_are_kept_up_to_the_per_second_budget_and_the_rest_by_ratio() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let metrics = TelemetryMetrics::register(&mut Registry::default());
+    let mut observer = OtlpObserver {
+        tx,
+        queued: Arc::default(),
+        capacity: 1_000,
+        sample_ratio: 0.0,
+        keep_anomalous_per_second: 3,
+        metrics: metrics.clone(),
+        forced: (Instant::now(), 0),
+    };
+    for _ in 0..5 {
+        observer.observe(&lookup_with(LookupOutcome::ServFail));
+    }
+    observer.observe(&lookup_with(LookupOutcome::Answered));
+    let mut kept = 0;
+    while rx.try_recv().is_ok() {
+        kept += 1;
+    }
+    assert_eq!(
+        kept, 3,
+        "three failures a second, no ordinary lookup at ratio 0"
+    );
+    assert_eq!(
+        metrics.sampled_out.get(),
+        3,
+        "two over budget, one ordinary"
+    );
+
+    observer.forced.0 -= Duration::from_secs(1);
+    observer.observe(&lookup_with(LookupOutcome::Timeout));
+    assert!(rx.try_recv().is_ok(), "a new second, a new budget");
+}
