@@ -26,7 +26,8 @@
 //!   the search-path model (see `search`)
 //! - `lookup:` `window` [2s], `max_entries` [10000], `queue` [16384] (see `lookup`)
 //! - `tracing:` `endpoint`, `protocol` (`grpc` | `http/protobuf`), `sample_ratio` [0.01],
-//!   `keep_anomalous_per_second` [100], `queue` [8192], `export_timeout` [5s] (see `telemetry`)
+//!   `keep_anomalous_per_second` [100], `keep_anomalous_per_name_per_second` [1; 0 = no limit],
+//!   `queue` [8192], `export_timeout` [5s] (see `telemetry`)
 //! - `journal:` `entries` [10000] (see `anomaly::journal`)
 //!
 //! Every error is one line naming the key or value at fault; the binary exits 2 on it.
@@ -325,6 +326,9 @@ pub struct TracingConfig {
     /// Lookups with an anomaly, timeout or SERVFAIL exported per second at most (every one
     /// of them up to this rate; the rest are still counted and journaled).
     pub keep_anomalous_per_second: u32,
+    /// ... and at most this many a second for any one base name (0: no per-name limit), so
+    /// a flood of one broken name leaves room for the others.
+    pub keep_anomalous_per_name_per_second: u32,
     /// Spans waiting for export; beyond it they are dropped (counted).
     pub queue: usize,
     #[serde(with = "humantime_serde")]
@@ -338,6 +342,7 @@ impl Default for TracingConfig {
             protocol: None,
             sample_ratio: None,
             keep_anomalous_per_second: 100,
+            keep_anomalous_per_name_per_second: 1,
             queue: 8_192,
             export_timeout: Duration::from_secs(5),
         }

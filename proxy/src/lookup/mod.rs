@@ -3,8 +3,9 @@
 //!
 //! The hot path records each answered query as plain data ([`QueryTrace`]: times, rcode,
 //! upstream tries) and pushes it into a bounded buffer (`lookup.queue`) that the tracker
-//! drains on its tick; a full buffer drops the record and counts it. No span objects, no
-//! locks and no name parsing on the hot path. The tracker task owns all lookup state:
+//! drains on its tick; a full buffer drops the record and counts it. No span objects and no
+//! name parsing on the hot path. The tracker thread (SCHED_BATCH, stepping aside after every
+//! 100 µs of work: see `background`) owns all lookup state:
 //!
 //! - **Correlation**: the query name is read through the [`SearchModel`]; a query joins the
 //!   lookup already open for the same client address and base name (any order, A and AAAA
@@ -339,7 +340,7 @@ type Key = (IpAddr, String);
 
 /// foldhash instead of SipHash: the keys are client addresses and names, and the profile
 /// showed SipHash at ~1% of the process with tracing on. HashDoS is bounded by `max_entries`.
-type FastHash = foldhash::fast::RandomState;
+pub(crate) type FastHash = foldhash::fast::RandomState;
 
 /// Open lookups by client, then base name: probing with a borrowed name allocates nothing.
 #[derive(Default)]

@@ -25,9 +25,11 @@
 //! tracing off (no endpoint) none of this runs.
 //!
 //! Sampling: every lookup with a timeout, SERVFAIL or anomaly (`dns.anomaly` on the root,
-//! see `anomaly`) is exported (up to `keep_anomalous_per_second` [100] such lookups a second);
-//! others with probability
-//! `sample_ratio` (default 0.01), decided per lookup (all its spans or none).
+//! see `anomaly`) is exported, up to `keep_anomalous_per_second` [100] such lookups a second
+//! and `keep_anomalous_per_name_per_second` [1] for any one base name (0: no per-name limit),
+//! so a flood of one broken name yields an example trace a second, not a copy of the flood;
+//! others with probability `sample_ratio` (default 0.01), decided per lookup (all its spans
+//! or none).
 //!
 //! Settings, environment winning over config: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (`tracing.endpoint`), `OTEL_EXPORTER_OTLP_PROTOCOL`
@@ -38,12 +40,15 @@
 //! `tracing.queue` bounds the spans waiting for export; `tracing.export_timeout` bounds one
 //! export call. A slow or absent collector costs dropped spans, never DNS latency. Kept
 //! lookups go to the export thread (`dnslens-otlp`, under SCHED_IDLE) as records; spans are
-//! built and sent there, with CPU no DNS worker wants.
+//! built and sent there, 64 at a time, the thread stepping aside after every 100 µs of work
+//! (see `background`), so a DNS worker sharing its core waits at most about that long.
 //!
 //! Metrics: `dnslens_spans_exported_total`, `dnslens_spans_dropped_total{reason}`
 //! (`queue_full`, `export_failed`), `dnslens_lookups_sampled_out_total`.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -65,7 +70,7 @@ use tokio_util::sync::CancellationToken;
 use crate::anomaly;
 use crate::background::{run_as_idle_work, Pacer};
 use crate::config::{OtlpProtocol, TracingConfig};
-use crate::lookup::{Attempt, CacheUse, LookupObserver, LookupOutcome, LookupRecord};
+use crate::lookup::{Attempt, CacheUse, FastHash, LookupObserver, LookupOutcome, LookupRecord};
 use crate::metrics::{QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels};
 
 /// Spans that trigger an export before the flush interval. One export (converting,
@@ -92,6 +97,7 @@ pub struct ExportSettings {
     pub protocol: OtlpProtocol,
     pub sample_ratio: f64,
     pub keep_anomalous_per_second: u32,
+    pub keep_anomalous_per_name_per_second: u32,
     pub queue: usize,
     pub export_timeout: Duration,
 }
@@ -127,6 +133,7 @@ impl ExportSettings {
                 .or(config.sample_ratio)
                 .unwrap_or(DEFAULT_SAMPLE_RATIO),
             keep_anomalous_per_second: config.keep_anomalous_per_second,
+            keep_anomalous_per_name_per_second: config.keep_anomalous_per_name_per_second,
             queue: config.queue,
             export_timeout: config.export_timeout,
         })
@@ -237,9 +244,11 @@ pub fn start(
         queued,
         capacity: settings.queue,
         sample_ratio: settings.sample_ratio,
-        keep_anomalous_per_second: settings.keep_anomalous_per_second,
         metrics: metrics.clone(),
-        forced: (Instant::now(), 0),
+        forced: ForcedBudget::new(
+            settings.keep_anomalous_per_second,
+            settings.keep_anomalous_per_name_per_second,
+        ),
     })
 }
 
@@ -433,27 +442,65 @@ pub struct OtlpObserver {
     queued: Arc<AtomicUsize>,
     capacity: usize,
     sample_ratio: f64,
-    keep_anomalous_per_second: u32,
     metrics: TelemetryMetrics,
-    /// Start of the current second and the lookups kept for their anomalies in it.
-    forced: (Instant, u32),
+    forced: ForcedBudget,
 }
 
 impl OtlpObserver {
-    /// Lookups that went wrong are always kept; the rest by ratio.
+    /// Lookups that went wrong are kept within their budget; the rest by ratio.
     fn keep(&mut self, lookup: &LookupRecord, anomalies: &[anomaly::Kind]) -> bool {
-        if anomaly::failed(lookup) || !anomalies.is_empty() {
-            // Always, up to a rate: a flood of one anomaly must not flood the collector.
-            let now = Instant::now();
-            if now.duration_since(self.forced.0) >= Duration::from_secs(1) {
-                self.forced = (now, 0);
-            }
-            if self.forced.1 < self.keep_anomalous_per_second {
-                self.forced.1 += 1;
-                return true;
-            }
+        if (anomaly::failed(lookup) || !anomalies.is_empty())
+            && self.forced.admit(&lookup.base, Instant::now())
+        {
+            return true;
         }
         self.sample_ratio > 0.0 && rand::random::<f64>() < self.sample_ratio
+    }
+}
+
+/// The budget of lookups kept because they went wrong: `per_second` in all, and `per_name`
+/// a second for any one base name (0: no such limit). A flood of one broken name then
+/// leaves room for the others, and its traces are examples rather than a copy of the flood;
+/// the counters and the journal still see every one.
+struct ForcedBudget {
+    per_second: u32,
+    per_name: u32,
+    second: Instant,
+    kept: u32,
+    /// Lookups kept this second by hashed base name: at most `per_second` entries.
+    by_name: HashMap<u64, u32, FastHash>,
+}
+
+impl ForcedBudget {
+    fn new(per_second: u32, per_name: u32) -> ForcedBudget {
+        ForcedBudget {
+            per_second,
+            per_name,
+            second: Instant::now(),
+            kept: 0,
+            by_name: HashMap::default(),
+        }
+    }
+
+    fn admit(&mut self, base: &str, now: Instant) -> bool {
+        if now.duration_since(self.second) >= Duration::from_secs(1) {
+            self.second = now;
+            self.kept = 0;
+            self.by_name.clear();
+        }
+        if self.kept >= self.per_second {
+            return false;
+        }
+        if self.per_name > 0 {
+            let hash = self.by_name.hasher().hash_one(base);
+            let kept_for_name = self.by_name.entry(hash).or_insert(0);
+            if *kept_for_name >= self.per_name {
+                return false;
+            }
+            *kept_for_name += 1;
+        }
+        self.kept += 1;
+        true
     }
 }
 

@@ -191,11 +191,11 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
     );
 }
 
-fn lookup_with(outcome: LookupOutcome) -> LookupRecord {
+fn lookup_with(outcome: LookupOutcome, base: &str) -> LookupRecord {
     let t0 = Instant::now();
     LookupRecord {
         client: "10.0.0.1".parse().unwrap(),
-        base: "web".into(),
+        base: base.into(),
         attempts: Vec::new(),
         outcome,
         start: t0,
@@ -215,14 +215,13 @@ fn failed_lookups_are_kept_up_to_the_per_second_budget_and_the_rest_by_ratio() {
         queued: Arc::default(),
         capacity: 1_000,
         sample_ratio: 0.0,
-        keep_anomalous_per_second: 3,
         metrics: metrics.clone(),
-        forced: (Instant::now(), 0),
+        forced: ForcedBudget::new(3, 0),
     };
     for _ in 0..5 {
-        observer.observe(&lookup_with(LookupOutcome::ServFail));
+        observer.observe(&lookup_with(LookupOutcome::ServFail, "web"));
     }
-    observer.observe(&lookup_with(LookupOutcome::Answered));
+    observer.observe(&lookup_with(LookupOutcome::Answered, "web"));
     let mut kept = 0;
     while rx.try_recv().is_ok() {
         kept += 1;
@@ -237,7 +236,28 @@ fn failed_lookups_are_kept_up_to_the_per_second_budget_and_the_rest_by_ratio() {
         "two over budget, one ordinary"
     );
 
-    observer.forced.0 -= Duration::from_secs(1);
-    observer.observe(&lookup_with(LookupOutcome::Timeout));
+    observer.forced.second -= Duration::from_secs(1);
+    observer.observe(&lookup_with(LookupOutcome::Timeout, "web"));
     assert!(rx.try_recv().is_ok(), "a new second, a new budget");
+}
+
+#[test]
+fn a_flood_of_one_name_keeps_an_example_a_second_and_leaves_room_for_others() {
+    let mut budget = ForcedBudget::new(3, 1);
+    let now = Instant::now();
+    assert!(budget.admit("alauda.cn", now));
+    assert!(!budget.admit("alauda.cn", now), "one a second for one name");
+    assert!(
+        budget.admit("api.github.com", now),
+        "another name still fits"
+    );
+    assert!(budget.admit("example.org", now));
+    assert!(
+        !budget.admit("fourth.example", now),
+        "the overall budget is spent"
+    );
+    assert!(
+        budget.admit("alauda.cn", now + Duration::from_secs(1)),
+        "the next second"
+    );
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,10 +102,29 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
-type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
+/// What the receiver keeps: every span, flattened, or (for the benchmark, where the
+/// collector must cost next to nothing) only how many arrived.
+#[derive(Default)]
+struct Store {
+    spans: Mutex<Vec<ReceivedSpan>>,
+    count_only: bool,
+    counted: AtomicU64,
+}
 
-fn store(spans: &Store, request: ExportTraceServiceRequest) {
-    let mut out = spans.lock().unwrap();
+type Shared = Arc<Store>;
+
+fn store(store: &Store, request: ExportTraceServiceRequest) {
+    if store.count_only {
+        let n: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        store.counted.fetch_add(n as u64, Ordering::Relaxed);
+        return;
+    }
+    let mut out = store.spans.lock().unwrap();
     for rs in request.resource_spans {
         let resource = rs
             .resource
@@ -127,7 +147,7 @@ fn store(spans: &Store, request: ExportTraceServiceRequest) {
     }
 }
 
-struct Service(Store);
+struct Service(Shared);
 
 #[tonic::async_trait]
 impl TraceService for Service {
@@ -144,13 +164,25 @@ impl TraceService for Service {
 pub struct Receiver {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
-    spans: Store,
+    spans: Shared,
 }
 
 impl Receiver {
     /// Binds both endpoints on `ip` (port 0 picks free ports, or the given ones).
     pub async fn start_on(grpc: SocketAddr, http: SocketAddr) -> Receiver {
-        let spans: Store = Arc::default();
+        Self::start_keeping(grpc, http, false).await
+    }
+
+    /// Like `start_on`, but only counts the spans (see [`Receiver::counted`]).
+    pub async fn start_counting(grpc: SocketAddr, http: SocketAddr) -> Receiver {
+        Self::start_keeping(grpc, http, true).await
+    }
+
+    async fn start_keeping(grpc: SocketAddr, http: SocketAddr, count_only: bool) -> Receiver {
+        let spans = Arc::new(Store {
+            count_only,
+            ..Store::default()
+        });
         let grpc_listener = tokio::net::TcpListener::bind(grpc)
             .await
             .expect("bind OTLP gRPC");
@@ -203,12 +235,17 @@ impl Receiver {
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap().clone()
+        self.spans.spans.lock().unwrap().clone()
     }
 
     /// Removes and returns what was received so far.
     pub fn take(&self) -> Vec<ReceivedSpan> {
-        std::mem::take(&mut *self.spans.lock().unwrap())
+        std::mem::take(&mut *self.spans.spans.lock().unwrap())
+    }
+
+    /// Spans received by a counting receiver.
+    pub fn counted(&self) -> u64 {
+        self.spans.counted.load(Ordering::Relaxed)
     }
 
     /// Waits until `done` holds for the spans received, or panics after `timeout`.
