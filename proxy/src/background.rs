@@ -43,24 +43,42 @@ fn set_policy(policy: thread_priority::NormalThreadSchedulePolicy) {
 /// Bounds the stretches of CPU a background thread takes: call [`Pacer::checkpoint`]
 /// between small units of work; after `budget` of work since the last pause it sleeps
 /// `pause`, long enough for a waiting worker to be picked.
+///
+/// Under saturation a worker always wants the core, and a thread that keeps stepping aside
+/// falls behind: the tracker, paced throughout, dropped 56% of its records at 80k QPS on one
+/// core. [`Pacer::until_behind`] stops the pauses once a batch has taken that long, so the
+/// thread gets its fair share back when the load is such that latency is queueing anyway.
 pub struct Pacer {
     budget: Duration,
     pause: Duration,
     since: Instant,
+    batch_started: Instant,
+    behind_after: Option<Duration>,
 }
 
 impl Pacer {
     pub fn new(budget: Duration, pause: Duration) -> Pacer {
+        let now = Instant::now();
         Pacer {
             budget,
             pause,
-            since: Instant::now(),
+            since: now,
+            batch_started: now,
+            behind_after: None,
         }
     }
 
-    /// Starts a stretch of work (after the thread woke up).
+    /// No more pauses in a batch that has taken `after` (see the type's doc).
+    pub fn until_behind(mut self, after: Duration) -> Pacer {
+        self.behind_after = Some(after);
+        self
+    }
+
+    /// Starts a batch of work (after the thread woke up).
     pub fn start(&mut self) {
-        self.since = Instant::now();
+        let now = Instant::now();
+        self.since = now;
+        self.batch_started = now;
     }
 
     /// Steps aside if this stretch has used its budget. A sleep, not `sched_yield`: a
@@ -68,7 +86,14 @@ impl Pacer {
     /// with tracing on: p99 ×1.40 of tracing off with yields, ×0.97 with sleeps).
     /// Returns whether it paused.
     pub fn checkpoint(&mut self) -> bool {
-        if self.since.elapsed() < self.budget {
+        let now = Instant::now();
+        if now.duration_since(self.since) < self.budget {
+            return false;
+        }
+        if self
+            .behind_after
+            .is_some_and(|after| now.duration_since(self.batch_started) >= after)
+        {
             return false;
         }
         std::thread::sleep(self.pause);
@@ -97,5 +122,17 @@ mod tests {
             "for the pause"
         );
         assert!(!pacer.checkpoint(), "a new stretch starts after the pause");
+    }
+
+    #[test]
+    fn a_pacer_stops_pausing_in_a_batch_that_fell_behind() {
+        let mut pacer = Pacer::new(Duration::from_micros(1), Duration::from_millis(5))
+            .until_behind(Duration::from_millis(50));
+        pacer.start();
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!pacer.checkpoint(), "behind: keeps working");
+        pacer.start();
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(pacer.checkpoint(), "a new batch is paced again");
     }
 }

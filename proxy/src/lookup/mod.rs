@@ -47,6 +47,9 @@ const TICK: Duration = Duration::from_millis(20);
 /// Work the tracker does before it steps aside for the DNS workers (see `background`).
 const WORK_BUDGET: Duration = Duration::from_micros(100);
 const PAUSE: Duration = Duration::from_micros(20);
+/// A batch still being worked on after half a tick means the tracker is falling behind:
+/// then it stops stepping aside (a worker that always wants the core is saturated anyway).
+const BEHIND_AFTER: Duration = Duration::from_millis(10);
 /// Quiet time after a lookup got its answer before it is closed.
 const LINGER: Duration = Duration::from_millis(100);
 /// Queries one lookup may hold. A real `getaddrinfo` sends at most about a dozen (suffixes
@@ -472,7 +475,7 @@ impl Tracker {
             observers,
             evicted: metrics.evicted.clone(),
             open_gauge: metrics.open.clone(),
-            pacer: Pacer::new(WORK_BUDGET, PAUSE),
+            pacer: Pacer::new(WORK_BUDGET, PAUSE).until_behind(BEHIND_AFTER),
         }
     }
 
