@@ -258,7 +258,8 @@ def measure(target, work, upstream, qfile, args):
     else:
         port, metrics_port = free_port(), free_port()
         name = f"{kind}-{'cache' if cache else 'nocache'}"
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{args.sink_port}"} if kind == "dnslens-traced" else {}
+        endpoint = "" if args.control else f"http://127.0.0.1:{args.sink_port}"
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if kind == "dnslens-traced" else {}
         server = Server(name, target_argv(kind, cache, work, port, upstream, args.dnslens, args.traced_yaml, metrics_port), port, work, env=env)
         pid = server.proc.pid
     try:
@@ -314,6 +315,8 @@ def main():
     ap.add_argument("--sink-sched", choices=("normal", "idle"), default="normal",
                     help="scheduling class of the OTLP sink (it only counts spans, so its bursts are short; "
                          "under idle it starves while dnsperf saturates core 0 and spans are dropped)")
+    ap.add_argument("--control", action="store_true",
+                    help="run the traced target with tracing off: an A/A run, whose on/off ratios show the noise")
     ap.add_argument("--traced-yaml", default="",
                     help="extra dnslens config for the traced target, e.g. 'tracing: {sample_ratio: 0}'")
     ap.add_argument("--names", type=int, default=100000,
