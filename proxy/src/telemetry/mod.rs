@@ -507,12 +507,16 @@ impl ForcedBudget {
 impl LookupObserver for OtlpObserver {
     fn observe(&mut self, lookup: &LookupRecord) {
         // The detectors' verdict (with retries and late twins seen across lookups), or the
-        // per-lookup kinds when no detector looked.
-        let anomalies = lookup
-            .anomalies
-            .clone()
-            .unwrap_or_else(|| anomaly::kinds(lookup));
-        if !self.keep(lookup, &anomalies) {
+        // per-lookup kinds when no detector looked. Borrowed: most lookups are not kept.
+        let computed;
+        let anomalies: &[anomaly::Kind] = match &lookup.anomalies {
+            Some(kinds) => kinds,
+            None => {
+                computed = anomaly::kinds(lookup);
+                &computed
+            }
+        };
+        if !self.keep(lookup, anomalies) {
             self.metrics.sampled_out.inc();
             return;
         }
@@ -524,7 +528,7 @@ impl LookupObserver for OtlpObserver {
         self.queued.fetch_add(n, Ordering::Relaxed);
         let kept = Kept {
             lookup: lookup.clone(),
-            anomalies,
+            anomalies: anomalies.to_vec(),
         };
         if self.tx.send(kept).is_err() {
             self.queued.fetch_sub(n, Ordering::Relaxed);
