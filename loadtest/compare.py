@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,9 +81,14 @@ def dns_ready(port, timeout=10.0):
     return False
 
 
+def stat_ticks(stat):
+    """utime + stime from the text of a /proc stat file."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def cpu_ticks(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime
+    return stat_ticks(Path(f"/proc/{pid}/stat").read_text())
 
 
 def thread_ticks(pid):
@@ -94,18 +100,18 @@ def thread_ticks(pid):
         except OSError:
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+        ticks[name] = ticks.get(name, 0) + stat_ticks(stat)
     return ticks
 
 
 def span_counts(metrics_port):
-    """(exported, dropped) spans from dnslens's /metrics."""
-    import urllib.request
+    """(exported, dropped) spans from dnslens's /metrics, every series of each family summed."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    exported = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("dnslens_spans_exported_total"))
-    dropped = sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("dnslens_spans_dropped_total"))
-    return exported, dropped
+
+    def family(name):
+        return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name))
+
+    return family("dnslens_spans_exported_total"), family("dnslens_spans_dropped_total")
 
 
 def status_kib(pid, key):
@@ -312,9 +318,6 @@ def main():
     ap.add_argument("--sink-cpu", default=LOADGEN_CPU,
                     help="core of the OTLP sink (default: the load generator's; the server's core charges "
                          "the collector's work to the proxy's latency instead)")
-    ap.add_argument("--sink-sched", choices=("normal", "idle"), default="normal",
-                    help="scheduling class of the OTLP sink (it only counts spans, so its bursts are short; "
-                         "under idle it starves while dnsperf saturates core 0 and spans are dropped)")
     ap.add_argument("--control", action="store_true",
                     help="run the traced target with tracing off: an A/A run, whose on/off ratios show the noise")
     ap.add_argument("--traced-yaml", default="",
@@ -343,12 +346,13 @@ def main():
     knot = Server("knot", knot_argv(work, upstream), upstream, work)
     args.knot_pid = knot.proc.pid
     args.sink_port = free_port()
-    sink_sched = ["chrt", "--idle", "0"] if args.sink_sched == "idle" else []
     # Counting only: a sink that flattened and wrote every span took 1.4 ms stretches of the
     # load generator's core, which dnsperf measured as proxy latency (perf sched timehist).
-    sink = Server("otlp-sink", sink_sched + [args.otlp_sink, "--count", f"127.0.0.1:{args.sink_port}",
-                                            f"127.0.0.1:{free_port()}", str(work / "spans.txt")],
-                  args.sink_port, work, cpu=args.sink_cpu, check_dns=False)
+    # Not under SCHED_IDLE either: it then starved while dnsperf saturated core 0, and spans
+    # were dropped, so the traced proxy did less work than it should.
+    span_count_file = work / "span-count.txt"
+    sink = Server("otlp-sink", [args.otlp_sink, "--count", f"127.0.0.1:{args.sink_port}", f"127.0.0.1:{free_port()}",
+                                str(span_count_file)], args.sink_port, work, cpu=args.sink_cpu, check_dns=False)
     results = {t: [] for t in targets}
     try:
         for r in range(args.rounds):
@@ -356,7 +360,7 @@ def main():
                 print(f"round {r + 1}/{args.rounds}: {t[0]} cache={'on' if t[1] else 'off'}", file=sys.stderr)
                 results[t].append(measure(t, work, upstream, qfile, args))
         time.sleep(0.5)  # the sink writes its count every 200 ms
-        spans = int((work / "spans.txt").read_text()) if (work / "spans.txt").exists() else 0
+        spans = int(span_count_file.read_text()) if span_count_file.exists() else 0
         print(f"otlp sink received {spans} spans from dnslens-traced", file=sys.stderr)
     finally:
         sink.stop()
