@@ -25,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::anomaly::journal::Journal;
-use crate::anomaly::Kind;
 use crate::forward::Forwarder;
+use crate::record::Kind;
 
 #[derive(Clone)]
 struct AdminState {

@@ -349,7 +349,7 @@ fn anomalies(addr: SocketAddr, since: &str, kind: Option<&str>, json: bool) -> E
         eprintln!("dnslens: --since {since}: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if let Some(Err(e)) = kind.map(str::parse::<crate::anomaly::Kind>) {
+    if let Some(Err(e)) = kind.map(str::parse::<crate::record::Kind>) {
         eprintln!("dnslens: --kind: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }

@@ -26,6 +26,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod mitigate;
 pub mod pipeline;
+pub mod record;
 pub mod search;
 pub mod telemetry;
 #[cfg(test)]

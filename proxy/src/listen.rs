@@ -45,11 +45,11 @@ use tracing::{debug, warn};
 
 use crate::cache::CacheKey;
 use crate::config::ListenerConfig;
-use crate::lookup::{QueryTrace, TraceSink};
 use crate::metrics::{
     CounterTable, QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels, Transport,
 };
 use crate::pipeline::Pipeline;
+use crate::record::{QueryTrace, TraceSink};
 use crate::wire::{self, QueryInfo, Rcode};
 
 /// Largest UDP datagram read from a client.

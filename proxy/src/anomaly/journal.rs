@@ -11,10 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::Kind;
-use crate::lookup::LookupRecord;
 use crate::metrics::{QtypeLabel, RcodeLabel};
-use crate::telemetry::Clock;
+use crate::record::{Clock, Kind, LookupRecord};
 
 /// Queries kept per journal entry: a `getaddrinfo` walk is at most about a dozen; a
 /// longer lookup (a client hammering one name) keeps its first ones. With `journal.entries`
@@ -187,24 +185,6 @@ pub fn explain(kind: &str) -> &'static str {
             "note: every search suffix was tried before the name itself answered; lower ndots (options ndots:2) or end the name with a dot in this workload"
         }
         _ => "unknown kind",
-    }
-}
-
-impl std::str::FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Kind, String> {
-        Kind::ALL
-            .into_iter()
-            .chain(Kind::NOTES)
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Kind::ALL
-                    .iter()
-                    .chain(&Kind::NOTES)
-                    .map(|k| k.as_str())
-                    .collect();
-                format!("unknown kind '{s}' (known: {})", known.join(", "))
-            })
     }
 }
 

@@ -53,59 +53,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::forward::Outcome;
-use crate::lookup::{Attempt, LookupObserver, LookupOutcome, LookupRecord};
+use crate::lookup::LookupObserver;
 use crate::metrics::{CounterTable, QtypeLabel};
+use crate::record::{Attempt, Kind, LookupOutcome, LookupRecord, Outcome};
 use crate::wire::{QTYPE_A, QTYPE_AAAA};
 
 /// A and AAAA of one name from one socket this close together are "sent in parallel".
 const PARALLEL_WINDOW: Duration = Duration::from_millis(50);
-
-/// What can be abnormal about a lookup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// Empty NOERROR for a search expansion: musl stops here and the lookup fails.
-    EmptyNoerrorSearch,
-    /// Empty NOERROR with no SOA: the upstream answers "nothing" instead of NXDOMAIN/NODATA.
-    EmptyNoerrorNoSoa,
-    /// A query of a parallel A/AAAA pair asked again while its twin was answered.
-    ParallelRace,
-    /// The client asked the same question again.
-    ClientRetry,
-    /// An upstream try timed out.
-    UpstreamTimeout,
-    /// An upstream answered SERVFAIL or REFUSED.
-    UpstreamError,
-    /// A note, not an anomaly: the whole search list was walked before the absolute name
-    /// answered (evidence for lowering ndots). Journaled, never counted as an anomaly.
-    NdotsHint,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 6] = [
-        Kind::EmptyNoerrorSearch,
-        Kind::EmptyNoerrorNoSoa,
-        Kind::ParallelRace,
-        Kind::ClientRetry,
-        Kind::UpstreamTimeout,
-        Kind::UpstreamError,
-    ];
-
-    /// Kinds the journal may hold besides the anomalies.
-    pub const NOTES: [Kind; 1] = [Kind::NdotsHint];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::NdotsHint => "ndots_hint",
-            Kind::EmptyNoerrorSearch => "empty_noerror_search",
-            Kind::EmptyNoerrorNoSoa => "empty_noerror_no_soa",
-            Kind::ParallelRace => "parallel_race",
-            Kind::ClientRetry => "client_retry",
-            Kind::UpstreamTimeout => "upstream_timeout",
-            Kind::UpstreamError => "upstream_error",
-        }
-    }
-}
 
 fn is_empty_noerror(a: &Attempt) -> bool {
     a.query.rcode == 0 && a.query.answers == 0 && matches!(a.query.qtype, QTYPE_A | QTYPE_AAAA)
@@ -335,7 +289,7 @@ impl Recent {
 /// Counts what the detectors find; runs in the lookup tracker.
 pub struct Detectors {
     journal: journal::Journal,
-    clock: crate::telemetry::Clock,
+    clock: crate::record::Clock,
     /// Lookups with each anomaly kind (what the journal and alerts use).
     anomalies: Vec<CounterWithExemplar<TraceLabels>>,
     /// Every A/AAAA/other question asked, for retries.
@@ -464,7 +418,7 @@ impl Detectors {
         }
         Detectors {
             journal,
-            clock: crate::telemetry::Clock::now(),
+            clock: crate::record::Clock::now(),
             anomalies,
             asked: Recent::new(evicted.clone()),
             lonely: Recent::new(evicted),
@@ -599,15 +553,11 @@ impl LookupObserver for Detectors {
         found.extend(self.across_lookups(lookup));
         found.sort();
         found.dedup();
-        lookup.anomalies = Some(found);
+        lookup.anomalies = found;
     }
 
     fn observe(&mut self, lookup: &LookupRecord) {
-        let mut found = match &lookup.anomalies {
-            Some(found) => found.clone(),
-            // Not annotated (a caller that skipped `annotate`): the per-lookup kinds only.
-            None => kinds(lookup),
-        };
+        let mut found = lookup.anomalies.clone();
         // The lookup's trace id rides along as an OpenMetrics exemplar: a dashboard jumps
         // from the counter to the trace (anomalous lookups are always exported, see
         // `telemetry`).
@@ -662,14 +612,6 @@ fn empty_noerror_counter(
         search_expansion: Flag(search),
         soa: Flag(soa),
     })
-}
-
-/// Whether a lookup's outcome alone makes it worth keeping (timeouts and SERVFAIL).
-pub fn failed(lookup: &LookupRecord) -> bool {
-    matches!(
-        lookup.outcome,
-        LookupOutcome::ServFail | LookupOutcome::Timeout
-    )
 }
 
 #[cfg(test)]

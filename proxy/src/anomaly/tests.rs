@@ -2,8 +2,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::*;
-use crate::lookup::{QueryTrace, UpstreamTry};
 use crate::metrics::Transport;
+use crate::record::{QueryTrace, UpstreamTry};
 
 struct Q {
     at_ms: u64,
@@ -74,7 +74,7 @@ fn lookup(queries: &[Q]) -> LookupRecord {
         end: t0 + Duration::from_secs(1),
         evicted: false,
         trace_id: 7,
-        anomalies: None,
+        anomalies: Vec::new(),
     }
 }
 
@@ -274,7 +274,7 @@ fn a_twin_arriving_alone_a_timeout_later_is_a_suspected_race() {
     let mut first = lookup(&[q(0, 7000, "github.com", None, QTYPE_A, 0, 1, false)]);
     first.attempts[0].query.received = t0;
     let first = see(&mut d, first);
-    assert_eq!(first.anomalies, Some(vec![]));
+    assert_eq!(first.anomalies, Vec::<Kind>::new());
     let mut late = lookup(&[q(0, 7000, "github.com", None, QTYPE_AAAA, 0, 0, true)]);
     late.attempts[0].query.received = t0 + Duration::from_secs(5);
     let late = see(&mut d, late);
@@ -282,7 +282,7 @@ fn a_twin_arriving_alone_a_timeout_later_is_a_suspected_race() {
     // Only memory across lookups sees it, and it is written on the record, so the lookup's
     // trace carries it as dns.anomaly (the exporter reads the record after the detectors).
     assert!(kinds(&late).is_empty());
-    assert_eq!(late.anomalies, Some(vec![Kind::ParallelRace]));
+    assert_eq!(late.anomalies, vec![Kind::ParallelRace]);
     // From another socket, or too soon, it is not.
     let mut other = lookup(&[q(0, 7001, "example.org", None, QTYPE_A, 0, 1, false)]);
     other.attempts[0].query.received = t0;
@@ -315,7 +315,7 @@ fn the_lonely_query_memory_is_bounded() {
 #[test]
 fn the_journal_folds_a_flood_of_one_anomaly_and_keeps_its_bound() {
     let j = journal::Journal::new(3);
-    let clock = crate::telemetry::Clock::now();
+    let clock = crate::record::Clock::now();
     let musl = lookup(&[q(
         0,
         1,

@@ -58,11 +58,10 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::listen::UdpRequest;
-use crate::lookup::{QueryTrace, UpstreamTry};
 use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
+use crate::record::{Outcome, QueryTrace, UpstreamTry};
 use crate::wire::{self, QueryInfo, Rcode};
 use prometheus_client::encoding::EncodeLabelSet;
-pub use upstream::Outcome;
 use upstream::{Upstream, UpstreamFamilies};
 
 /// Outstanding queries on one UDP socket: IDs are 16 bits, keep some free for fast picks.

@@ -14,63 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use super::tcp_pool::TcpUpstream;
 use crate::config::ForwardConfig;
 use crate::metrics::Transport;
-
-/// How one try at an upstream ended: the `outcome` label of
-/// `dnslens_upstream_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// A response with RCODE NOERROR or NXDOMAIN (or anything not listed below).
-    Answer,
-    ServFail,
-    Refused,
-    /// No matching response within `upstream_timeout`.
-    Timeout,
-    /// A UDP response with TC set; the query is retried over TCP.
-    Truncated,
-    /// Send failure, refused or broken TCP connection.
-    Error,
-}
-
-crate::metrics::label_value_from_as_str!(Outcome);
-
-impl Outcome {
-    const ALL: [Outcome; 6] = [
-        Outcome::Answer,
-        Outcome::ServFail,
-        Outcome::Refused,
-        Outcome::Timeout,
-        Outcome::Truncated,
-        Outcome::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Answer => "answer",
-            Outcome::ServFail => "servfail",
-            Outcome::Refused => "refused",
-            Outcome::Timeout => "timeout",
-            Outcome::Truncated => "truncated",
-            Outcome::Error => "error",
-        }
-    }
-
-    /// The outcome of a response by its RCODE.
-    pub fn of_rcode(rcode: u8) -> Outcome {
-        match rcode {
-            2 => Outcome::ServFail,
-            5 => Outcome::Refused,
-            _ => Outcome::Answer,
-        }
-    }
-
-    /// Whether the upstream showed itself alive.
-    fn is_success(self) -> bool {
-        matches!(
-            self,
-            Outcome::Answer | Outcome::ServFail | Outcome::Refused | Outcome::Truncated
-        )
-    }
-}
+use crate::record::Outcome;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct UpstreamTryLabels {

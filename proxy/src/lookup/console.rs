@@ -5,8 +5,9 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::{LookupObserver, LookupRecord};
+use super::LookupObserver;
 use crate::metrics::{QtypeLabel, RcodeLabel};
+use crate::record::LookupRecord;
 
 /// Writes lookup trees to `out` (stdout in the demo).
 pub struct ConsoleTree<W: Write + Send> {
@@ -56,9 +57,9 @@ pub fn render(lookup: &LookupRecord) -> String {
         };
         let mut marks = String::new();
         match q.cache {
-            crate::lookup::CacheUse::Hit => marks.push_str("  (cache hit)"),
-            crate::lookup::CacheUse::Stale => marks.push_str("  (served stale)"),
-            crate::lookup::CacheUse::Miss => {}
+            crate::record::CacheUse::Hit => marks.push_str("  (cache hit)"),
+            crate::record::CacheUse::Stale => marks.push_str("  (served stale)"),
+            crate::record::CacheUse::Miss => {}
         }
         if q.rewritten {
             marks.push_str("  -> sent as NXDOMAIN (musl shield)");

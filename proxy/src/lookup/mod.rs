@@ -26,8 +26,7 @@
 pub mod console;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -37,10 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::background::Pacer;
 use crate::config::LookupConfig;
-use crate::forward::Outcome;
-use crate::metrics::Transport;
+use crate::record::{Attempt, LookupOutcome, LookupRecord, Outcome, QueryTrace, TraceSink};
 use crate::search::SearchModel;
-use crate::wire::QueryInfo;
 
 /// How often the tracker drains the hot path's buffer and closes ended lookups.
 const TICK: Duration = Duration::from_millis(20);
@@ -58,264 +55,54 @@ const LINGER: Duration = Duration::from_millis(100);
 /// closed and reported, and the next query opens a new one.
 const MAX_ATTEMPTS: usize = 32;
 
-/// One try at an upstream, as the forwarder saw it.
-#[derive(Debug, Clone)]
-pub struct UpstreamTry {
-    pub upstream: SocketAddr,
-    pub transport: Transport,
-    pub outcome: Outcome,
-    pub start: Instant,
-    pub end: Instant,
-}
-
-/// One client query from receipt to answer: plain data filled on the hot path.
-#[derive(Debug, Clone)]
-pub struct QueryTrace {
-    pub client: SocketAddr,
-    pub transport: Transport,
-    /// The raw question section (name, type, class).
-    pub question: Vec<u8>,
-    pub qtype: u16,
-    /// The client's message ID (a resolver's retransmission repeats it).
-    pub id: u16,
-    pub received: Instant,
-    pub answered: Instant,
-    pub rcode: u8,
-    pub answers: u16,
-    /// An SOA in the answer's authority section (a well-formed negative answer).
-    pub authority_soa: bool,
-    pub tries: Vec<UpstreamTry>,
-    /// Whether the answer came from the cache.
-    pub cache: CacheUse,
-    /// The musl shield sent NXDOMAIN in place of the upstream's empty NOERROR (the fields
-    /// above keep what the upstream said).
-    pub rewritten: bool,
-    /// Autopath answered with a CNAME to this name.
-    pub autopath: Option<String>,
-}
-
-/// How the cache took part in answering a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CacheUse {
-    /// Not answered from the cache (or no cache).
-    #[default]
-    Miss,
-    Hit,
-    /// An expired entry, served because upstreams failed (RFC 8767).
-    Stale,
-}
-
-impl QueryTrace {
-    pub fn new(
-        client: SocketAddr,
-        transport: Transport,
-        question: &[u8],
-        qtype: u16,
-        received: Instant,
-    ) -> Self {
-        QueryTrace {
-            client,
-            transport,
-            question: question.to_vec(),
-            qtype,
-            id: 0,
-            received,
-            answered: received,
-            rcode: 0,
-            answers: 0,
-            authority_soa: false,
-            tries: Vec::new(),
-            cache: CacheUse::Miss,
-            rewritten: false,
-            autopath: None,
+/// The record of a lookup that has ended.
+fn close(open: OpenLookup, evicted: bool) -> LookupRecord {
+    let OpenLookup {
+        client,
+        base,
+        attempts,
+        ..
+    } = open;
+    let start = attempts
+        .iter()
+        .map(|a| a.query.received)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let end = attempts
+        .iter()
+        .map(|a| a.query.answered)
+        .max()
+        .unwrap_or(start);
+    let outcome = if attempts.iter().any(|a| a.query.has_data()) {
+        LookupOutcome::Answered
+    } else {
+        match attempts.iter().max_by_key(|a| a.query.received) {
+            Some(last) => match last.query.rcode {
+                0 => LookupOutcome::NoData,
+                3 => LookupOutcome::NxDomain,
+                _ if last
+                    .query
+                    .tries
+                    .iter()
+                    .any(|t| t.outcome == Outcome::Timeout) =>
+                {
+                    LookupOutcome::Timeout
+                }
+                _ => LookupOutcome::ServFail,
+            },
+            None => LookupOutcome::ServFail,
         }
-    }
-
-    /// A record for `query` (as parsed into `info`), when there is a tracker to send it to.
-    pub fn start(
-        sink: Option<&TraceSink>,
-        client: SocketAddr,
-        transport: Transport,
-        query: &[u8],
-        info: &QueryInfo,
-        received: Instant,
-    ) -> Option<Box<QueryTrace>> {
-        sink?;
-        let question = query.get(crate::wire::HEADER_LEN..info.question_end)?;
-        let mut trace = QueryTrace::new(client, transport, question, info.qtype, received);
-        trace.id = info.id;
-        Some(Box::new(trace))
-    }
-
-    /// Records the answer: when it is sent and what it says.
-    pub fn finish(&mut self, answer: &[u8]) {
-        self.answered = Instant::now();
-        self.record_answer(answer);
-    }
-
-    /// Records what an answer says (RCODE, records, SOA), as the upstream or cache gave it.
-    pub fn record_answer(&mut self, answer: &[u8]) {
-        self.rcode = crate::wire::rcode(answer);
-        self.answers = crate::wire::answer_count(answer);
-        // Only empty NOERROR answers need their authority section read (empty-NOERROR kinds);
-        // NXDOMAIN, the bulk of search noise, never does.
-        self.authority_soa =
-            self.rcode == 0 && self.answers == 0 && crate::wire::authority_has_soa(answer);
-    }
-
-    /// The query name, lower case, without the trailing dot ("." for the root).
-    fn name(&self) -> Option<String> {
-        crate::wire::question_name(&self.question)
-    }
-
-    /// NOERROR with at least one answer record.
-    pub fn has_data(&self) -> bool {
-        self.rcode == 0 && self.answers > 0
-    }
-}
-
-/// Where the hot path hands finished queries to the tracker: a bounded buffer the tracker
-/// drains on its tick. Measured: a channel send per query woke the tracker task for every
-/// query and cost about 30% more CPU per query; one uncontended lock and a push cost ~1-2%.
-#[derive(Clone)]
-pub struct TraceSink {
-    buffer: Arc<Mutex<Vec<QueryTrace>>>,
-    capacity: usize,
-    dropped: Counter,
-}
-
-impl TraceSink {
-    /// Never blocks: a full buffer drops the record and counts it.
-    pub fn send(&self, trace: QueryTrace) {
-        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        if buffer.len() >= self.capacity {
-            drop(buffer);
-            self.dropped.inc();
-        } else {
-            buffer.push(trace);
-        }
-    }
-
-    /// Swaps everything buffered into `out` (which must be empty), handing `out`'s
-    /// allocation back to the hot path: no new buffer per tick.
-    fn drain_into(&self, out: &mut Vec<QueryTrace>) {
-        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *buffer, out);
-    }
-}
-
-/// How a lookup ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LookupOutcome {
-    Answered,
-    NxDomain,
-    NoData,
-    ServFail,
-    Timeout,
-}
-
-impl LookupOutcome {
-    pub const ALL: [LookupOutcome; 5] = [
-        LookupOutcome::Answered,
-        LookupOutcome::NxDomain,
-        LookupOutcome::NoData,
-        LookupOutcome::ServFail,
-        LookupOutcome::Timeout,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LookupOutcome::Answered => "answered",
-            LookupOutcome::NxDomain => "nxdomain",
-            LookupOutcome::NoData => "nodata",
-            LookupOutcome::ServFail => "servfail",
-            LookupOutcome::Timeout => "timeout",
-        }
-    }
-}
-
-/// One query of a lookup, with its reading in the search list.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    pub qname: String,
-    /// Position and text of the search suffix; `None` for the absolute name.
-    pub suffix: Option<(usize, String)>,
-    pub query: QueryTrace,
-}
-
-/// A finished lookup: what observers receive.
-#[derive(Debug, Clone)]
-pub struct LookupRecord {
-    pub client: IpAddr,
-    pub base: String,
-    /// In the order the queries arrived.
-    pub attempts: Vec<Attempt>,
-    pub outcome: LookupOutcome,
-    pub start: Instant,
-    pub end: Instant,
-    /// Ended by eviction rather than by its own end.
-    pub evicted: bool,
-    /// The id of this lookup's trace, whether or not it is exported (exemplars use it too).
-    pub trace_id: u128,
-    /// The anomaly kinds the detectors found, including those only memory across lookups
-    /// reveals (a retry, a late A/AAAA twin); `None` until they have looked.
-    pub anomalies: Option<Vec<crate::anomaly::Kind>>,
-}
-
-impl LookupRecord {
-    /// The first attempt that returned data.
-    pub fn answered_by(&self) -> Option<&Attempt> {
-        self.attempts.iter().find(|a| a.query.has_data())
-    }
-
-    fn close(open: OpenLookup, evicted: bool) -> LookupRecord {
-        let OpenLookup {
-            client,
-            base,
-            attempts,
-            ..
-        } = open;
-        let start = attempts
-            .iter()
-            .map(|a| a.query.received)
-            .min()
-            .unwrap_or_else(Instant::now);
-        let end = attempts
-            .iter()
-            .map(|a| a.query.answered)
-            .max()
-            .unwrap_or(start);
-        let outcome = if attempts.iter().any(|a| a.query.has_data()) {
-            LookupOutcome::Answered
-        } else {
-            match attempts.iter().max_by_key(|a| a.query.received) {
-                Some(last) => match last.query.rcode {
-                    0 => LookupOutcome::NoData,
-                    3 => LookupOutcome::NxDomain,
-                    _ if last
-                        .query
-                        .tries
-                        .iter()
-                        .any(|t| t.outcome == Outcome::Timeout) =>
-                    {
-                        LookupOutcome::Timeout
-                    }
-                    _ => LookupOutcome::ServFail,
-                },
-                None => LookupOutcome::ServFail,
-            }
-        };
-        LookupRecord {
-            client,
-            base,
-            attempts,
-            outcome,
-            start,
-            end,
-            evicted,
-            trace_id: rand::random(),
-            anomalies: None,
-        }
+    };
+    LookupRecord {
+        client,
+        base,
+        attempts,
+        outcome,
+        start,
+        end,
+        evicted,
+        trace_id: rand::random(),
+        anomalies: Vec::new(),
     }
 }
 
@@ -489,22 +276,18 @@ impl Tracker {
         metrics: &LookupMetrics,
         stop: CancellationToken,
     ) -> TraceSink {
-        let sink = TraceSink {
-            buffer: Arc::new(Mutex::new(Vec::new())),
-            capacity: queue,
-            dropped: metrics.dropped.clone(),
-        };
+        let sink = TraceSink::new(queue, metrics.dropped.clone());
         let drained = sink.clone();
         let spawned = std::thread::Builder::new()
             .name("dnslens-lookups".into())
             .spawn(move || {
                 crate::background::run_as_background_work();
-                let mut batch = Vec::new();
+                let (mut batch, mut spare) = (Vec::new(), Vec::new());
                 loop {
                     std::thread::sleep(TICK);
                     self.pacer.start();
                     let stopping = stop.is_cancelled();
-                    drained.drain_into(&mut batch);
+                    drained.drain_into(&mut batch, &mut spare);
                     for trace in batch.drain(..) {
                         self.add(trace);
                     }
@@ -556,7 +339,7 @@ impl Tracker {
             .map(|l| l.attempts.len() >= MAX_ATTEMPTS);
         if full == Some(true) {
             if let Some(closed) = self.open.remove(&(client, base.to_string())) {
-                self.report(LookupRecord::close(closed, false));
+                self.report(close(closed, false));
             }
         }
         if full != Some(false) {
@@ -601,7 +384,7 @@ impl Tracker {
         });
         for key in done {
             if let Some(open) = self.open.remove(&key) {
-                self.report(LookupRecord::close(open, false));
+                self.report(close(open, false));
             }
         }
         self.open_gauge.set(self.open.len() as i64);
@@ -612,7 +395,7 @@ impl Tracker {
             if self.open.get(&key).is_some_and(|l| l.seq == seq) {
                 if let Some(open) = self.open.remove(&key) {
                     self.evicted.inc();
-                    self.report(LookupRecord::close(open, true));
+                    self.report(close(open, true));
                 }
                 return;
             }

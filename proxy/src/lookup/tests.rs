@@ -4,6 +4,8 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
 use super::*;
+use crate::metrics::Transport;
+use crate::record::UpstreamTry;
 
 fn model() -> SearchModel {
     SearchModel::Fixed {

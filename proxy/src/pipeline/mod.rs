@@ -31,9 +31,9 @@ use crate::cache::{Cache, CacheKey, Coalescer, Join, KeyBuf, Lookup};
 use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::listen::{ListenMetrics, UdpEndpoint, UdpRequest};
-use crate::lookup::{CacheUse, QueryTrace, TraceSink};
 use crate::metrics::Transport;
 use crate::mitigate::{self, AutopathResult, MitigationMetrics};
+use crate::record::{CacheUse, QueryTrace, TraceSink};
 use crate::search::SearchModel;
 use crate::wire::{self, QueryInfo, Rcode, HEADER_LEN};
 

@@ -52,7 +52,7 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -67,11 +67,11 @@ use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::anomaly;
 use crate::background::{run_as_idle_work, Pacer};
 use crate::config::{OtlpProtocol, TracingConfig};
-use crate::lookup::{Attempt, CacheUse, FastHash, LookupObserver, LookupOutcome, LookupRecord};
+use crate::lookup::{FastHash, LookupObserver};
 use crate::metrics::{QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels};
+use crate::record::{Attempt, CacheUse, Clock, Kind, LookupOutcome, LookupRecord};
 
 /// Spans that trigger an export before the flush interval. One export (converting,
 /// encoding, sending) cannot be paced from inside, so it is kept short: 64 spans, against
@@ -179,29 +179,6 @@ impl TelemetryMetrics {
     }
 }
 
-/// Turns instants into wall-clock times, anchored once.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    instant: Instant,
-    system: SystemTime,
-}
-
-impl Clock {
-    pub fn now() -> Clock {
-        Clock {
-            instant: Instant::now(),
-            system: SystemTime::now(),
-        }
-    }
-
-    pub fn at(&self, t: Instant) -> SystemTime {
-        match t.checked_duration_since(self.instant) {
-            Some(after) => self.system + after,
-            None => self.system - self.instant.duration_since(t),
-        }
-    }
-}
-
 /// The service's resource: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, service.name
 /// `dnslens` by default, and the Kubernetes attributes of the downward API.
 pub fn resource(env: impl Fn(&str) -> Option<String>) -> Resource {
@@ -255,7 +232,7 @@ pub fn start(
 /// A lookup kept for export, on its way to the export thread, which builds its spans.
 struct Kept {
     lookup: LookupRecord,
-    anomalies: Vec<anomaly::Kind>,
+    anomalies: Vec<Kind>,
 }
 
 /// How many spans [`lookup_spans`] makes of a lookup: the root, one per query, one per try.
@@ -448,8 +425,8 @@ pub struct OtlpObserver {
 
 impl OtlpObserver {
     /// Lookups that went wrong are kept within their budget; the rest by ratio.
-    fn keep(&mut self, lookup: &LookupRecord, anomalies: &[anomaly::Kind]) -> bool {
-        if (anomaly::failed(lookup) || !anomalies.is_empty())
+    fn keep(&mut self, lookup: &LookupRecord, anomalies: &[Kind]) -> bool {
+        if (lookup.outcome.is_failure() || !anomalies.is_empty())
             && self.forced.admit(&lookup.base, Instant::now())
         {
             return true;
@@ -506,16 +483,8 @@ impl ForcedBudget {
 
 impl LookupObserver for OtlpObserver {
     fn observe(&mut self, lookup: &LookupRecord) {
-        // The detectors' verdict (with retries and late twins seen across lookups), or the
-        // per-lookup kinds when no detector looked. Borrowed: most lookups are not kept.
-        let computed;
-        let anomalies: &[anomaly::Kind] = match &lookup.anomalies {
-            Some(kinds) => kinds,
-            None => {
-                computed = anomaly::kinds(lookup);
-                &computed
-            }
-        };
+        // The detectors' verdict (with retries and late twins seen across lookups).
+        let anomalies: &[Kind] = &lookup.anomalies;
         if !self.keep(lookup, anomalies) {
             self.metrics.sampled_out.inc();
             return;
@@ -602,7 +571,7 @@ impl AddressTexts {
 /// The spans of one lookup: the root, a `dns.query` per attempt, a `dns.upstream` per try.
 pub fn lookup_spans(
     lookup: &LookupRecord,
-    anomalies: &[anomaly::Kind],
+    anomalies: &[Kind],
     clock: &Clock,
     scope: &InstrumentationScope,
 ) -> Vec<SpanData> {

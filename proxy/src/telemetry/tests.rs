@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use opentelemetry::Value;
 
 use super::*;
-use crate::forward::Outcome;
-use crate::lookup::{QueryTrace, UpstreamTry};
 use crate::metrics::Transport;
+use crate::record::{Outcome, QueryTrace, UpstreamTry};
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let map: HashMap<String, String> = vars
@@ -146,7 +145,7 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
         end: t0 + Duration::from_millis(5),
         evicted: false,
         trace_id: 7,
-        anomalies: None,
+        anomalies: Vec::new(),
     };
     let clock = Clock::now();
     let scope = InstrumentationScope::builder("test").build();
@@ -202,7 +201,7 @@ fn lookup_with(outcome: LookupOutcome, base: &str) -> LookupRecord {
         end: t0,
         evicted: false,
         trace_id: 1,
-        anomalies: None,
+        anomalies: Vec::new(),
     }
 }
 
