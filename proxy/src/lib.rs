@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod mitigate;
 pub mod pipeline;
 pub mod record;
+pub mod request;
 pub mod search;
 pub mod telemetry;
 #[cfg(test)]
@@ -39,13 +40,14 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use config::Config;
-use forward::Forwarder;
+use forward::{ForwardParts, Forwarder};
 use listen::ListenMetrics;
 use lookup::{LookupMetrics, LookupObserver, Tracker};
-use pipeline::Pipeline;
+use pipeline::{Pipeline, PipelineParts};
 use search::SearchModel;
 use telemetry::TelemetryMetrics;
 
@@ -83,6 +85,8 @@ pub struct Proxy {
     stop_listening: CancellationToken,
     stop_all: CancellationToken,
     listeners: JoinSet<()>,
+    /// Tasks the data path spawned (TCP fetches, autopath, the shield's twin check).
+    tasks: TaskTracker,
     admin: tokio::task::JoinHandle<()>,
 }
 
@@ -119,15 +123,30 @@ impl Proxy {
         let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers);
         let trace_sink =
             Some(tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone()));
-        let listen_metrics = Arc::new(ListenMetrics::register(&mut registry));
-        let forwarder = Forwarder::build(config, &mut registry).map_err(StartError::Upstream)?;
-        let pipeline = Pipeline::build(
-            config,
+        let listen_metrics = Arc::new(ListenMetrics::register(&mut registry, trace_sink.clone()));
+        let tasks = TaskTracker::new();
+        let forwarder = Forwarder::build(
+            &config.forward,
+            ForwardParts {
+                upstreams: config.upstreams.iter().map(|u| u.0).collect(),
+                timeout: config.upstream_timeout,
+                attempts: config.attempts,
+                tasks: tasks.clone(),
+            },
             &mut registry,
-            forwarder.clone(),
-            SearchModel::from_config(config, &config.resolv_conf)?,
-            listen_metrics.clone(),
-            trace_sink.clone(),
+        )
+        .map_err(StartError::Upstream)?;
+        let pipeline = Pipeline::build(
+            &config.cache,
+            &config.mitigations,
+            config.forward.force_tcp,
+            PipelineParts {
+                forwarder: forwarder.clone(),
+                search: SearchModel::from_config(config, &config.resolv_conf)?,
+                trace_sink,
+                tasks: tasks.clone(),
+            },
+            &mut registry,
         );
         let listen_error = |source| StartError::Listen {
             addr: config
@@ -138,7 +157,7 @@ impl Proxy {
                 .join(", "),
             source,
         };
-        let listeners = listen::bind(&config.listen, &config.listener, listen_metrics, trace_sink)
+        let listeners = listen::bind(&config.listen, &config.listener, &listen_metrics.replies)
             .map_err(listen_error)?;
         let admin_listener = tokio::net::TcpListener::bind(config.metrics_listen)
             .await
@@ -156,12 +175,13 @@ impl Proxy {
 
         let stop_listening = CancellationToken::new();
         forwarder.spawn(stop_all.clone());
-        let mut tasks = JoinSet::new();
+        let mut listener_tasks = JoinSet::new();
         listeners.spawn(
             &config.listener,
             pipeline,
+            listen_metrics,
             stop_listening.clone(),
-            &mut tasks,
+            &mut listener_tasks,
         );
         let admin = tokio::spawn({
             let registry = Arc::new(registry);
@@ -196,20 +216,23 @@ impl Proxy {
             grace: config.shutdown_grace,
             stop_listening,
             stop_all,
-            listeners: tasks,
+            listeners: listener_tasks,
+            tasks,
             admin,
         })
     }
 
-    /// Graceful stop: no new queries, in-flight ones answered (within the grace period),
-    /// then every task ends.
+    /// Graceful stop: no new queries, in-flight ones answered and every task the data
+    /// path spawned finished (within the grace period), then every task ends.
     pub async fn shutdown(mut self) {
         self.stop_listening.cancel();
+        self.tasks.close();
         let drained = async {
             while self.listeners.join_next().await.is_some() {}
             while self.forwarder.inflight() > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
+            self.tasks.wait().await;
         };
         if tokio::time::timeout(self.grace, drained).await.is_err() {
             tracing::warn!(

@@ -6,11 +6,12 @@
 //! tokio path reached 65-79k. So each listen address gets `listener.udp_workers` sockets
 //! bound with SO_REUSEPORT (the kernel spreads datagrams across them), each read by one task
 //! that parses only header and question ([`crate::wire`]) and hands the bytes to the
-//! forwarder without spawning anything. The answer is sent from the forwarder's receive
-//! task straight to the client socket.
+//! pipeline without spawning anything, with a [`ReplyTo::Udp`]. The answer is sent from
+//! the forwarder's receive task straight to the client socket.
 //!
-//! TCP (RFC 7766): one task per connection, queries pipelined (each handled concurrently,
-//! answered as they complete, at most `listener.tcp_max_inflight_per_connection` at once),
+//! TCP (RFC 7766): one task per connection and one writer task; queries pipelined through
+//! the same pipeline as UDP with a [`ReplyTo::Tcp`], answered as they complete, at most
+//! `listener.tcp_max_inflight_per_connection` at once),
 //! connections capped at `listener.tcp_max_connections`, closed after
 //! `listener.tcp_idle_timeout` without a query. A length prefix below a DNS header closes
 //! the connection.
@@ -20,8 +21,8 @@
 //! - `dnslens_requests_dropped_total{reason}`: queries not forwarded: `too_short`,
 //!   `not_a_query`, `question_count`, `malformed`, `not_implemented` (the last three are
 //!   answered FORMERR/NOTIMP), `tcp_bad_length`, `tcp_connection_limit`, `send_failed`.
-//! - `dnslens_udp_truncated_total`: answers cut to header+question with TC set because they
-//!   exceeded the client's UDP payload size.
+//! - `dnslens_udp_truncated_total`: answers cut to header, question and OPT with TC set
+//!   because they exceeded the client's UDP payload size (counted in [`crate::request`]).
 //! - `dnslens_acl_refused_total`: queries answered REFUSED because the client is outside
 //!   `listener.allow` (default: loopback only; node-local mode requires the pod CIDRs), so
 //!   dnslens is never an open resolver.
@@ -31,25 +32,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::cache::CacheKey;
 use crate::config::ListenerConfig;
-use crate::metrics::{
-    CounterTable, QtypeLabel, RcodeLabel, ReasonCounters, ReasonLabels, Transport,
-};
+use crate::metrics::{ReasonCounters, ReasonLabels};
 use crate::pipeline::Pipeline;
-use crate::record::{QueryTrace, TraceSink};
+use crate::record::TraceSink;
+use crate::request::{Arrival, Replies, ReplyTo, RequestLabels, TcpReply, UdpReply};
 use crate::wire::{self, QueryInfo, Rcode};
 
 /// Largest UDP datagram read from a client.
@@ -60,7 +58,6 @@ const DROP_REASONS: &[&str] = &[
     "malformed",
     "too_short",
     "not_a_query",
-    "not_a_response",
     "question_count",
     "not_implemented",
     "tcp_bad_length",
@@ -68,23 +65,16 @@ const DROP_REASONS: &[&str] = &[
     "send_failed",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RequestLabels {
-    transport: Transport,
-    qtype: QtypeLabel,
-    rcode: RcodeLabel,
-}
-
-/// The listener's metric families.
+/// The listener's metric families; the answering side's counters are in [`Replies`].
 pub struct ListenMetrics {
-    requests: CounterTable<RequestLabels>,
+    pub replies: Arc<Replies>,
     dropped: ReasonCounters,
-    truncated: Counter,
     acl_refused: Counter,
 }
 
 impl ListenMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Registers the listener's families. Answered queries' traces go to `trace_sink`.
+    pub fn register(registry: &mut Registry, trace_sink: Option<TraceSink>) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -109,191 +99,17 @@ impl ListenMetrics {
             "Queries answered REFUSED because the client is outside listener.allow",
             acl_refused.clone(),
         );
+        let dropped = ReasonCounters::new(&dropped, DROP_REASONS);
+        let send_failed = dropped.handle("send_failed");
         ListenMetrics {
+            replies: Arc::new(Replies::new(requests, truncated, send_failed, trace_sink)),
+            dropped,
             acl_refused,
-            requests: CounterTable::new(
-                requests,
-                Transport::ALL.len() * QtypeLabel::COUNT * RcodeLabel::COUNT,
-            ),
-            dropped: ReasonCounters::new(&dropped, DROP_REASONS),
-            truncated,
         }
     }
 
-    /// Counts one answered query.
-    pub fn answered(&self, transport: Transport, qtype: u16, rcode: u8) {
-        let qtype = QtypeLabel::from_qtype(qtype);
-        let rcode = RcodeLabel::from_rcode(rcode);
-        let index = (transport as usize * QtypeLabel::COUNT + qtype.index()) * RcodeLabel::COUNT
-            + rcode.index();
-        self.requests
-            .get(index, || RequestLabels {
-                transport,
-                qtype,
-                rcode,
-            })
-            .inc();
-    }
-
-    pub fn dropped(&self, reason: &str) {
+    fn dropped(&self, reason: &str) {
         self.dropped.inc(reason);
-    }
-}
-
-/// One UDP listening socket and what answering through it needs.
-pub struct UdpEndpoint {
-    socket: UdpSocket,
-    metrics: Arc<ListenMetrics>,
-    /// Where finished queries go for lookup correlation; `None` when nothing observes them.
-    trace_sink: Option<TraceSink>,
-}
-
-/// Where a query's answer goes.
-pub enum ReplyTo {
-    /// Back to a UDP client through the socket it came in on.
-    Client(Arc<UdpEndpoint>),
-    /// To dnslens itself (prefetch, autopath, the shield's twin check).
-    Internal(oneshot::Sender<Vec<u8>>),
-}
-
-/// A UDP query on its way through the proxy. Holds the query bytes (their ID is rewritten
-/// for each upstream try) and the route back.
-pub struct UdpRequest {
-    reply: ReplyTo,
-    /// Runs the cache and mitigations once the forwarder has an answer.
-    pipeline: Arc<Pipeline>,
-    pub peer: SocketAddr,
-    pub query: Vec<u8>,
-    pub info: QueryInfo,
-    pub received: Instant,
-    /// Plain-data record of this query for lookup correlation (`None` only without a tracker).
-    pub trace: Option<Box<QueryTrace>>,
-    /// Set on the query that leads a coalesced question: its answer is stored and shared.
-    pub cache_key: Option<CacheKey>,
-}
-
-impl UdpRequest {
-    /// A query dnslens asks on its own behalf; the answer arrives on `reply`.
-    pub fn internal(
-        pipeline: Arc<Pipeline>,
-        query: Vec<u8>,
-        info: QueryInfo,
-        reply: oneshot::Sender<Vec<u8>>,
-    ) -> UdpRequest {
-        UdpRequest {
-            reply: ReplyTo::Internal(reply),
-            pipeline,
-            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-            query,
-            info,
-            received: Instant::now(),
-            trace: None,
-            cache_key: None,
-        }
-    }
-
-    pub fn is_client(&self) -> bool {
-        matches!(self.reply, ReplyTo::Client(_))
-    }
-
-    /// Hands the upstream's answer (or the proxy's own error) to the pipeline, which caches
-    /// it, shares it with coalesced waiters, applies the mitigations and sends it.
-    pub fn respond(self, answer: &mut [u8]) {
-        let pipeline = self.pipeline.clone();
-        pipeline.complete(self, answer);
-    }
-
-    /// Answers with an error RCODE of the proxy's own (SERVFAIL when upstreams failed).
-    pub fn respond_error(self, rcode: Rcode) {
-        let mut answer = wire::error_answer(&self.query, Some(self.info.question_end), rcode);
-        self.respond(&mut answer);
-    }
-
-    /// Sends `answer` with the query's own ID: to a client truncated to its UDP payload
-    /// size, then the trace goes to the tracker.
-    pub fn send(self, answer: &mut [u8]) {
-        match self.reply {
-            ReplyTo::Internal(reply) => {
-                wire::set_id(answer, self.info.id);
-                let _ = reply.send(answer.to_vec());
-            }
-            ReplyTo::Client(endpoint) => {
-                endpoint.send_answer(self.peer, &self.info, answer, self.trace)
-            }
-        }
-    }
-
-    /// A client query as it came off the socket.
-    pub fn from_client(
-        endpoint: &Arc<UdpEndpoint>,
-        pipeline: &Arc<Pipeline>,
-        packet: &[u8],
-        peer: SocketAddr,
-        info: QueryInfo,
-        received: Instant,
-    ) -> UdpRequest {
-        UdpRequest {
-            trace: endpoint.trace(packet, peer, &info, received),
-            reply: ReplyTo::Client(endpoint.clone()),
-            pipeline: pipeline.clone(),
-            peer,
-            query: packet.to_vec(),
-            info,
-            received,
-            cache_key: None,
-        }
-    }
-}
-
-impl UdpEndpoint {
-    /// A trace record for a query received here, when lookups are tracked.
-    pub fn trace(
-        &self,
-        packet: &[u8],
-        peer: SocketAddr,
-        info: &QueryInfo,
-        received: Instant,
-    ) -> Option<Box<QueryTrace>> {
-        QueryTrace::start(
-            self.trace_sink.as_ref(),
-            peer,
-            Transport::Udp,
-            packet,
-            info,
-            received,
-        )
-    }
-
-    /// Sends `answer` to `peer` with its query's ID, truncated to its UDP payload size, and
-    /// hands the query's trace to the tracker.
-    pub fn send_answer(
-        &self,
-        peer: SocketAddr,
-        info: &QueryInfo,
-        answer: &mut [u8],
-        trace: Option<Box<QueryTrace>>,
-    ) {
-        wire::set_id(answer, info.id);
-        let sent = if answer.len() > usize::from(info.udp_payload) {
-            self.metrics.truncated.inc();
-            let truncated = wire::truncated_answer(answer, info.question_end);
-            self.socket.try_send_to(&truncated, peer)
-        } else {
-            self.socket.try_send_to(answer, peer)
-        };
-        match sent {
-            Ok(_) => self
-                .metrics
-                .answered(Transport::Udp, info.qtype, wire::rcode(answer)),
-            Err(e) => {
-                debug!(%peer, error = %e, "udp answer not sent");
-                self.metrics.dropped("send_failed");
-            }
-        }
-        if let (Some(mut trace), Some(sink)) = (trace, &self.trace_sink) {
-            trace.answered = Instant::now();
-            sink.send(*trace);
-        }
     }
 }
 
@@ -328,7 +144,7 @@ impl Acl {
 
 /// Bound sockets, before any task runs: binding fails early and reports the real ports.
 pub struct BoundListeners {
-    udp: Vec<Arc<UdpEndpoint>>,
+    udp: Vec<Arc<UdpReply>>,
     tcp: Vec<TcpListener>,
     pub local_addrs: Vec<SocketAddr>,
 }
@@ -338,8 +154,7 @@ pub struct BoundListeners {
 pub fn bind(
     addrs: &[SocketAddr],
     config: &ListenerConfig,
-    metrics: Arc<ListenMetrics>,
-    trace_sink: Option<TraceSink>,
+    replies: &Arc<Replies>,
 ) -> std::io::Result<BoundListeners> {
     let workers = if config.udp_workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -354,10 +169,9 @@ pub fn bind(
     for requested in addrs {
         let (addr, sockets, tcp) = bind_one(*requested, workers)?;
         for socket in sockets {
-            bound.udp.push(Arc::new(UdpEndpoint {
+            bound.udp.push(Arc::new(UdpReply {
                 socket: UdpSocket::from_std(socket.into())?,
-                metrics: metrics.clone(),
-                trace_sink: trace_sink.clone(),
+                replies: replies.clone(),
             }));
         }
         bound.tcp.push(tcp);
@@ -420,6 +234,7 @@ impl BoundListeners {
         self,
         config: &ListenerConfig,
         pipeline: Arc<Pipeline>,
+        metrics: Arc<ListenMetrics>,
         stop: CancellationToken,
         tasks: &mut JoinSet<()>,
     ) {
@@ -428,21 +243,26 @@ impl BoundListeners {
             tasks.spawn(udp_worker(
                 endpoint,
                 pipeline.clone(),
+                metrics.clone(),
                 acl.clone(),
                 stop.clone(),
             ));
         }
         let connections = Arc::new(Semaphore::new(config.tcp_max_connections));
+        let settings = TcpSettings {
+            idle_timeout: config.tcp_idle_timeout,
+            max_inflight: config.tcp_max_inflight_per_connection,
+        };
         for listener in self.tcp {
             tasks.spawn(tcp_accept(
                 listener,
-                TcpSettings {
-                    idle_timeout: config.tcp_idle_timeout,
-                    max_inflight: config.tcp_max_inflight_per_connection,
-                },
+                settings,
                 connections.clone(),
-                pipeline.clone(),
-                acl.clone(),
+                Served {
+                    pipeline: pipeline.clone(),
+                    metrics: metrics.clone(),
+                    acl: acl.clone(),
+                },
                 stop.clone(),
             ));
         }
@@ -450,8 +270,9 @@ impl BoundListeners {
 }
 
 async fn udp_worker(
-    endpoint: Arc<UdpEndpoint>,
+    endpoint: Arc<UdpReply>,
     pipeline: Arc<Pipeline>,
+    metrics: Arc<ListenMetrics>,
     acl: Arc<Acl>,
     stop: CancellationToken,
 ) {
@@ -471,28 +292,55 @@ async fn udp_worker(
         };
         let received = Instant::now();
         let packet = &buf[..len];
+        let reply = ReplyTo::Udp(endpoint.clone());
         match wire::parse_query(packet) {
-            Ok(info) if !acl.allows(peer.ip()) => {
-                endpoint.metrics.acl_refused.inc();
-                let answer = wire::error_answer(packet, Some(info.question_end), Rcode::Refused);
-                if endpoint.socket.try_send_to(&answer, peer).is_ok() {
-                    endpoint
-                        .metrics
-                        .answered(Transport::Udp, info.qtype, Rcode::Refused as u8);
-                }
-            }
-            Ok(info) => pipeline.handle_udp_packet(&endpoint, packet, peer, info, received),
-            Err(e) => {
-                endpoint.metrics.dropped(e.reason());
-                if let Some(rcode) = e.answer_rcode() {
-                    let answer = wire::error_answer(packet, None, rcode);
-                    if endpoint.socket.try_send_to(&answer, peer).is_ok() {
-                        endpoint.metrics.answered(Transport::Udp, 0, rcode as u8);
-                    }
-                }
-            }
+            Ok(info) if acl.allows(peer.ip()) => pipeline.handle(
+                packet,
+                info,
+                Arrival {
+                    peer,
+                    received,
+                    reply,
+                },
+            ),
+            parsed => refuse_or_reject(packet, parsed, peer, reply, &metrics),
         }
     }
+}
+
+/// Answers a query from outside the access list with REFUSED, and one that does not parse
+/// with FORMERR or NOTIMP (or nothing, when it is not even a query).
+fn refuse_or_reject(
+    packet: &[u8],
+    parsed: Result<QueryInfo, wire::WireError>,
+    peer: SocketAddr,
+    reply: ReplyTo,
+    metrics: &ListenMetrics,
+) {
+    let (info, rcode) = match parsed {
+        Ok(info) => {
+            metrics.acl_refused.inc();
+            (info, Rcode::Refused)
+        }
+        Err(e) => {
+            metrics.dropped(e.reason());
+            let Some(rcode) = e.answer_rcode() else {
+                return;
+            };
+            let unparsed = QueryInfo {
+                id: wire::id(packet).unwrap_or(0),
+                qtype: 0,
+                question_end: 0,
+                udp_payload: wire::CLASSIC_UDP_PAYLOAD,
+                edns: false,
+                dnssec_ok: false,
+            };
+            (unparsed, rcode)
+        }
+    };
+    let question_end = (info.question_end > 0).then_some(info.question_end);
+    let mut answer = wire::error_answer(packet, question_end, rcode);
+    reply.send(peer, &info, packet, &mut answer, None);
 }
 
 #[derive(Clone, Copy)]
@@ -501,12 +349,19 @@ struct TcpSettings {
     max_inflight: usize,
 }
 
+/// What a TCP connection hands its queries to.
+#[derive(Clone)]
+struct Served {
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<ListenMetrics>,
+    acl: Arc<Acl>,
+}
+
 async fn tcp_accept(
     listener: TcpListener,
     settings: TcpSettings,
     connections: Arc<Semaphore>,
-    pipeline: Arc<Pipeline>,
-    acl: Arc<Acl>,
+    served: Served,
     stop: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
@@ -525,16 +380,15 @@ async fn tcp_accept(
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            pipeline.listen_metrics().dropped("tcp_connection_limit");
+            served.metrics.dropped("tcp_connection_limit");
             drop(stream);
             continue;
         };
-        let pipeline = pipeline.clone();
+        let served = served.clone();
         let stop = stop.clone();
-        let allowed = acl.allows(peer.ip());
         conns.spawn(async move {
             let _permit = permit;
-            let result = tcp_connection(stream, peer, allowed, settings, pipeline, stop).await;
+            let result = tcp_connection(stream, peer, settings, served, stop).await;
             if let Err(e) = result {
                 debug!(%peer, error = %e, "tcp connection ended");
             }
@@ -544,22 +398,26 @@ async fn tcp_accept(
     while conns.join_next().await.is_some() {}
 }
 
+/// One client connection: reads length-prefixed queries and hands each to the pipeline
+/// with a [`TcpReply`]; a writer task frames the answers as they complete. No task per
+/// query: the permit that bounds the connection's queries in flight travels with each.
 async fn tcp_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    allowed: bool,
     settings: TcpSettings,
-    pipeline: Arc<Pipeline>,
+    served: Served,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let allowed = served.acl.allows(peer.ip());
+    let metrics = &served.metrics;
     let (mut reader, mut writer) = stream.into_split();
-    let (answers_tx, mut answers_rx) = mpsc::channel::<Vec<u8>>(settings.max_inflight);
+    let (answers_tx, mut answers_rx) = mpsc::unbounded_channel::<(Vec<u8>, OwnedSemaphorePermit)>();
     let write_failed = Arc::new(AtomicBool::new(false));
     let writer_task = {
         let write_failed = write_failed.clone();
         tokio::spawn(async move {
-            while let Some(answer) = answers_rx.recv().await {
+            while let Some((answer, _permit)) = answers_rx.recv().await {
                 let Ok(len) = u16::try_from(answer.len()) else {
                     continue;
                 };
@@ -575,7 +433,6 @@ async fn tcp_connection(
         })
     };
     let inflight = Arc::new(Semaphore::new(settings.max_inflight));
-    let metrics = pipeline.listen_metrics();
     loop {
         let mut len_prefix = [0u8; 2];
         let read = tokio::select! {
@@ -604,38 +461,29 @@ async fn tcp_connection(
             break;
         }
         let received = Instant::now();
-        if !allowed {
-            metrics.acl_refused.inc();
-            let answer = refused_tcp(&message, metrics);
-            if answers_tx.send(answer).await.is_err() {
-                break;
-            }
-            continue;
-        }
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
-        let pipeline = pipeline.clone();
-        let answers = answers_tx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(answer) = pipeline.answer_tcp(message, peer, received).await {
-                let _ = answers.send(answer).await;
-            }
+        let reply = ReplyTo::Tcp(TcpReply {
+            answers: answers_tx.clone(),
+            permit,
+            replies: metrics.replies.clone(),
         });
+        match wire::parse_query(&message) {
+            Ok(info) if allowed => served.pipeline.handle(
+                &message,
+                info,
+                Arrival {
+                    peer,
+                    received,
+                    reply,
+                },
+            ),
+            parsed => refuse_or_reject(&message, parsed, peer, reply, metrics),
+        }
     }
     drop(answers_tx);
-    // The writer ends once every spawned query has sent its answer (or failed).
+    // The writer ends once every query in flight has sent its answer (or failed).
     let _ = writer_task.await;
     Ok(())
-}
-
-/// REFUSED for a TCP client outside the access list (FORMERR if its query does not parse).
-fn refused_tcp(message: &[u8], metrics: &ListenMetrics) -> Vec<u8> {
-    let (question_end, qtype, rcode) = match wire::parse_query(message) {
-        Ok(info) => (Some(info.question_end), info.qtype, Rcode::Refused),
-        Err(_) => (None, 0, Rcode::FormErr),
-    };
-    metrics.answered(Transport::Tcp, qtype, rcode as u8);
-    wire::error_answer(message, question_end, rcode)
 }

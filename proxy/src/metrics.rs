@@ -166,7 +166,15 @@ impl ReasonCounters {
     }
 
     pub fn inc_by(&self, reason: &str, n: u64) {
-        let i = self.reasons.iter().position(|r| *r == reason).unwrap_or(0);
-        self.counters[i].inc_by(n);
+        self.counters[self.index(reason)].inc_by(n);
+    }
+
+    /// The counter of one reason, to count on without the lookup.
+    pub fn handle(&self, reason: &str) -> Counter {
+        self.counters[self.index(reason)].clone()
+    }
+
+    fn index(&self, reason: &str) -> usize {
+        self.reasons.iter().position(|r| *r == reason).unwrap_or(0)
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::Transport;
-use crate::wire::{self, QueryInfo};
+use crate::wire::{self, QueryInfo, Rcode};
 
 /// How one try at an upstream ended: the `outcome` label of
 /// `dnslens_upstream_requests_total`.
@@ -29,20 +29,24 @@ pub enum Outcome {
     Timeout,
     /// A UDP response with TC set; the query is retried over TCP.
     Truncated,
-    /// Send failure, refused or broken TCP connection.
+    /// The upstream's failure: a refused or broken TCP connection.
     Error,
+    /// Not sent: the kernel refused the send (a full socket buffer, a firewall's EPERM).
+    /// dnslens's side, so the upstream's health is unchanged.
+    LocalError,
 }
 
 crate::metrics::label_value_from_as_str!(Outcome);
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Answer,
         Outcome::ServFail,
         Outcome::Refused,
         Outcome::Timeout,
         Outcome::Truncated,
         Outcome::Error,
+        Outcome::LocalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,14 +57,15 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Truncated => "truncated",
             Outcome::Error => "error",
+            Outcome::LocalError => "local_error",
         }
     }
 
     /// The outcome of a response by its RCODE.
     pub fn of_rcode(rcode: u8) -> Outcome {
         match rcode {
-            2 => Outcome::ServFail,
-            5 => Outcome::Refused,
+            r if r == Rcode::ServFail as u8 => Outcome::ServFail,
+            r if r == Rcode::Refused as u8 => Outcome::Refused,
             _ => Outcome::Answer,
         }
     }

@@ -178,6 +178,8 @@ fn find_opt(decoder: &mut BinDecoder<'_>, records: u32) -> Result<Option<(u16, u
 /// Where one resource record sits in a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordSpan {
+    /// Offset of the record's owner name.
+    pub start: usize,
     pub rtype: u16,
     pub class: u16,
     pub ttl: u32,
@@ -190,6 +192,7 @@ pub struct RecordSpan {
 
 /// Skips one resource record and says where its fields are.
 fn skip_record(decoder: &mut BinDecoder<'_>) -> Result<RecordSpan, WireError> {
+    let start = decoder.index();
     Name::read(decoder).map_err(|_| WireError::Malformed)?;
     let rtype = read_u16(decoder)?;
     let class = read_u16(decoder)?;
@@ -204,6 +207,7 @@ fn skip_record(decoder: &mut BinDecoder<'_>) -> Result<RecordSpan, WireError> {
         .read_slice(usize::from(rdlength))
         .map_err(|_| WireError::Malformed)?;
     Ok(RecordSpan {
+        start,
         rtype,
         class,
         ttl,
@@ -414,36 +418,97 @@ pub fn same_question(query: &[u8], query_end: usize, response: &[u8], response_e
 
 /// An answer carrying only the header and question, with `rcode` set: what the proxy sends
 /// for FORMERR, NOTIMP, SERVFAIL and REFUSED. `query` must be at least a header long; if the
-/// question cannot be echoed (`question_end` is `None`) the answer has no question.
+/// question cannot be echoed (`question_end` is `None`) the answer has no question. An
+/// answer to an EDNS query carries an OPT record of the proxy's own (RFC 6891 §7).
 pub fn error_answer(query: &[u8], question_end: Option<usize>, rcode: Rcode) -> Vec<u8> {
     let question = question_end
         .and_then(|end| query.get(HEADER_LEN..end))
         .unwrap_or(&[]);
-    let mut out = Vec::with_capacity(HEADER_LEN + question.len());
+    let edns = !question.is_empty() && parse_query(query).is_ok_and(|info| info.edns);
+    let mut out = Vec::with_capacity(HEADER_LEN + question.len() + OPT_RECORD_LEN);
     out.extend_from_slice(query.get(..HEADER_LEN).unwrap_or(&[0; HEADER_LEN]));
     out.resize(HEADER_LEN, 0);
     // QR=1, keep opcode and RD; clear AA, TC.
     out[2] = 0x80 | (out[2] & 0x79);
-    // RA=1, clear Z/AD/CD, set RCODE.
-    out[3] = 0x80 | (rcode as u8);
+    // RA=1, keep CD, clear Z/AD, set RCODE.
+    out[3] = 0x80 | (out[3] & CD_BIT) | (rcode as u8);
     let qdcount: u16 = if question.is_empty() { 0 } else { 1 };
     out[4..6].copy_from_slice(&qdcount.to_be_bytes());
     out[6..12].fill(0);
     out.extend_from_slice(question);
+    if edns {
+        out[11] = 1;
+        out.extend_from_slice(&proxy_opt_record());
+    }
     out
 }
 
-/// The answer a UDP client gets when the real one is larger than its payload size:
-/// the header with TC set and no records, plus the question, so it retries over TCP.
-/// Never larger than the query that asked (no amplification).
-pub fn truncated_answer(response: &[u8], question_end: usize) -> Vec<u8> {
-    let end = question_end.min(response.len());
-    let mut out = response[..end].to_vec();
-    if out.len() >= HEADER_LEN {
+/// Length of an OPT record without options.
+const OPT_RECORD_LEN: usize = 11;
+/// The UDP payload size dnslens advertises in OPT records of its own (DNS Flag Day 2020).
+pub const PROXY_UDP_PAYLOAD: u16 = 1232;
+/// RD: bit 0 of header byte 2. CD: bit 4 of header byte 3.
+const RD_BIT: u8 = 0x01;
+const CD_BIT: u8 = 0x10;
+
+/// dnslens's own OPT record: root owner, TYPE 41, CLASS = payload size, TTL 0, no options.
+fn proxy_opt_record() -> [u8; OPT_RECORD_LEN] {
+    let size = PROXY_UDP_PAYLOAD.to_be_bytes();
+    [0, 0, 41, size[0], size[1], 0, 0, 0, 0, 0, 0]
+}
+
+/// An answer cut to fit a client's UDP payload size: header with TC set, the question, and
+/// the answer's OPT record if it has one (RFC 6891 §7: a responder that understood EDNS
+/// includes OPT, and a client reads its absence as "no EDNS here"). Record counts match
+/// what is kept. An answer that does not parse keeps only its header.
+pub fn truncated_answer(response: &[u8]) -> Vec<u8> {
+    let header = || {
+        let mut out = response
+            .get(..HEADER_LEN)
+            .unwrap_or(&[0; HEADER_LEN])
+            .to_vec();
         out[2] |= 0x02;
-        out[6..12].fill(0);
+        out
+    };
+    let (Ok(info), Ok(sections)) = (parse_response(response), sections(response)) else {
+        let mut out = header();
+        out[4..12].fill(0);
+        return out;
+    };
+    let opt = sections
+        .additionals
+        .iter()
+        .find(|r| r.rtype == RTYPE_OPT)
+        .and_then(|r| response.get(r.start..r.end));
+    let mut out = header();
+    out[6..12].fill(0);
+    out.extend_from_slice(&response[HEADER_LEN..info.question_end]);
+    if let Some(opt) = opt {
+        out[11] = 1;
+        out.extend_from_slice(opt);
     }
     out
+}
+
+/// Puts the asker's question bytes and RD/CD bits on an answer to its question: answers
+/// from the cache or shared by a coalesced leader carry the first asker's, and resolvers
+/// that randomise the case of names (0x20) drop an answer whose question differs from theirs
+/// byte for byte. An answer whose question is not the same question is left as it is.
+pub fn echo_question(answer: &mut [u8], query: &[u8], question_end: usize) {
+    if answer.len() < HEADER_LEN || query.len() < HEADER_LEN {
+        return;
+    }
+    answer[2] = (answer[2] & !RD_BIT) | (query[2] & RD_BIT);
+    answer[3] = (answer[3] & !CD_BIT) | (query[3] & CD_BIT);
+    let Some(question) = query.get(HEADER_LEN..question_end) else {
+        return;
+    };
+    let end = question_end;
+    let same =
+        answer[4..6] == [0, 1] && same_question(query, question_end, answer, end.min(answer.len()));
+    if same {
+        answer[HEADER_LEN..end].copy_from_slice(question);
+    }
 }
 
 #[cfg(test)]

@@ -16,17 +16,28 @@
 //!   again over TCP. TCP clients are forwarded over TCP ([`tcp_pool`]: one reused, pipelined
 //!   connection per upstream), and so is everything with `forward.force_tcp` (as node-cache's
 //!   `force_tcp`: no UDP flow for a NAT to race on).
+//! - **Local errors**: a send the kernel refuses (a full socket buffer, a firewall's EPERM)
+//!   is dnslens's side, not the upstream's: counted as outcome `local_error`, the query tries
+//!   again, and the upstream's health is unchanged.
 //! - **Health**: `forward.failure_threshold` consecutive failures put an upstream aside for
 //!   a back-off (`forward.backoff_min`, doubling up to `forward.backoff_max`); the first
 //!   query after the back-off probes it. With every upstream aside, clients get SERVFAIL at
 //!   once instead of waiting out timeouts.
-//! - **Bounds**: at most `forward.max_inflight` queries wait on upstreams; beyond that,
-//!   SERVFAIL. Expiry is a sweep every `upstream_timeout / 8` (5-100 ms) over outstanding
+//! - **Bounds**: at most `forward.max_inflight` queries wait on upstreams, over UDP and TCP
+//!   (TC re-fetches and `force_tcp` included); beyond that, SERVFAIL. TCP fetches run as
+//!   tasks of the shared tracker, so shutdown waits for them.
+//! - **Address families**: answers from an IPv4 upstream reach a dual-stack pool socket
+//!   (opened when any upstream is IPv6) as `::ffff:a.b.c.d`; sources are compared in their
+//!   canonical form.
+//! - **Locks**: the pool sockets are swapped atomically (`arc-swap`); each socket's pending
+//!   map is locked to insert an entry (before the send, never across it) and to take it when
+//!   its answer arrives or it expires; upstream health is read from atomics. Expiry is a sweep every `upstream_timeout / 8` (5-100 ms) over outstanding
 //!   entries only.
 //!
 //! Metrics:
 //! - `dnslens_upstream_requests_total{upstream,transport,outcome}`: tries, outcome `answer`,
-//!   `servfail`, `refused`, `timeout`, `truncated`, `error`.
+//!   `servfail`, `refused`, `timeout`, `truncated`, `error` (the upstream's failure: a broken
+//!   or refused TCP connection), `local_error` (not sent: dnslens's side).
 //! - `dnslens_upstream_duration_seconds{upstream,transport}`: time to an upstream's answer.
 //! - `dnslens_upstream_healthy{upstream}`: 1 in service, 0 put aside.
 //! - `dnslens_responses_dropped_total{upstream,reason}`: upstream responses discarded:
@@ -46,6 +57,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -54,14 +67,14 @@ use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::config::Config;
-use crate::listen::UdpRequest;
+use crate::config::ForwardConfig;
 use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
 use crate::record::{Outcome, QueryTrace, UpstreamTry};
-use crate::wire::{self, QueryInfo, Rcode};
-use prometheus_client::encoding::EncodeLabelSet;
+use crate::request::Request;
+use crate::wire::{self, Rcode};
 use upstream::{Upstream, UpstreamFamilies};
 
 /// Outstanding queries on one UDP socket: IDs are 16 bits, keep some free for fast picks.
@@ -85,7 +98,7 @@ struct Settings {
 
 /// A query waiting for its upstream answer.
 struct Pending {
-    request: UdpRequest,
+    request: Request,
     upstream: usize,
     sent_at: Instant,
     deadline: Instant,
@@ -107,8 +120,8 @@ struct PoolSocket {
 pub struct Forwarder {
     settings: Settings,
     upstreams: Vec<Upstream>,
-    /// Current sockets, used round-robin.
-    slots: Vec<Mutex<Arc<PoolSocket>>>,
+    /// Current sockets, used round-robin; replaced whole when a socket is rotated.
+    slots: Vec<ArcSwap<PoolSocket>>,
     /// Replaced sockets still waiting for answers.
     retiring: Mutex<Vec<Arc<PoolSocket>>>,
     next_slot: AtomicUsize,
@@ -116,6 +129,19 @@ pub struct Forwarder {
     inflight: Gauge,
     responses_dropped: ResponseDrops,
     failures: ReasonCounters,
+    /// TCP fetches in flight (a task each), awaited at shutdown.
+    tasks: TaskTracker,
+}
+
+/// What the forwarder is built from besides `forward:`.
+pub struct ForwardParts {
+    /// `upstreams`.
+    pub upstreams: Vec<SocketAddr>,
+    /// `upstream_timeout`: one try's wait.
+    pub timeout: Duration,
+    /// `attempts`: tries per query.
+    pub attempts: u32,
+    pub tasks: TaskTracker,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -160,7 +186,7 @@ impl ResponseDrops {
         let row = self
             .upstreams
             .iter()
-            .position(|u| *u == from)
+            .position(|u| *u == canonical(from))
             .unwrap_or(self.upstreams.len());
         let column = RESPONSE_DROP_REASONS
             .iter()
@@ -173,7 +199,11 @@ impl ResponseDrops {
 impl Forwarder {
     /// Builds the forwarder, binds its UDP sockets and registers its metrics. Call
     /// [`Forwarder::spawn`] from inside the runtime to start its tasks.
-    pub fn build(config: &Config, registry: &mut Registry) -> std::io::Result<Arc<Forwarder>> {
+    pub fn build(
+        config: &ForwardConfig,
+        parts: ForwardParts,
+        registry: &mut Registry,
+    ) -> std::io::Result<Arc<Forwarder>> {
         let families = UpstreamFamilies {
             tries: Family::default(),
             duration: Family::new_with_constructor(|| {
@@ -215,22 +245,21 @@ impl Forwarder {
             inflight.clone(),
         );
 
-        let f = &config.forward;
-        let upstreams = config
-            .upstreams
+        let addrs: Vec<SocketAddr> = parts.upstreams.iter().map(|a| canonical(*a)).collect();
+        let upstreams = addrs
             .iter()
-            .map(|u| Upstream::new(u.0, f, &families))
+            .map(|a| Upstream::new(*a, config, &families))
             .collect();
-        let v6 = config.upstreams.iter().any(|u| u.0.is_ipv6());
-        let slots = (0..f.udp_sockets)
-            .map(|_| Ok(Mutex::new(Arc::new(PoolSocket::bind(v6)?))))
+        let v6 = addrs.iter().any(|a| a.is_ipv6());
+        let slots = (0..config.udp_sockets)
+            .map(|_| Ok(ArcSwap::from_pointee(PoolSocket::bind(v6)?)))
             .collect::<std::io::Result<_>>()?;
         Ok(Arc::new(Forwarder {
             settings: Settings {
-                timeout: config.upstream_timeout,
-                attempts: config.attempts,
-                max_inflight: f.max_inflight,
-                socket_lifetime: f.socket_lifetime,
+                timeout: parts.timeout,
+                attempts: parts.attempts,
+                max_inflight: config.max_inflight,
+                socket_lifetime: config.socket_lifetime,
             },
             upstreams,
             slots,
@@ -238,18 +267,16 @@ impl Forwarder {
             next_slot: AtomicUsize::new(0),
             next_upstream: AtomicUsize::new(0),
             inflight,
-            responses_dropped: ResponseDrops::new(
-                &responses_dropped,
-                config.upstreams.iter().map(|u| u.0).collect(),
-            ),
+            responses_dropped: ResponseDrops::new(&responses_dropped, addrs),
             failures: ReasonCounters::new(&failures, FAILURE_REASONS),
+            tasks: parts.tasks,
         }))
     }
 
     /// Starts the receive task of every socket and the sweeper. They run until `stop`.
     pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
         for slot in &self.slots {
-            let socket = lock(slot).clone();
+            let socket = slot.load_full();
             tokio::spawn(self.clone().receive_udp(socket, stop.clone()));
         }
         tokio::spawn(self.clone().sweep(stop));
@@ -266,12 +293,13 @@ impl Forwarder {
         self.inflight.get()
     }
 
-    /// Forwards a UDP client query. Never blocks: the answer is sent by the receive task.
-    pub fn submit_udp(&self, request: UdpRequest) {
+    /// Forwards a query over the UDP pool. Never blocks: the answer is handed on by the
+    /// receive task.
+    pub fn submit_udp(&self, request: Request) {
         self.try_udp(request, 0, 0);
     }
 
-    fn try_udp(&self, mut request: UdpRequest, tries: u32, tried: u64) {
+    fn try_udp(&self, mut request: Request, tries: u32, tried: u64) {
         if self.inflight.get() >= self.settings.max_inflight as i64 {
             self.failures.inc("overload");
             request.respond_error(Rcode::ServFail);
@@ -284,57 +312,60 @@ impl Forwarder {
         };
         let upstream = &self.upstreams[index];
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let socket = lock(&self.slots[slot]).clone();
-        let mut pending = lock(&socket.pending);
-        if pending.len() >= MAX_PENDING_PER_SOCKET {
-            drop(pending);
-            self.failures.inc("overload");
-            request.respond_error(Rcode::ServFail);
-            return;
-        }
-        let id = loop {
-            let id = rand::random::<u16>();
-            if !pending.contains_key(&id) {
-                break id;
-            }
-        };
-        wire::set_id(&mut request.query, id);
-        // Sent under the lock, so the answer cannot be read before its entry exists.
-        match socket.socket.try_send_to(&request.query, upstream.addr) {
-            Ok(_) => {
-                let now = Instant::now();
-                pending.insert(
-                    id,
-                    Pending {
-                        request,
-                        upstream: index,
-                        sent_at: now,
-                        deadline: now + self.settings.timeout,
-                        tries: tries + 1,
-                        tried: tried | bit(index),
-                    },
-                );
-                self.inflight.inc();
-            }
-            Err(e) => {
+        let socket = self.slots[slot].load_full();
+        // The entry goes in before the send, so the answer cannot arrive before it; the
+        // lock is not held across the send.
+        let (id, copy) = {
+            let mut pending = lock(&socket.pending);
+            if pending.len() >= MAX_PENDING_PER_SOCKET {
                 drop(pending);
-                debug!(upstream = %upstream.addr, error = %e, "udp send failed");
-                upstream.record(Transport::Udp, Outcome::Error, Duration::ZERO);
-                let now = Instant::now();
-                record_try(
-                    &mut request.trace,
-                    upstream.addr,
-                    Transport::Udp,
-                    Outcome::Error,
-                    now,
-                    now,
-                );
-                self.retry_or_fail(request, tries + 1, tried | bit(index));
+                self.failures.inc("overload");
+                request.respond_error(Rcode::ServFail);
+                return;
             }
+            let id = loop {
+                let id = rand::random::<u16>();
+                if !pending.contains_key(&id) {
+                    break id;
+                }
+            };
+            wire::set_id(&mut request.query, id);
+            let copy = SendCopy::of(&request.query);
+            let now = Instant::now();
+            let entry = Pending {
+                request,
+                upstream: index,
+                sent_at: now,
+                deadline: now + self.settings.timeout,
+                tries: tries + 1,
+                tried: tried | bit(index),
+            };
+            pending.insert(id, entry);
+            (id, copy)
+        };
+        self.inflight.inc();
+        let sent = socket.socket.try_send_to(copy.bytes(), upstream.addr);
+        if let Err(e) = sent {
+            let Some(mut entry) = lock(&socket.pending).remove(&id) else {
+                return;
+            };
+            self.inflight.dec();
+            debug!(upstream = %upstream.addr, error = %e, "udp send failed (local)");
+            upstream.record(Transport::Udp, Outcome::LocalError, Duration::ZERO);
+            let now = Instant::now();
+            record_try(
+                &mut entry.request.trace,
+                upstream.addr,
+                Transport::Udp,
+                Outcome::LocalError,
+                now,
+                now,
+            );
+            self.retry_or_fail(entry.request, entry.tries, entry.tried);
         }
     }
 
-    fn retry_or_fail(&self, request: UdpRequest, tries: u32, tried: u64) {
+    fn retry_or_fail(&self, request: Request, tries: u32, tried: u64) {
         if tries < self.settings.attempts {
             self.try_udp(request, tries, tried);
         } else {
@@ -382,6 +413,7 @@ impl Forwarder {
     }
 
     fn on_udp_answer(self: &Arc<Self>, socket: &PoolSocket, answer: &mut [u8], from: SocketAddr) {
+        let from = canonical(from);
         let Ok(info) = wire::parse_response(answer) else {
             self.responses_dropped.inc(from, "malformed");
             return;
@@ -436,20 +468,28 @@ impl Forwarder {
         entry.request.respond(answer);
     }
 
-    /// Forwards a UDP query over TCP (`forward.force_tcp`).
-    pub fn submit_over_tcp(self: &Arc<Self>, request: UdpRequest) {
+    /// Forwards a query over TCP (TCP clients, `forward.force_tcp`).
+    pub fn submit_over_tcp(self: &Arc<Self>, request: Request) {
         self.fetch_over_tcp(request, None);
     }
 
-    /// Fetches an answer over TCP, from upstream `first` first (the one that truncated).
-    fn fetch_over_tcp(self: &Arc<Self>, mut request: UdpRequest, first: Option<usize>) {
+    /// Fetches an answer over TCP, from upstream `first` first (the one that truncated),
+    /// in a tracked task; counted in `max_inflight` like a UDP try.
+    fn fetch_over_tcp(self: &Arc<Self>, mut request: Request, first: Option<usize>) {
+        if self.inflight.get() >= self.settings.max_inflight as i64 {
+            self.failures.inc("overload");
+            request.respond_error(Rcode::ServFail);
+            return;
+        }
+        self.inflight.inc();
         let forwarder = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let question_end = request.info.question_end;
             let mut trace = request.trace.take();
             let fetched = forwarder
                 .exchange_tcp(&mut request.query, question_end, first, &mut trace)
                 .await;
+            forwarder.inflight.dec();
             request.trace = trace;
             match fetched {
                 Some(mut answer) => request.respond(&mut answer),
@@ -459,26 +499,6 @@ impl Forwarder {
                 }
             }
         });
-    }
-
-    /// Forwards a TCP client's query (length prefix stripped): the upstream's answer, or
-    /// SERVFAIL when every try failed.
-    pub async fn forward_tcp(
-        &self,
-        message: &mut [u8],
-        info: &QueryInfo,
-        trace: &mut Option<Box<QueryTrace>>,
-    ) -> Vec<u8> {
-        match self
-            .exchange_tcp(message, info.question_end, None, trace)
-            .await
-        {
-            Some(answer) => answer,
-            None => {
-                self.failures.inc("exhausted");
-                wire::error_answer(message, Some(info.question_end), Rcode::ServFail)
-            }
-        }
     }
 
     /// Up to `attempts` TCP tries over the available upstreams, `first` first.
@@ -537,7 +557,7 @@ impl Forwarder {
             }
             let now = Instant::now();
             let mut sockets: Vec<Arc<PoolSocket>> =
-                self.slots.iter().map(|s| lock(s).clone()).collect();
+                self.slots.iter().map(|s| s.load_full()).collect();
             sockets.extend(lock(&self.retiring).iter().cloned());
             for socket in &sockets {
                 let expired: Vec<Pending> = lock(&socket.pending)
@@ -565,8 +585,9 @@ impl Forwarder {
     }
 
     fn rotate_sockets(self: &Arc<Self>, now: Instant, stop: &CancellationToken) {
+        // Only the sweeper replaces sockets, so load-then-store does not race.
         for slot in &self.slots {
-            let mut current = lock(slot);
+            let current = slot.load_full();
             if now.duration_since(current.created) < self.settings.socket_lifetime {
                 continue;
             }
@@ -575,8 +596,8 @@ impl Forwarder {
                 Ok(fresh) => {
                     let fresh = Arc::new(fresh);
                     tokio::spawn(self.clone().receive_udp(fresh.clone(), stop.clone()));
-                    let old = std::mem::replace(&mut *current, fresh);
-                    lock(&self.retiring).push(old);
+                    slot.store(fresh);
+                    lock(&self.retiring).push(current);
                 }
                 Err(e) => {
                     debug!(error = %e, "could not open a fresh upstream socket; keeping the old one")
@@ -614,6 +635,43 @@ impl PoolSocket {
             retired: CancellationToken::new(),
         })
     }
+}
+
+/// The bytes of a query being sent, outside the pending map: on the stack for the usual
+/// query (a few dozen bytes), on the heap for a large one.
+#[allow(clippy::large_enum_variant)] // lives on the stack for one send: boxing it would be
+                                     // the allocation it exists to avoid
+enum SendCopy {
+    Small([u8; SendCopy::SMALL], usize),
+    Large(Vec<u8>),
+}
+
+impl SendCopy {
+    const SMALL: usize = 512;
+
+    fn of(query: &[u8]) -> SendCopy {
+        match query.len() {
+            len if len <= Self::SMALL => {
+                let mut buf = [0u8; Self::SMALL];
+                buf[..len].copy_from_slice(query);
+                SendCopy::Small(buf, len)
+            }
+            _ => SendCopy::Large(query.to_vec()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            SendCopy::Small(buf, len) => &buf[..*len],
+            SendCopy::Large(bytes) => bytes,
+        }
+    }
+}
+
+/// The form addresses are compared in: an IPv4 address seen through a dual-stack socket
+/// (`::ffff:a.b.c.d`) as plain IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Adds one upstream try to a query's trace, when the query is traced.

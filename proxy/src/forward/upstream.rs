@@ -2,6 +2,7 @@
 //! connection and its metric handles, resolved once when the forwarder is built.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,16 +43,38 @@ pub struct UpstreamFamilies {
     pub healthy: Family<UpstreamLabels, Gauge>,
 }
 
+/// Health as the hot path reads it: plain atomics, no lock. Only a failure that may put
+/// the upstream aside takes `transition` (rare: at most a few per back-off).
 struct Health {
-    consecutive_failures: u32,
-    down_until: Option<Instant>,
-    backoff: Duration,
+    consecutive_failures: AtomicU32,
+    /// Nanoseconds after `epoch` until which the upstream is put aside; 0 when in service.
+    down_until: AtomicU64,
+    backoff: Mutex<Duration>,
+    epoch: Instant,
+}
+
+impl Health {
+    fn down_until(&self) -> Option<Instant> {
+        match self.down_until.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(self.epoch + Duration::from_nanos(nanos)),
+        }
+    }
+
+    fn set_down_until(&self, until: Option<Instant>) {
+        let nanos = until.map_or(0, |t| {
+            u64::try_from(t.duration_since(self.epoch).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        self.down_until.store(nanos, Ordering::Release);
+    }
 }
 
 pub struct Upstream {
     pub addr: SocketAddr,
     pub tcp: TcpUpstream,
-    health: Mutex<Health>,
+    health: Health,
     failure_threshold: u32,
     backoff_min: Duration,
     backoff_max: Duration,
@@ -61,7 +84,6 @@ pub struct Upstream {
     duration: [Histogram; 2],
     healthy: Gauge,
 }
-
 impl Upstream {
     pub fn new(addr: SocketAddr, config: &ForwardConfig, families: &UpstreamFamilies) -> Self {
         let name = addr.to_string();
@@ -94,11 +116,12 @@ impl Upstream {
         Upstream {
             addr,
             tcp: TcpUpstream::new(addr, config.tcp_connect_timeout, config.tcp_idle_timeout),
-            health: Mutex::new(Health {
-                consecutive_failures: 0,
-                down_until: None,
-                backoff: config.backoff_min,
-            }),
+            health: Health {
+                consecutive_failures: AtomicU32::new(0),
+                down_until: AtomicU64::new(0),
+                backoff: Mutex::new(config.backoff_min),
+                epoch: Instant::now(),
+            },
             failure_threshold: config.failure_threshold,
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max,
@@ -111,48 +134,60 @@ impl Upstream {
     /// Whether queries may go here now: healthy, or its back-off has passed (the next query
     /// is the probe that brings it back or puts it aside for longer).
     pub fn available(&self, now: Instant) -> bool {
-        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        health.down_until.is_none_or(|until| until <= now)
+        self.health.down_until().is_none_or(|until| until <= now)
     }
 
-    /// Records how a try ended, its duration (for answers) and what it says about health.
+    /// Records how a try ended, its duration (for answers) and what it says about health:
+    /// nothing, for a local error (the query never left).
     pub fn record(&self, transport: Transport, outcome: Outcome, elapsed: Duration) {
         self.tries[transport as usize][outcome as usize].inc();
-        if outcome != Outcome::Timeout {
+        if !matches!(outcome, Outcome::Timeout | Outcome::LocalError) {
             self.duration[transport as usize].observe(elapsed.as_secs_f64());
         }
         if outcome.is_success() {
             self.succeeded();
-        } else {
+        } else if outcome != Outcome::LocalError {
             self.failed();
         }
     }
 
     fn succeeded(&self) {
-        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        if health.consecutive_failures == 0 && health.down_until.is_none() {
+        let health = &self.health;
+        if health.consecutive_failures.load(Ordering::Relaxed) == 0
+            && health.down_until.load(Ordering::Relaxed) == 0
+        {
             return;
         }
-        health.consecutive_failures = 0;
-        health.down_until = None;
-        health.backoff = self.backoff_min;
+        health.consecutive_failures.store(0, Ordering::Relaxed);
+        health.set_down_until(None);
+        *lock(&health.backoff) = self.backoff_min;
         self.healthy.set(1);
     }
 
     fn failed(&self) {
-        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
-        if health.consecutive_failures >= self.failure_threshold {
-            let now = Instant::now();
-            // A failed probe (back-off already over) doubles the back-off.
-            if health.down_until.is_some_and(|until| until <= now) {
-                health.backoff = (health.backoff * 2).min(self.backoff_max);
-            }
-            if health.down_until.is_none_or(|until| until <= now) {
-                health.down_until = Some(now + health.backoff);
-                tracing::warn!(upstream = %self.addr, backoff = ?health.backoff, "upstream put aside");
-            }
-            self.healthy.set(0);
+        let health = &self.health;
+        let failures = health
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if failures < self.failure_threshold {
+            return;
         }
+        let mut backoff = lock(&health.backoff);
+        let now = Instant::now();
+        let down_until = health.down_until();
+        // A failed probe (back-off already over) doubles the back-off.
+        if down_until.is_some_and(|until| until <= now) {
+            *backoff = (*backoff * 2).min(self.backoff_max);
+        }
+        if down_until.is_none_or(|until| until <= now) {
+            health.set_down_until(Some(now + *backoff));
+            tracing::warn!(upstream = %self.addr, backoff = ?*backoff, "upstream put aside");
+        }
+        self.healthy.set(0);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,39 +1,41 @@
 //! What happens to a query around the forwarder: the cache, in-flight coalescing and the
-//! mitigations, for UDP and TCP clients and for dnslens's own queries (prefetch, autopath,
-//! the shield's twin check).
+//! mitigations, for UDP and TCP clients alike and for dnslens's own queries (prefetch,
+//! autopath, the shield's twin check). The listeners hand every query to
+//! [`Pipeline::handle`]; UDP and TCP differ only in their [`ReplyTo`].
 //!
 //! ```text
-//! UDP: listen ─▶ handle_udp ─▶ [autopath walk] ─▶ dispatch ─▶ cache hit ──────────────▶ finish ─▶ send
-//!                                                     │ miss: coalesce (lead / wait)        ▲
-//!                                                     ▼                                     │
-//!                                              forward (UDP pool, or TCP with force_tcp)    │
-//!                                                     ▼                                     │
-//!                                   UdpRequest::respond ─▶ complete (serve-stale on SERVFAIL,
-//!                                                          store, answer the waiters) ──────┘
+//! listen ─▶ handle ─▶ [autopath walk] ─▶ cache hit ───────────────────────────────▶ finish ─▶ ReplyTo::send
+//!                                           │ miss: coalesce (lead / wait)             ▲
+//!                                           ▼                                          │
+//!                              forward (UDP pool; TCP for TCP clients and force_tcp)   │
+//!                                           ▼                                          │
+//!                             Request::respond ─▶ complete (serve-stale on SERVFAIL,   │
+//!                                                 store, answer the waiters) ──────────┘
 //! ```
 //!
 //! `finish` records the answer on the query's trace as the upstream gave it, then applies
 //! the musl shield (a rare path: it spawns a task for the twin check) and sends. A query
 //! dnslens asks itself ([`Pipeline::resolve`]) travels the same path with a oneshot channel
-//! in place of a client socket, so it shares the cache and coalescing.
+//! in place of a client, so it shares the cache and coalescing. Every task spawned here is
+//! tracked, so shutdown waits for it.
 //!
 //! Config keys: `cache:` (see [`crate::cache`]), `mitigations:` (see [`crate::mitigate`]),
 //! `forward.force_tcp`. Metrics are registered by those modules.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 use crate::cache::{Cache, CacheKey, Coalescer, Join, KeyBuf, Lookup};
-use crate::config::Config;
+use crate::config::{CacheConfig, MitigationsConfig};
 use crate::forward::Forwarder;
-use crate::listen::{ListenMetrics, UdpEndpoint, UdpRequest};
 use crate::metrics::Transport;
 use crate::mitigate::{self, AutopathResult, MitigationMetrics};
 use crate::record::{CacheUse, QueryTrace, TraceSink};
+use crate::request::{Arrival, Complete, Request};
 use crate::search::SearchModel;
 use crate::wire::{self, QueryInfo, Rcode, HEADER_LEN};
 
@@ -43,71 +45,81 @@ const RCODE_NXDOMAIN: u8 = Rcode::NxDomain as u8;
 pub struct Pipeline {
     forwarder: Arc<Forwarder>,
     cache: Option<Cache>,
-    coalescer: Coalescer<UdpRequest>,
+    coalescer: Coalescer<Request>,
     search: SearchModel,
     musl_shield: bool,
     autopath: bool,
     force_tcp: bool,
     metrics: MitigationMetrics,
-    listen_metrics: Arc<ListenMetrics>,
     trace_sink: Option<TraceSink>,
+    tasks: TaskTracker,
+}
+
+/// What the pipeline is built from: its own config sections and the pieces below it.
+pub struct PipelineParts {
+    pub forwarder: Arc<Forwarder>,
+    pub search: SearchModel,
+    pub trace_sink: Option<TraceSink>,
+    /// Tasks the pipeline spawns (autopath, the shield's twin check), awaited at shutdown.
+    pub tasks: TaskTracker,
 }
 
 impl Pipeline {
-    /// Builds the cache and the mitigations around `forwarder` and registers their metrics.
+    /// Builds the cache and the mitigations around the forwarder and registers their
+    /// metrics. `force_tcp` is `forward.force_tcp`.
     pub fn build(
-        config: &Config,
+        cache: &CacheConfig,
+        mitigations: &MitigationsConfig,
+        force_tcp: bool,
+        parts: PipelineParts,
         registry: &mut Registry,
-        forwarder: Arc<Forwarder>,
-        search: SearchModel,
-        listen_metrics: Arc<ListenMetrics>,
-        trace_sink: Option<TraceSink>,
     ) -> Arc<Pipeline> {
         Arc::new(Pipeline {
-            forwarder,
-            cache: config
-                .cache
-                .enabled
-                .then(|| Cache::build(&config.cache, registry)),
+            forwarder: parts.forwarder,
+            cache: cache.enabled.then(|| Cache::build(cache, registry)),
             coalescer: Coalescer::default(),
-            search,
-            musl_shield: config.mitigations.musl_shield,
-            autopath: config.mitigations.autopath,
-            force_tcp: config.forward.force_tcp,
+            search: parts.search,
+            musl_shield: mitigations.musl_shield,
+            autopath: mitigations.autopath,
+            force_tcp,
             metrics: MitigationMetrics::register(registry),
-            listen_metrics,
-            trace_sink,
+            trace_sink: parts.trace_sink,
+            tasks: parts.tasks,
         })
     }
 
-    pub fn listen_metrics(&self) -> &ListenMetrics {
-        &self.listen_metrics
-    }
-
-    /// A UDP client query (past the access list) as it came off the socket. A cache hit is
-    /// answered from here without copying the query; everything else becomes a
-    /// [`UdpRequest`].
-    pub fn handle_udp_packet(
-        self: &Arc<Self>,
-        endpoint: &Arc<UdpEndpoint>,
-        packet: &[u8],
-        peer: SocketAddr,
-        info: QueryInfo,
-        received: Instant,
-    ) {
-        let from_cache = match (&self.cache, self.autopath) {
-            (Some(cache), false) => KeyBuf::of(packet, &info).map(|key| {
-                let lookup = cache.get(&key, received);
-                (key, lookup)
-            }),
-            _ => None,
-        };
-        let Some((key, lookup)) = from_cache else {
-            let request = UdpRequest::from_client(endpoint, self, packet, peer, info, received);
-            self.handle_udp(request);
+    /// A client query (past the access list) as it came off the socket or connection. A
+    /// cache hit is answered from here without copying the query; everything else becomes
+    /// a [`Request`].
+    pub fn handle(self: &Arc<Self>, packet: &[u8], info: QueryInfo, arrival: Arrival) {
+        let trace = QueryTrace::start(
+            self.trace_sink.as_ref(),
+            arrival.peer,
+            arrival.reply.transport(),
+            packet,
+            &info,
+            arrival.received,
+        );
+        if self.autopath {
+            let walk = packet
+                .get(HEADER_LEN..info.question_end)
+                .and_then(wire::question_name)
+                .and_then(|name| mitigate::autopath_walk(&self.search, &name));
+            if let Some(walk) = walk {
+                let request = self.request(packet.to_vec(), info, arrival, trace);
+                self.tasks.spawn(self.clone().autopath(request, walk));
+                return;
+            }
+        }
+        let Some(cache) = &self.cache else {
+            self.forward(self.request(packet.to_vec(), info, arrival, trace));
             return;
         };
-        match lookup {
+        let Some(key) = KeyBuf::of(packet, &info) else {
+            self.forward(self.request(packet.to_vec(), info, arrival, trace));
+            return;
+        };
+        match cache.get(&key, arrival.received) {
             Lookup::Hit {
                 mut answer,
                 prefetch,
@@ -115,47 +127,41 @@ impl Pipeline {
                 if prefetch {
                     self.prefetch(key.to_key(), packet, info);
                 }
-                let mut trace = endpoint.trace(packet, peer, &info, received);
+                let mut trace = trace;
                 if let Some(trace) = &mut trace {
                     trace.cache = CacheUse::Hit;
                 }
                 if self.shield_applies(packet, &info, &answer) {
-                    let mut request =
-                        UdpRequest::from_client(endpoint, self, packet, peer, info, received);
-                    request.trace = trace;
+                    let request = self.request(packet.to_vec(), info, arrival, trace);
                     self.finish(request, &mut answer);
                 } else {
                     if let Some(trace) = &mut trace {
                         trace.record_answer(&answer);
                     }
-                    endpoint.send_answer(peer, &info, &mut answer, trace);
+                    arrival
+                        .reply
+                        .send(arrival.peer, &info, packet, &mut answer, trace);
                 }
             }
             Lookup::Miss => {
-                let request = UdpRequest::from_client(endpoint, self, packet, peer, info, received);
+                let request = self.request(packet.to_vec(), info, arrival, trace);
                 self.coalesce_and_forward(request, key.to_key());
             }
         }
     }
 
-    /// A UDP query that has not been looked up in the cache yet.
-    pub fn handle_udp(self: &Arc<Self>, request: UdpRequest) {
-        if self.autopath {
-            let walk = request
-                .query
-                .get(HEADER_LEN..request.info.question_end)
-                .and_then(wire::question_name)
-                .and_then(|name| mitigate::autopath_walk(&self.search, &name));
-            if let Some(walk) = walk {
-                tokio::spawn(self.clone().autopath(request, walk));
-                return;
-            }
-        }
-        self.dispatch(request);
+    fn request(
+        self: &Arc<Self>,
+        query: Vec<u8>,
+        info: QueryInfo,
+        arrival: Arrival,
+        trace: Option<Box<QueryTrace>>,
+    ) -> Request {
+        Request::new(query, info, arrival, trace, self.clone())
     }
 
-    /// Cache, then coalescing, then the forwarder.
-    fn dispatch(self: &Arc<Self>, mut request: UdpRequest) {
+    /// Cache, then coalescing, then the forwarder: dnslens's own queries.
+    fn dispatch(self: &Arc<Self>, mut request: Request) {
         let Some(cache) = &self.cache else {
             self.forward(request);
             return;
@@ -182,7 +188,7 @@ impl Pipeline {
     }
 
     /// A cache miss: waits for an identical question already asked, or asks it.
-    fn coalesce_and_forward(self: &Arc<Self>, request: UdpRequest, key: CacheKey) {
+    fn coalesce_and_forward(self: &Arc<Self>, request: Request, key: CacheKey) {
         match self.coalescer.join(&key, request) {
             Join::Waiting => {
                 if let Some(cache) = &self.cache {
@@ -190,15 +196,18 @@ impl Pipeline {
                 }
             }
             Join::Lead(mut leader) => {
-                leader.cache_key = Some(key);
+                leader.lead = Some(key);
                 self.forward(leader);
             }
             Join::Alone(alone) => self.forward(alone),
         }
     }
 
-    fn forward(&self, request: UdpRequest) {
-        if self.force_tcp {
+    /// Over TCP for TCP clients (as CoreDNS's `forward` does by default) and with
+    /// `force_tcp`; over the UDP pool otherwise (a truncated UDP answer is fetched again
+    /// over TCP by the forwarder).
+    fn forward(&self, request: Request) {
+        if self.force_tcp || request.transport() == Transport::Tcp {
             self.forwarder.submit_over_tcp(request);
         } else {
             self.forwarder.submit_udp(request);
@@ -208,17 +217,17 @@ impl Pipeline {
     /// Refreshes a popular entry in the background, unless it is being asked already.
     fn prefetch(self: &Arc<Self>, key: CacheKey, query: &[u8], info: QueryInfo) {
         let (reply, _ignored) = oneshot::channel();
-        let request = UdpRequest::internal(self.clone(), query.to_vec(), info, reply);
+        let request = self.request(query.to_vec(), info, Arrival::internal(reply), None);
         if let Join::Lead(mut leader) = self.coalescer.join(&key, request) {
-            leader.cache_key = Some(key);
+            leader.lead = Some(key);
             self.forward(leader);
         }
     }
 
-    /// The end of a forwarded query (called by [`UdpRequest::respond`]): serve-stale when
-    /// the answer is SERVFAIL, store the answer, answer everyone who waited for it.
-    pub fn complete(self: &Arc<Self>, mut request: UdpRequest, answer: &mut [u8]) {
-        let leader_key = request.cache_key.take();
+    /// The end of a forwarded query (called through [`Request::respond`]): serve-stale
+    /// when the answer is SERVFAIL, store the answer, answer everyone who waited for it.
+    fn complete_request(self: &Arc<Self>, mut request: Request, answer: &mut [u8]) {
+        let leader_key = request.lead.take();
         let Some(cache) = &self.cache else {
             self.finish(request, answer);
             return;
@@ -256,14 +265,14 @@ impl Pipeline {
 
     /// Records the answer on the trace as the upstream gave it, applies the musl shield,
     /// sends.
-    fn finish(self: &Arc<Self>, mut request: UdpRequest, answer: &mut [u8]) {
+    fn finish(self: &Arc<Self>, mut request: Request, answer: &mut [u8]) {
         if let Some(trace) = &mut request.trace {
             trace.record_answer(answer);
         }
         if self.shield_applies(&request.query, &request.info, answer) && request.is_client() {
             let this = self.clone();
             let mut answer = answer.to_vec();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let rewritten = this
                     .shield(&request.query, &request.info, &mut answer)
                     .await;
@@ -311,17 +320,12 @@ impl Pipeline {
         };
         info.udp_payload = wire::MAX_UDP_PAYLOAD;
         let (reply, answer) = oneshot::channel();
-        self.dispatch(UdpRequest::internal(
-            self.clone(),
-            query.clone(),
-            info,
-            reply,
-        ));
+        self.dispatch(self.request(query.clone(), info, Arrival::internal(reply), None));
         answer.await.unwrap_or_else(|_| servfail(&query))
     }
 
     /// Server-side search for a first search expansion (see [`crate::mitigate`]).
-    async fn autopath(self: Arc<Self>, mut request: UdpRequest, walk: Vec<String>) {
+    async fn autopath(self: Arc<Self>, mut request: Request, walk: Vec<String>) {
         let first = self.resolve(request.query.clone()).await;
         let (result, mut answer, found) = if wire::rcode(&first) != RCODE_NXDOMAIN {
             (AutopathResult::First, first, None)
@@ -363,88 +367,11 @@ impl Pipeline {
         }
         (AutopathResult::NotFound, first, None)
     }
+}
 
-    /// Answers a query that arrived over TCP (length prefix already stripped). `None` means
-    /// the message deserves no answer (a stray response, a runt).
-    pub async fn answer_tcp(
-        self: &Arc<Self>,
-        mut message: Vec<u8>,
-        peer: SocketAddr,
-        received: Instant,
-    ) -> Option<Vec<u8>> {
-        let info = match wire::parse_query(&message) {
-            Ok(info) => info,
-            Err(e) => {
-                self.listen_metrics.dropped(e.reason());
-                let rcode = e.answer_rcode()?;
-                self.listen_metrics.answered(Transport::Tcp, 0, rcode as u8);
-                return Some(wire::error_answer(&message, None, rcode));
-            }
-        };
-        let mut trace = QueryTrace::start(
-            self.trace_sink.as_ref(),
-            peer,
-            Transport::Tcp,
-            &message,
-            &info,
-            received,
-        );
-        let key = self
-            .cache
-            .as_ref()
-            .and_then(|_| CacheKey::of(&message, &info));
-        let mut answer = self
-            .answer_tcp_from(&mut message, &info, key, &mut trace)
-            .await;
-        if let Some(trace) = &mut trace {
-            trace.record_answer(&answer);
-        }
-        if self.shield_applies(&message, &info, &answer)
-            && self.shield(&message, &info, &mut answer).await
-        {
-            if let Some(trace) = &mut trace {
-                trace.rewritten = true;
-            }
-        }
-        wire::set_id(&mut answer, info.id);
-        self.listen_metrics
-            .answered(Transport::Tcp, info.qtype, wire::rcode(&answer));
-        if let (Some(mut trace), Some(sink)) = (trace, &self.trace_sink) {
-            trace.answered = Instant::now();
-            sink.send(*trace);
-        }
-        Some(answer)
-    }
-
-    /// The cache, else the upstreams over TCP (stored when cacheable; serve-stale on failure).
-    async fn answer_tcp_from(
-        &self,
-        message: &mut [u8],
-        info: &QueryInfo,
-        key: Option<CacheKey>,
-        trace: &mut Option<Box<QueryTrace>>,
-    ) -> Vec<u8> {
-        let (Some(cache), Some(key)) = (&self.cache, key) else {
-            return self.forwarder.forward_tcp(message, info, trace).await;
-        };
-        let now = Instant::now();
-        if let Lookup::Hit { answer, .. } = cache.get(&key, now) {
-            if let Some(trace) = trace {
-                trace.cache = CacheUse::Hit;
-            }
-            return answer;
-        }
-        let answer = self.forwarder.forward_tcp(message, info, trace).await;
-        if wire::rcode(&answer) == RCODE_SERVFAIL {
-            if let Some(stale) = cache.stale(&key, Instant::now()) {
-                if let Some(trace) = trace {
-                    trace.cache = CacheUse::Stale;
-                }
-                return stale;
-            }
-        }
-        cache.store(&key, &answer, Instant::now());
-        answer
+impl Complete for Pipeline {
+    fn complete(self: Arc<Self>, request: Request, answer: &mut [u8]) {
+        self.complete_request(request, answer);
     }
 }
 

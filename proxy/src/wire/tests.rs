@@ -144,7 +144,7 @@ fn matches_questions_ignoring_name_case_only() {
 
 #[test]
 fn error_answers_echo_id_question_and_set_rcode() {
-    let q = query("example.org.", RecordType::A, Some(1232));
+    let q = query("example.org.", RecordType::A, None);
     let info = parse_query(&q).unwrap();
     let a = error_answer(&q, Some(info.question_end), Rcode::ServFail);
     let msg = Message::from_vec(&a).unwrap();
@@ -153,6 +153,7 @@ fn error_answers_echo_id_question_and_set_rcode() {
     assert_eq!(msg.metadata.response_code.low(), 2);
     assert_eq!(msg.queries.len(), 1);
     assert!(msg.answers.is_empty() && msg.additionals.is_empty());
+    assert!(msg.edns.is_none());
     // Without a question: header only.
     let formerr = error_answer(&q, None, Rcode::FormErr);
     assert_eq!(formerr.len(), HEADER_LEN);
@@ -160,18 +161,88 @@ fn error_answers_echo_id_question_and_set_rcode() {
 }
 
 #[test]
-fn truncated_answer_keeps_question_and_sets_tc() {
-    let q = query("example.org.", RecordType::TXT, None);
-    let end = parse_query(&q).unwrap().question_end;
-    let mut big = q.clone();
-    big[2] |= 0x80;
-    big[7] = 5; // claims answers
-    big.extend(std::iter::repeat_n(0u8, 2000));
-    let t = truncated_answer(&big, end);
+fn error_answers_to_edns_queries_carry_the_proxys_opt() {
+    let q = query("example.org.", RecordType::A, Some(4096));
+    let info = parse_query(&q).unwrap();
+    let a = error_answer(&q, Some(info.question_end), Rcode::ServFail);
+    let msg = Message::from_vec(&a).unwrap();
+    let edns = msg
+        .edns
+        .expect("an EDNS query gets an OPT back (RFC 6891 section 7)");
+    assert_eq!(edns.max_payload(), PROXY_UDP_PAYLOAD);
+    assert_eq!(msg.metadata.response_code.low(), 2);
+}
+
+/// A response to `q` with `n` TXT records of 200 bytes and an OPT with a cookie option.
+fn big_answer(q: &[u8], n: usize) -> Vec<u8> {
+    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::{RData, Record};
+    let mut msg = Message::from_vec(q).unwrap();
+    msg.metadata.message_type = MessageType::Response;
+    let name = msg.queries[0].name().clone();
+    for i in 0..n {
+        let text = format!("{i:0200}");
+        msg.add_answer(Record::from_rdata(
+            name.clone(),
+            60,
+            RData::TXT(TXT::new(vec![text])),
+        ));
+    }
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    edns.options_mut()
+        .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+            10,
+            vec![1, 2, 3, 4, 5, 6, 7, 8],
+        ));
+    msg.set_edns(edns);
+    msg.to_vec().unwrap()
+}
+
+#[test]
+fn truncated_answer_keeps_question_and_opt_and_sets_tc() {
+    let q = query("example.org.", RecordType::TXT, Some(1232));
+    let big = big_answer(&q, 20);
+    let t = truncated_answer(&big);
+    let msg = Message::from_vec(&t).unwrap();
+    assert!(msg.metadata.truncation);
+    assert_eq!(msg.queries.len(), 1);
+    assert!(msg.answers.is_empty() && msg.authorities.is_empty());
+    let edns = msg.edns.expect("the OPT record is kept");
+    assert_eq!(edns.max_payload(), 1232);
+    assert!(t.len() < 100, "{} bytes", t.len());
+    // Without EDNS in the answer: header and question only.
+    let plain = query("example.org.", RecordType::TXT, None);
+    let end = parse_query(&plain).unwrap().question_end;
+    let mut plain_answer = plain.clone();
+    plain_answer[2] |= 0x80;
+    let t = truncated_answer(&plain_answer);
     assert_eq!(t.len(), end);
-    let info = parse_response(&t).unwrap();
-    assert!(info.truncated);
-    assert_eq!(&t[6..12], &[0; 6]);
+    assert!(parse_response(&t).unwrap().truncated);
+    // Garbage keeps only a header with TC and no counts.
+    let t = truncated_answer(&[0x12, 0x34, 0x80, 0, 0, 1, 0, 9, 0, 0, 0, 0, 7]);
+    assert_eq!(t, vec![0x12, 0x34, 0x82, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn echo_question_puts_back_the_askers_case_and_rd_cd_bits() {
+    let first = query("Example.ORG.", RecordType::A, None);
+    let mut answer = first.clone();
+    answer[2] = 0x81; // QR, RD
+    answer[3] = 0x80; // RA, no CD
+    let mut second = query("eXaMpLe.org.", RecordType::A, None);
+    second[2] &= !0x01; // RD clear
+    second[3] |= 0x10; // CD set
+    let end = parse_query(&second).unwrap().question_end;
+    echo_question(&mut answer, &second, end);
+    assert_eq!(&answer[HEADER_LEN..end], &second[HEADER_LEN..end]);
+    assert_eq!(answer[2], 0x80);
+    assert_eq!(answer[3], 0x90);
+    // Another question is left alone (only the bits follow the asker).
+    let other = query("example.net.", RecordType::A, None);
+    let before = answer.clone();
+    echo_question(&mut answer, &other, end);
+    assert_eq!(&answer[HEADER_LEN..end], &before[HEADER_LEN..end]);
 }
 
 #[test]
