@@ -167,18 +167,78 @@ pub fn http_status_and_body(response: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-/// The value of one series in a /metrics body, 0 if absent. `series` is the name with its
-/// labels exactly as exposed, e.g. `dnslens_forward_failures_total{reason="exhausted"}`.
+/// The value of one series on `addr`'s /metrics. `series` is the name with its labels,
+/// e.g. `dnslens_forward_failures_total{reason="exhausted"}`: the label set must match
+/// exactly (any order), and a missing series fails the test — it is not 0.
 pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let (status, body) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200);
+    series_value(&body, series)
+}
+
+/// A series' name and label set, from `name{a="x",b="y"}` (an exposition line's first
+/// field, or a series as a test names it).
+pub fn parse_series(text: &str) -> Option<(String, std::collections::BTreeMap<String, String>)> {
+    let (name, labels) = match text.split_once('{') {
+        None => return Some((text.to_string(), Default::default())),
+        Some((name, rest)) => (name, rest.strip_suffix('}')?),
+    };
+    let mut set = std::collections::BTreeMap::new();
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => value.push(chars.next()?.1),
+                (i, '"') => break i,
+                (_, c) => value.push(c),
+            }
+        };
+        set.insert(key.to_string(), value);
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    Some((name.to_string(), set))
+}
+
+/// The value of the series exactly matching `series` in an exposition body, if present.
+pub fn series_in(body: &str, series: &str) -> Option<f64> {
+    let wanted = parse_series(series).unwrap_or_else(|| panic!("not a series: {series}"));
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        // `name{labels} value [# {exemplar} value]`; label values hold no spaces here.
+        let mut fields = line.split_whitespace();
+        let found = parse_series(fields.next()?)?;
+        (found == wanted).then(|| fields.next()?.parse().ok())?
+    })
+}
+
+/// As [`series_in`], failing the test (with the family's series) when it is absent.
+pub fn series_value(body: &str, series: &str) -> f64 {
+    series_in(body, series).unwrap_or_else(|| {
+        let family = series.split('{').next().unwrap_or(series);
+        let present: Vec<&str> = body.lines().filter(|l| l.starts_with(family)).collect();
+        panic!("no series {series} on /metrics; the family has:\n{}", present.join("\n"))
+    })
+}
+
+/// The sum of every series of a family (a counter's name with `_total`); the family must
+/// be registered (its `# TYPE` line present), though it may have no series yet.
+pub fn series_sum(body: &str, family: &str) -> f64 {
+    let base = family.strip_suffix("_total").unwrap_or(family);
+    assert!(
+        body.lines().any(|l| l.starts_with(&format!("# TYPE {base} "))
+            || l.starts_with(&format!("# TYPE {family} "))),
+        "no metric family {family} on /metrics"
+    );
     body.lines()
-        // `name{labels} value [# {exemplar} value]`
-        .find_map(|line| {
-            let rest = line.strip_prefix(series)?;
-            rest.split_whitespace().next()?.parse().ok()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let (name, _) = parse_series(fields.next()?)?;
+            (name == family).then(|| fields.next()?.parse::<f64>().ok())?
         })
-        .unwrap_or(0.0)
+        .sum()
 }
 
 /// The answer and authority sections and RCODE, the parts that must match the upstream.
@@ -337,7 +397,10 @@ pub fn dig(server: SocketAddr, args: &[&str]) -> String {
 pub async fn metric_at_least(addr: SocketAddr, series: &str, min: f64) -> f64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let value = metric(addr, series).await;
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        // Absent counts as not yet: a labelled series appears with its first event.
+        let value = series_in(&body, series).unwrap_or(f64::NAN);
         if value >= min {
             return value;
         }
@@ -347,4 +410,20 @@ pub async fn metric_at_least(addr: SocketAddr, series: &str, min: f64) -> f64 {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[test]
+fn series_matching_is_exact() {
+    let body = "# TYPE dnslens_x counter\n\
+                dnslens_x_total{a=\"1\",b=\"10\"} 7\n\
+                dnslens_x_total{a=\"1\"} 3\n\
+                dnslens_x_total{a=\"1\",b=\"1\"} 5 # {trace_id=\"ab\"} 1.0\n";
+    assert_eq!(series_in(body, "dnslens_x_total{b=\"1\",a=\"1\"}"), Some(5.0));
+    assert_eq!(series_in(body, "dnslens_x_total{a=\"1\"}"), Some(3.0));
+    assert_eq!(series_in(body, "dnslens_x_total{a=\"1\",b=\"10\"}"), Some(7.0));
+    assert_eq!(series_in(body, "dnslens_x_total{a=\"2\"}"), None);
+    assert_eq!(series_in(body, "dnslens_x_total"), None);
+    assert_eq!(series_sum(body, "dnslens_x_total"), 15.0);
+    let missing = std::panic::catch_unwind(|| series_value(body, "dnslens_y_total"));
+    assert!(missing.is_err(), "a missing series is an error, not 0");
 }

@@ -80,29 +80,6 @@ struct Run {
     anomalies: String,
 }
 
-/// The value of one exact series in a /metrics body, 0 if absent.
-fn series_value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
-/// Client queries dnslens received (all `dnslens_requests_total` series).
-fn series_sum(metrics: &str, family: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Queries received, less the client's own retransmissions (a resolver on a loaded CI
 /// machine may resend one after its timeout; dnslens counts those as retries).
 fn questions_received(metrics: &str) -> f64 {
@@ -111,7 +88,7 @@ fn questions_received(metrics: &str) -> f64 {
 }
 
 impl Run {
-    /// The value of one exact series on the proxy's /metrics at the end, 0 if absent.
+    /// The value of one exact series on the proxy's /metrics at the end (absent fails).
     fn metric(&self, series: &str) -> f64 {
         series_value(&self.metrics, series)
     }
