@@ -75,7 +75,12 @@ pub fn query_bytes(name: &str, qtype: RecordType, id: u16, edns: Option<u16>) ->
 
 /// Sends one datagram and waits for one answer, `None` on timeout.
 pub async fn udp_exchange(server: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = if server.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let socket = UdpSocket::bind(local).await.unwrap();
     socket.send_to(packet, server).await.unwrap();
     let mut buf = vec![0u8; 65_535];
     match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
@@ -205,12 +210,14 @@ pub fn parse_series(text: &str) -> Option<(String, std::collections::BTreeMap<St
 /// The value of the series exactly matching `series` in an exposition body, if present.
 pub fn series_in(body: &str, series: &str) -> Option<f64> {
     let wanted = parse_series(series).unwrap_or_else(|| panic!("not a series: {series}"));
-    body.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        // `name{labels} value [# {exemplar} value]`; label values hold no spaces here.
-        let mut fields = line.split_whitespace();
-        let found = parse_series(fields.next()?)?;
-        (found == wanted).then(|| fields.next()?.parse().ok())?
-    })
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            // `name{labels} value [# {exemplar} value]`; label values hold no spaces here.
+            let mut fields = line.split_whitespace();
+            let found = parse_series(fields.next()?)?;
+            (found == wanted).then(|| fields.next()?.parse().ok())?
+        })
 }
 
 /// As [`series_in`], failing the test (with the family's series) when it is absent.
@@ -218,7 +225,10 @@ pub fn series_value(body: &str, series: &str) -> f64 {
     series_in(body, series).unwrap_or_else(|| {
         let family = series.split('{').next().unwrap_or(series);
         let present: Vec<&str> = body.lines().filter(|l| l.starts_with(family)).collect();
-        panic!("no series {series} on /metrics; the family has:\n{}", present.join("\n"))
+        panic!(
+            "no series {series} on /metrics; the family has:\n{}",
+            present.join("\n")
+        )
     })
 }
 
@@ -227,8 +237,9 @@ pub fn series_value(body: &str, series: &str) -> f64 {
 pub fn series_sum(body: &str, family: &str) -> f64 {
     let base = family.strip_suffix("_total").unwrap_or(family);
     assert!(
-        body.lines().any(|l| l.starts_with(&format!("# TYPE {base} "))
-            || l.starts_with(&format!("# TYPE {family} "))),
+        body.lines()
+            .any(|l| l.starts_with(&format!("# TYPE {base} "))
+                || l.starts_with(&format!("# TYPE {family} "))),
         "no metric family {family} on /metrics"
     );
     body.lines()
@@ -295,6 +306,11 @@ impl Drop for Child {
 /// Writes the demo zones and a Knot configuration serving them on 127.0.0.1:`port` into
 /// `dir`; returns the configuration's path.
 pub fn knot_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    knot_config_on(dir, &[format!("127.0.0.1@{port}")])
+}
+
+/// As [`knot_config`], listening on each of `listen` (Knot's `ADDR@PORT` form).
+pub fn knot_config_on(dir: &std::path::Path, listen: &[String]) -> std::path::PathBuf {
     for (origin, text) in ZONES {
         let file = if origin == "." {
             "root.zone".to_string()
@@ -304,8 +320,9 @@ pub fn knot_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
         std::fs::write(dir.join(file), text).unwrap();
     }
     let d = dir.display();
+    let listen = listen.join(", ");
     let conf = format!(
-        "server:\n  rundir: \"{d}\"\n  pidfile: \"{d}/knot.pid\"\n  listen: 127.0.0.1@{port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
+        "server:\n  rundir: \"{d}\"\n  pidfile: \"{d}/knot.pid\"\n  listen: [{listen}]\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
          log:\n  - target: stderr\n    any: warning\n\
          database:\n  storage: \"{d}\"\n\
          template:\n  - id: default\n    storage: \"{d}\"\n    zonefile-load: whole\n    journal-content: none\n\
@@ -325,9 +342,19 @@ pub struct Knot {
 
 impl Knot {
     pub async fn start() -> Knot {
+        Self::start_dual(false).await.0
+    }
+
+    /// Knot on 127.0.0.1 and, with `v6`, on [::1] at the same port: (knot, the IPv6
+    /// address).
+    pub async fn start_dual(v6: bool) -> (Knot, SocketAddr) {
         let dir = TempDir::new("knot");
         let port = free_port();
-        let conf_path = knot_config(&dir.0, port);
+        let mut listen = vec![format!("127.0.0.1@{port}")];
+        if v6 {
+            listen.push(format!("::1@{port}"));
+        }
+        let conf_path = knot_config_on(&dir.0, &listen);
         let child = Child(
             std::process::Command::new("knotd")
                 .arg("-c")
@@ -348,11 +375,13 @@ impl Knot {
         for _ in 0..100 {
             if let Some(answer) = udp_exchange(addr, &probe, Duration::from_millis(50)).await {
                 if answer.len() > 12 && answer[3] & 0x0f == 0 {
-                    return Knot {
+                    let v6_addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+                    let knot = Knot {
                         addr,
                         _child: child,
                         _dir: dir,
                     };
+                    return (knot, v6_addr);
                 }
             }
         }
@@ -418,9 +447,15 @@ fn series_matching_is_exact() {
                 dnslens_x_total{a=\"1\",b=\"10\"} 7\n\
                 dnslens_x_total{a=\"1\"} 3\n\
                 dnslens_x_total{a=\"1\",b=\"1\"} 5 # {trace_id=\"ab\"} 1.0\n";
-    assert_eq!(series_in(body, "dnslens_x_total{b=\"1\",a=\"1\"}"), Some(5.0));
+    assert_eq!(
+        series_in(body, "dnslens_x_total{b=\"1\",a=\"1\"}"),
+        Some(5.0)
+    );
     assert_eq!(series_in(body, "dnslens_x_total{a=\"1\"}"), Some(3.0));
-    assert_eq!(series_in(body, "dnslens_x_total{a=\"1\",b=\"10\"}"), Some(7.0));
+    assert_eq!(
+        series_in(body, "dnslens_x_total{a=\"1\",b=\"10\"}"),
+        Some(7.0)
+    );
     assert_eq!(series_in(body, "dnslens_x_total{a=\"2\"}"), None);
     assert_eq!(series_in(body, "dnslens_x_total"), None);
     assert_eq!(series_sum(body, "dnslens_x_total"), 15.0);
