@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a Debian machine, if it is missing:
-# musl-gcc and iproute2 for the resolver-in-a-namespace tests; promtool (prometheus) for the
+# musl-gcc and iproute2 for the resolver-in-a-namespace tests; iptables for faults injected
+# inside a test's own namespace; promtool (prometheus) for the
 # alert rules; python3 with venv for helm-template (shared/tools), which renders the chart;
 # Knot DNS (the real upstream), dig (the real client); with --bench also dnsperf and the
 # peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq).
@@ -8,7 +9,7 @@
 # their own on loopback ports.
 set -euo pipefail
 
-need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools ip:iproute2 unshare:util-linux promtool:prometheus)
+need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables)
 if [[ "${1:-}" == "--bench" ]]; then
   need+=(dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base)
 fi

@@ -244,3 +244,84 @@ async fn spoofed_and_mismatched_responses_are_dropped_and_counted() {
     assert_eq!(metric(proxy.metrics_addr, &elsewhere).await, 0.0);
     proxy.shutdown().await;
 }
+
+/// A send the kernel refuses (here a firewall's EPERM, in the test's own network namespace)
+/// is dnslens's side, not the upstream's: the query goes to the other upstream, the refused
+/// one is counted as `local_error` and never put aside.
+#[test]
+fn a_local_send_error_does_not_put_the_upstream_aside() {
+    let dir = TempDir::new("localerr");
+    let d = &dir.0;
+    knot_config(d, 5300);
+    let script = format!(
+        r#"set -eu
+cd "{d}"
+ip link set lo up
+iptables -A OUTPUT -o lo -p udp --dport 5301 -j DROP
+knotd -c knot.conf >knot.log 2>&1 & knot=$!
+"{dnslens}" serve --listen 127.0.0.1:53 --upstream 127.0.0.1:5301 --upstream 127.0.0.1:5300 \
+  --attempts 2 --upstream-timeout 2s --metrics-listen 127.0.0.1:9253 2>dnslens.log & proxy=$!
+for i in $(seq 100); do
+  dig @127.0.0.1 +time=1 +tries=1 +short example.org A 2>/dev/null | grep -q 203.0.113.30 && break
+  sleep 0.05
+done
+for i in $(seq 10); do
+  dig @127.0.0.1 +time=3 +tries=1 +short web.default.svc.cluster.local A >>answers.txt
+done
+exec 3<>/dev/tcp/127.0.0.1/9253
+printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+cat <&3 >metrics.txt
+kill $proxy $knot
+wait $proxy $knot 2>/dev/null || true
+"#,
+        d = d.display(),
+        dnslens = env!("CARGO_BIN_EXE_dnslens"),
+    );
+    let status = std::process::Command::new("unshare")
+        .args(["-n", "bash", "-c", &script])
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/sbin:/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .status()
+        .expect(
+            "unshare (util-linux) and iptables must be installed; scripts/test.sh installs them",
+        );
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+    assert!(status.success(), "script failed: {}", read("dnslens.log"));
+    let answers = read("answers.txt");
+    assert_eq!(
+        answers.lines().filter(|l| *l == "10.96.12.34").count(),
+        10,
+        "every query answered:\n{answers}\n{}",
+        read("dnslens.log")
+    );
+    let metrics = read("metrics.txt");
+    let blocked = "upstream=\"127.0.0.1:5301\"";
+    let local = series_value(
+        &metrics,
+        &format!("dnslens_upstream_requests_total{{{blocked},transport=\"udp\",outcome=\"local_error\"}}"),
+    );
+    assert!(local >= 3.0, "refused sends counted: {local}");
+    for outcome in ["error", "timeout"] {
+        let series = format!(
+            "dnslens_upstream_requests_total{{{blocked},transport=\"udp\",outcome=\"{outcome}\"}}"
+        );
+        assert_eq!(series_value(&metrics, &series), 0.0, "{series}");
+    }
+    assert_eq!(
+        series_value(&metrics, &format!("dnslens_upstream_healthy{{{blocked}}}")),
+        1.0,
+        "the upstream is still in service"
+    );
+    assert_eq!(
+        series_value(
+            &metrics,
+            "dnslens_forward_failures_total{reason=\"exhausted\"}"
+        ),
+        0.0
+    );
+}
