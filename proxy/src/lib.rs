@@ -20,6 +20,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod forward;
+#[cfg(test)]
+mod fuzz_bytes;
 pub mod inject;
 pub mod listen;
 pub mod lookup;

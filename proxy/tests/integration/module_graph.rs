@@ -37,7 +37,7 @@ fn module_of(src: &Path, file: &Path) -> String {
 /// tests, and the binary's `main.rs` (a crate of its own).
 fn is_test_file(file: &Path) -> bool {
     let name = file.file_name().unwrap().to_string_lossy();
-    name == "tests.rs" || name == "test_messages.rs" || name == "main.rs"
+    ["tests.rs", "test_messages.rs", "fuzz_bytes.rs", "main.rs"].contains(&name.as_ref())
 }
 
 /// Top-level module names a piece of code refers to through `crate::`.
