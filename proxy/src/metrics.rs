@@ -2,7 +2,7 @@
 //! label values they use, and a table of counter handles resolved once.
 //!
 //! Each component declares its own metric families next to the code that updates them
-//! (`listen::ListenMetrics`, `forward::ForwardMetrics`) and registers them here under the
+//! (`listen::ListenMetrics`, `forward::upstream::UpstreamFamilies`, …) and registers them here under the
 //! `dnslens` prefix. Labels are closed enums, never a query name, so series stay bounded.
 //! On the hot path a counter is one array index and one atomic add: [`CounterTable`] creates
 //! the labelled series on first use and keeps the handle.

@@ -395,10 +395,16 @@ impl Cache {
     }
 }
 
-/// Questions waiting on an upstream, and the identical questions waiting with them.
+/// Questions waiting on an upstream, and the identical questions waiting with them. The map
+/// is split into shards by the key's hash, so two workers coalescing different questions
+/// rarely take the same lock.
 pub struct Coalescer<W> {
-    waiting: Mutex<HashMap<CacheKey, Vec<W>, FastHash>>,
+    shards: Box<[Mutex<HashMap<CacheKey, Vec<W>, FastHash>>]>,
+    hasher: FastHash,
 }
+
+/// Shards of the [`Coalescer`]: a power of two, well above the number of DNS workers.
+const COALESCER_SHARDS: usize = 16;
 
 /// What became of a question offered to the [`Coalescer`].
 pub enum Join<W> {
@@ -413,14 +419,26 @@ pub enum Join<W> {
 impl<W> Default for Coalescer<W> {
     fn default() -> Self {
         Coalescer {
-            waiting: Mutex::new(HashMap::default()),
+            shards: (0..COALESCER_SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            hasher: FastHash::default(),
         }
     }
 }
 
 impl<W> Coalescer<W> {
+    fn shard(
+        &self,
+        key: &CacheKey,
+    ) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Vec<W>, FastHash>> {
+        use std::hash::BuildHasher;
+        let index = self.hasher.hash_one(key) as usize % self.shards.len();
+        self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn join(&self, key: &CacheKey, waiter: W) -> Join<W> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.shard(key);
         match waiting.get_mut(key) {
             None => {
                 waiting.insert(key.clone(), Vec::new());
@@ -436,14 +454,12 @@ impl<W> Coalescer<W> {
 
     /// Ends the leader's turn: everyone who waited for `key`.
     pub fn release(&self, key: &CacheKey) -> Vec<W> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        waiting.remove(key).unwrap_or_default()
+        self.shard(key).remove(key).unwrap_or_default()
     }
 
     /// Whether a question is being asked upstream right now.
     pub fn is_waiting(&self, key: &CacheKey) -> bool {
-        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        waiting.contains_key(key)
+        self.shard(key).contains_key(key)
     }
 }
 

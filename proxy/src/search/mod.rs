@@ -78,12 +78,6 @@ impl SearchModel {
         })
     }
 
-    pub fn ndots(&self) -> u32 {
-        match self {
-            SearchModel::Fixed { ndots, .. } | SearchModel::Kubernetes { ndots, .. } => *ndots,
-        }
-    }
-
     /// Every reading of `qname` (lower case, no trailing dot), most specific first; the last
     /// is always the absolute name.
     pub fn candidates<'a>(&self, qname: &'a str) -> Vec<Candidate<'a>> {
