@@ -399,9 +399,12 @@ impl Cache {
 /// is split into shards by the key's hash, so two workers coalescing different questions
 /// rarely take the same lock.
 pub struct Coalescer<W> {
-    shards: Box<[Mutex<HashMap<CacheKey, Vec<W>, FastHash>>]>,
+    shards: Box<[Mutex<Waiting<W>>]>,
     hasher: FastHash,
 }
+
+/// One shard: each question asked upstream and who waits for its answer.
+type Waiting<W> = HashMap<CacheKey, Vec<W>, FastHash>;
 
 /// Shards of the [`Coalescer`]: a power of two, well above the number of DNS workers.
 const COALESCER_SHARDS: usize = 16;
