@@ -311,13 +311,28 @@ pub fn knot_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
 
 /// As [`knot_config`], listening on each of `listen` (Knot's `ADDR@PORT` form).
 pub fn knot_config_on(dir: &std::path::Path, listen: &[String]) -> std::path::PathBuf {
-    for (origin, text) in ZONES {
-        let file = if origin == "." {
+    knot_config_with(dir, listen, &ZONES)
+}
+
+/// As [`knot_config_on`], serving `zones` (origin, zone file text).
+pub fn knot_config_with(
+    dir: &std::path::Path,
+    listen: &[String],
+    zones: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let mut zone_list = String::new();
+    for (origin, text) in zones {
+        let file = if *origin == "." {
             "root.zone".to_string()
         } else {
             format!("{origin}zone")
         };
-        std::fs::write(dir.join(file), text).unwrap();
+        std::fs::write(dir.join(&file), text).unwrap();
+        let domain = origin
+            .strip_suffix('.')
+            .filter(|o| !o.is_empty())
+            .unwrap_or(".");
+        zone_list.push_str(&format!("  - domain: {domain}\n    file: {file}\n"));
     }
     let d = dir.display();
     let listen = listen.join(", ");
@@ -326,7 +341,7 @@ pub fn knot_config_on(dir: &std::path::Path, listen: &[String]) -> std::path::Pa
          log:\n  - target: stderr\n    any: warning\n\
          database:\n  storage: \"{d}\"\n\
          template:\n  - id: default\n    storage: \"{d}\"\n    zonefile-load: whole\n    journal-content: none\n\
-         zone:\n  - domain: cluster.local\n    file: cluster.local.zone\n  - domain: .\n    file: root.zone\n"
+         zone:\n{zone_list}"
     );
     let path = dir.join("knot.conf");
     std::fs::write(&path, conf).unwrap();
@@ -348,13 +363,22 @@ impl Knot {
     /// Knot on 127.0.0.1 and, with `v6`, on [::1] at the same port: (knot, the IPv6
     /// address).
     pub async fn start_dual(v6: bool) -> (Knot, SocketAddr) {
+        Self::start_serving(v6, &ZONES, "kubernetes.default.svc.cluster.local.").await
+    }
+
+    /// Knot serving `zones`, ready once it answers `probe` (a name it has) with NOERROR.
+    pub async fn start_serving(
+        v6: bool,
+        zones: &[(&str, &str)],
+        probe: &str,
+    ) -> (Knot, SocketAddr) {
         let dir = TempDir::new("knot");
         let port = free_port();
         let mut listen = vec![format!("127.0.0.1@{port}")];
         if v6 {
             listen.push(format!("::1@{port}"));
         }
-        let conf_path = knot_config_on(&dir.0, &listen);
+        let conf_path = knot_config_with(&dir.0, &listen, zones);
         let child = Child(
             std::process::Command::new("knotd")
                 .arg("-c")
@@ -366,12 +390,7 @@ impl Knot {
                 ),
         );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let probe = query_bytes(
-            "kubernetes.default.svc.cluster.local.",
-            RecordType::A,
-            1,
-            None,
-        );
+        let probe = query_bytes(probe, RecordType::A, 1, None);
         for _ in 0..100 {
             if let Some(answer) = udp_exchange(addr, &probe, Duration::from_millis(50)).await {
                 if answer.len() > 12 && answer[3] & 0x0f == 0 {

@@ -13,6 +13,7 @@ mod bad_input;
 mod cache;
 mod cli;
 mod data_path;
+mod differential;
 mod forwarding;
 mod knot;
 mod kubernetes;
