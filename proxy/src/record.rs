@@ -64,8 +64,8 @@ impl Outcome {
     /// The outcome of a response by its RCODE.
     pub fn of_rcode(rcode: u8) -> Outcome {
         match rcode {
-            r if r == Rcode::ServFail as u8 => Outcome::ServFail,
-            r if r == Rcode::Refused as u8 => Outcome::Refused,
+            Rcode::SERVFAIL => Outcome::ServFail,
+            Rcode::REFUSED => Outcome::Refused,
             _ => Outcome::Answer,
         }
     }
@@ -175,7 +175,7 @@ impl QueryTrace {
         // Only empty NOERROR answers need their authority section read (empty-NOERROR kinds);
         // NXDOMAIN, the bulk of search noise, never does.
         self.authority_soa =
-            self.rcode == 0 && self.answers == 0 && wire::authority_has_soa(answer);
+            self.rcode == Rcode::NOERROR && self.answers == 0 && wire::authority_has_soa(answer);
     }
 
     /// The query name, lower case, without the trailing dot ("." for the root).
@@ -185,7 +185,7 @@ impl QueryTrace {
 
     /// NOERROR with at least one answer record.
     pub fn has_data(&self) -> bool {
-        self.rcode == 0 && self.answers > 0
+        self.rcode == Rcode::NOERROR && self.answers > 0
     }
 }
 
@@ -346,6 +346,29 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// What a kind means and what usually causes it: one line for operators.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Kind::EmptyNoerrorSearch => {
+                "empty NOERROR on a search expansion: musl/Alpine clients stop here and fail the lookup; the upstream should say NXDOMAIN"
+            }
+            Kind::EmptyNoerrorNoSoa => {
+                "NOERROR with no records and no SOA: the upstream answers 'nothing' instead of NXDOMAIN/NODATA (a filter or a broken zone)"
+            }
+            Kind::ParallelRace => {
+                "one query of an A/AAAA pair sent together was lost and re-sent after a timeout: the conntrack race (5 s stalls)"
+            }
+            Kind::ClientRetry => {
+                "the client asked the same question again: it timed out waiting for an answer"
+            }
+            Kind::UpstreamTimeout => "an upstream did not answer in time; dnslens retried another",
+            Kind::UpstreamError => "an upstream answered SERVFAIL or REFUSED",
+            Kind::NdotsHint => {
+                "note: every search suffix was tried before the name itself answered; lower ndots (options ndots:2) or end the name with a dot in this workload"
+            }
+        }
+    }
+
     pub const ALL: [Kind; 6] = [
         Kind::EmptyNoerrorSearch,
         Kind::EmptyNoerrorNoSoa,

@@ -40,6 +40,25 @@ pub enum Rcode {
     Refused = 5,
 }
 
+impl Rcode {
+    /// The values as numbers, for matching a header's RCODE field.
+    pub const NOERROR: u8 = Rcode::NoError as u8;
+    pub const FORMERR: u8 = Rcode::FormErr as u8;
+    pub const SERVFAIL: u8 = Rcode::ServFail as u8;
+    pub const NXDOMAIN: u8 = Rcode::NxDomain as u8;
+    pub const NOTIMP: u8 = Rcode::NotImp as u8;
+    pub const REFUSED: u8 = Rcode::Refused as u8;
+}
+
+/// The other address type of an A or AAAA question (the twin a resolver asks with it).
+pub fn address_twin(qtype: u16) -> Option<u16> {
+    match qtype {
+        QTYPE_A => Some(QTYPE_AAAA),
+        QTYPE_AAAA => Some(QTYPE_A),
+        _ => None,
+    }
+}
+
 /// Why a message cannot be forwarded. Each maps to a `reason` label of
 /// `dnslens_requests_dropped_total` or `dnslens_responses_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

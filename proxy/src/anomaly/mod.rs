@@ -1,6 +1,8 @@
 //! Anomaly detectors: read finished lookups ([`LookupRecord`]) and name the patterns that
-//! broke a real cluster. Pure functions over plain data ([`kinds`]) plus a
-//! [`LookupObserver`] that counts them; they never reach back into the data path.
+//! broke a real cluster. `detect` holds the pure per-lookup detectors ([`kinds`]), `memory`
+//! the bounded memory across lookups that finds retries and suspected races (one
+//! implementation of each), and [`Detectors`] is the [`LookupObserver`] that runs both,
+//! counts and journals; they never reach back into the data path.
 //!
 //! Detectors and their metrics (labels are closed sets, never a query name):
 //! - **Empty NOERROR**: RCODE NOERROR with no answer for an A/AAAA question.
@@ -41,7 +43,9 @@
 //! memory across lookups reveals (a retry, a late twin) reach its trace as `dns.anomaly`
 //! too, and a lookup with any kind is always exported (see `telemetry`).
 
+mod detect;
 pub mod journal;
+mod memory;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -55,125 +59,11 @@ use prometheus_client::registry::Registry;
 
 use crate::lookup::LookupObserver;
 use crate::metrics::{CounterTable, QtypeLabel};
-use crate::record::{Attempt, Kind, LookupOutcome, LookupRecord, Outcome};
-use crate::wire::{QTYPE_A, QTYPE_AAAA};
-
-/// A and AAAA of one name from one socket this close together are "sent in parallel".
-const PARALLEL_WINDOW: Duration = Duration::from_millis(50);
-
-fn is_empty_noerror(a: &Attempt) -> bool {
-    a.query.rcode == 0 && a.query.answers == 0 && matches!(a.query.qtype, QTYPE_A | QTYPE_AAAA)
-}
-
-/// An AAAA NODATA whose A twin (same name, same lookup) has data: an IPv4-only name.
-fn is_ordinary_aaaa_nodata(a: &Attempt, lookup: &LookupRecord) -> bool {
-    a.query.qtype == QTYPE_AAAA
-        && lookup
-            .attempts
-            .iter()
-            .any(|b| b.query.qtype == QTYPE_A && b.qname == a.qname && b.query.has_data())
-}
-
-/// Pairs (index of A, index of AAAA) sent in parallel from one socket.
-fn parallel_pairs(lookup: &LookupRecord) -> Vec<(usize, usize)> {
-    let mut pairs = Vec::new();
-    for (i, a) in lookup
-        .attempts
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| a.query.qtype == QTYPE_A)
-    {
-        let twin = lookup.attempts.iter().enumerate().find(|(_, b)| {
-            b.query.qtype == QTYPE_AAAA
-                && b.qname == a.qname
-                && b.query.client == a.query.client
-                && abs_diff(b.query.received, a.query.received) <= PARALLEL_WINDOW
-        });
-        if let Some((j, _)) = twin {
-            pairs.push((i, j));
-        }
-    }
-    pairs
-}
-
-fn abs_diff(a: std::time::Instant, b: std::time::Instant) -> Duration {
-    a.saturating_duration_since(b)
-        .max(b.saturating_duration_since(a))
-}
-
-/// Retries: (index of the repeat, gap since the previous ask of the same name and type from
-/// the same client socket). Resolvers resend on the socket they asked from; a second
-/// `getaddrinfo` of the same name opens a new socket and is not a retry. Attempts are in
-/// arrival order.
-fn retries(lookup: &LookupRecord) -> Vec<(usize, Duration)> {
-    let mut last_seen: HashMap<
-        (&str, u16, u16, u16),
-        std::time::Instant,
-        foldhash::fast::RandomState,
-    > = HashMap::default();
-    let mut out = Vec::new();
-    for (i, a) in lookup.attempts.iter().enumerate() {
-        let key = (
-            a.qname.as_str(),
-            a.query.qtype,
-            a.query.client.port(),
-            a.query.id,
-        );
-        if let Some(previous) = last_seen.insert(key, a.query.received) {
-            out.push((i, a.query.received.saturating_duration_since(previous)));
-        }
-    }
-    out
-}
-
-/// The anomaly kinds of one lookup, sorted, without repeats.
-pub fn kinds(lookup: &LookupRecord) -> Vec<Kind> {
-    let mut kinds = Vec::new();
-    for a in &lookup.attempts {
-        if is_empty_noerror(a) && !is_ordinary_aaaa_nodata(a, lookup) {
-            if a.suffix.is_some() {
-                kinds.push(Kind::EmptyNoerrorSearch);
-            }
-            if !a.query.authority_soa {
-                kinds.push(Kind::EmptyNoerrorNoSoa);
-            }
-        }
-        for t in &a.query.tries {
-            match t.outcome {
-                Outcome::Timeout => kinds.push(Kind::UpstreamTimeout),
-                Outcome::ServFail | Outcome::Refused => kinds.push(Kind::UpstreamError),
-                _ => {}
-            }
-        }
-    }
-    let retried = retries(lookup);
-    if !retried.is_empty() {
-        kinds.push(Kind::ClientRetry);
-    }
-    if race_suspected(lookup, &retried) > 0 {
-        kinds.push(Kind::ParallelRace);
-    }
-    kinds.sort();
-    kinds.dedup();
-    kinds
-}
-
-/// Parallel pairs one of whose queries the client asked again (the other was answered).
-fn race_suspected(lookup: &LookupRecord, retried: &[(usize, Duration)]) -> usize {
-    parallel_pairs(lookup)
-        .into_iter()
-        .filter(|&(a, aaaa)| {
-            let asked_again = |i: usize| {
-                let first = &lookup.attempts[i];
-                retried.iter().any(|&(r, _)| {
-                    let again = &lookup.attempts[r];
-                    r > i && again.qname == first.qname && again.query.qtype == first.query.qtype
-                })
-            };
-            asked_again(a) != asked_again(aaaa)
-        })
-        .count()
-}
+use crate::record::{Attempt, Kind, LookupOutcome, LookupRecord};
+use crate::wire::{Rcode, QTYPE_A, QTYPE_AAAA};
+use detect::{is_empty_noerror, parallel_pairs};
+pub use detect::{kinds, ndots_hint};
+use memory::Memory;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Flag(bool);
@@ -217,85 +107,14 @@ struct QtypeLabels {
     qtype: QtypeLabel,
 }
 
-/// What the detectors remember across lookups, keyed by (client socket, name, qtype):
-/// a retry or a late twin arrives seconds later, after the first lookup has ended. Bounded:
-/// at most `RECENT_CAP` entries, oldest evicted and counted; entries older than
-/// `RECENT_WINDOW` no longer match.
-/// (client socket, hash of the name, qtype): a 64-bit hash rather than the name keeps the
-/// per-query work allocation-free; a collision could at worst pair two names once.
-type QuestionKey = (std::net::SocketAddr, u64, u16);
-
-fn question_key(a: &Attempt, qtype: u16) -> QuestionKey {
-    use std::hash::BuildHasher;
-    (a.query.client, NAME_HASH.hash_one(a.qname.as_str()), qtype)
-}
-
-/// A fixed-seed hasher, so equal names hash equally across lookups.
-const NAME_HASH: foldhash::fast::FixedState =
-    foldhash::fast::FixedState::with_seed(0x0064_6e73_6c65_6e73);
-/// (when it was asked, the client's message ID)
-type Asked = (std::time::Instant, u16);
-
-struct Recent {
-    seen: HashMap<QuestionKey, Asked, foldhash::fast::RandomState>,
-    order: std::collections::VecDeque<(QuestionKey, Asked)>,
-    evicted: Counter,
-}
-
-const RECENT_CAP: usize = 4096;
-const RECENT_WINDOW: Duration = Duration::from_secs(12);
-/// A twin arriving sooner than this is not "late": resolvers time out after 1 s at least.
-const LATE_TWIN: Duration = Duration::from_millis(500);
-
-impl Recent {
-    fn new(evicted: Counter) -> Recent {
-        Recent {
-            seen: HashMap::default(),
-            order: std::collections::VecDeque::new(),
-            evicted,
-        }
-    }
-
-    /// Forgets and returns how long ago `qtype` for `a`'s socket and name was remembered
-    /// (and the message ID it had then), if within the window.
-    fn take(&mut self, a: &Attempt, qtype: u16) -> Option<(Duration, u16)> {
-        let key = question_key(a, qtype);
-        let (at, id) = self.seen.remove(&key)?;
-        let gap = a.query.received.saturating_duration_since(at);
-        (gap <= RECENT_WINDOW).then_some((gap, id))
-    }
-
-    fn remember(&mut self, a: &Attempt, qtype: u16) {
-        let key = question_key(a, qtype);
-        if self.seen.len() >= RECENT_CAP && !self.seen.contains_key(&key) {
-            while let Some((old, at)) = self.order.pop_front() {
-                if self.seen.get(&old) == Some(&at) {
-                    self.seen.remove(&old);
-                    self.evicted.inc();
-                    break;
-                }
-            }
-        }
-        let value = (a.query.received, a.query.id);
-        self.seen.insert(key, value);
-        self.order.push_back((key, value));
-        if self.order.len() > 2 * RECENT_CAP {
-            let seen = &self.seen;
-            self.order.retain(|(k, at)| seen.get(k) == Some(at));
-        }
-    }
-}
-
 /// Counts what the detectors find; runs in the lookup tracker.
 pub struct Detectors {
     journal: journal::Journal,
     clock: crate::record::Clock,
     /// Lookups with each anomaly kind (what the journal and alerts use).
     anomalies: Vec<CounterWithExemplar<TraceLabels>>,
-    /// Every A/AAAA/other question asked, for retries.
-    asked: Recent,
-    /// A/AAAA questions whose twin did not come with them, keyed by the missing qtype.
-    lonely: Recent,
+    /// Recent questions, for retries and late twins.
+    memory: Memory,
     empty_noerror: CounterTable<EmptyNoerrorLabels>,
     search_expansion: Family<OutcomeLabels, Counter>,
     lookups: Family<OutcomeLabels, Counter>,
@@ -312,14 +131,6 @@ pub struct Detectors {
 /// How often one name gets an ndots note in the journal, and how many names are remembered.
 const HINT_EVERY: Duration = Duration::from_secs(600);
 const HINTED_NAMES: usize = 4096;
-
-/// A lookup that walked the search list and was answered by the absolute name: with a
-/// lower ndots (or a trailing dot) it would have taken one query pair.
-pub fn ndots_hint(lookup: &LookupRecord) -> bool {
-    lookup.outcome == LookupOutcome::Answered
-        && lookup.answered_by().is_some_and(|a| a.suffix.is_none())
-        && lookup.attempts.iter().any(|a| a.suffix.is_some())
-}
 
 impl Detectors {
     pub fn register(registry: &mut Registry, journal: journal::Journal) -> Detectors {
@@ -420,8 +231,7 @@ impl Detectors {
             journal,
             clock: crate::record::Clock::now(),
             anomalies,
-            asked: Recent::new(evicted.clone()),
-            lonely: Recent::new(evicted),
+            memory: Memory::new(evicted),
             empty_noerror,
             search_expansion,
             lookups,
@@ -462,85 +272,11 @@ impl Detectors {
     }
 }
 
-impl Detectors {
-    /// Whether the A/AAAA twin of `a` was asked from the same socket within the parallel
-    /// window of `first` (when `a` was first asked) and has not been asked again since.
-    fn twin_sent_with(&self, a: &Attempt, first: Option<std::time::Instant>) -> bool {
-        let twin = match a.query.qtype {
-            QTYPE_A => QTYPE_AAAA,
-            QTYPE_AAAA => QTYPE_A,
-            _ => return false,
-        };
-        let (Some(first), Some((twin_at, _))) =
-            (first, self.asked.seen.get(&question_key(a, twin)))
-        else {
-            return false;
-        };
-        abs_diff(*twin_at, first) <= PARALLEL_WINDOW
-    }
-
-    /// Retries and late twins, which span lookups: counted against what was remembered,
-    /// then this lookup's questions (and its lonely A/AAAA) are remembered.
-    fn across_lookups(&mut self, lookup: &LookupRecord) -> Vec<Kind> {
-        let mut found = Vec::new();
-        for a in &lookup.attempts {
-            // A retransmission repeats the message ID; a new question with another ID from a
-            // long-lived socket (a load generator, a caching stub) is not a retry.
-            if let Some((gap, _)) = self
-                .asked
-                .take(a, a.query.qtype)
-                .filter(|(_, id)| *id == a.query.id)
-            {
-                found.push(Kind::ClientRetry);
-                let qtype = QtypeLabel::from_qtype(a.query.qtype);
-                self.retries
-                    .get(qtype.index(), || QtypeLabels { qtype })
-                    .inc();
-                self.retry_gap.observe(gap.as_secs_f64());
-                // Retried, while its twin sent with it was not: one of a parallel pair lost.
-                if self.twin_sent_with(a, a.query.received.checked_sub(gap)) {
-                    found.push(Kind::ParallelRace);
-                    self.race_suspected.inc();
-                }
-            }
-            self.asked.remember(a, a.query.qtype);
-            if matches!(a.query.qtype, QTYPE_A | QTYPE_AAAA)
-                && self
-                    .lonely
-                    .take(a, a.query.qtype)
-                    .is_some_and(|(gap, _)| gap >= LATE_TWIN)
-            {
-                found.push(Kind::ParallelRace);
-                self.race_suspected.inc();
-            }
-        }
-        for a in &lookup.attempts {
-            let twin = match a.query.qtype {
-                QTYPE_A => QTYPE_AAAA,
-                QTYPE_AAAA => QTYPE_A,
-                _ => continue,
-            };
-            // A twin that got no real answer (SERVFAIL: its answer was withheld or lost
-            // upstream) counts as missing: the client will send it again.
-            let has_twin = lookup.attempts.iter().any(|b| {
-                b.query.qtype == twin
-                    && b.qname == a.qname
-                    && b.query.client == a.query.client
-                    && b.query.rcode != 2
-            });
-            if !has_twin {
-                self.lonely.remember(a, twin);
-            }
-        }
-        found
-    }
-}
-
 fn query_outcome(a: &Attempt) -> &'static str {
     match a.query.rcode {
-        0 if a.query.answers > 0 => "answer",
-        0 => "nodata",
-        3 => "nxdomain",
+        Rcode::NOERROR if a.query.answers > 0 => "answer",
+        Rcode::NOERROR => "nodata",
+        Rcode::NXDOMAIN => "nxdomain",
         _ => "servfail",
     }
 }
@@ -549,8 +285,17 @@ impl LookupObserver for Detectors {
     /// Finds the lookup's kinds — its own, and retries and late twins remembered across
     /// lookups — and writes them on the record, so its trace carries them too.
     fn annotate(&mut self, lookup: &mut LookupRecord) {
+        let across = self.memory.across_lookups(lookup);
+        for retry in &across.retries {
+            let qtype = QtypeLabel::from_qtype(retry.qtype);
+            self.retries
+                .get(qtype.index(), || QtypeLabels { qtype })
+                .inc();
+            self.retry_gap.observe(retry.gap.as_secs_f64());
+        }
+        self.race_suspected.inc_by(across.races);
         let mut found = kinds(lookup);
-        found.extend(self.across_lookups(lookup));
+        found.extend(across.kinds);
         found.sort();
         found.dedup();
         lookup.anomalies = found;
@@ -594,8 +339,8 @@ impl LookupObserver for Detectors {
             }
         }
         self.parallel.inc_by(parallel_pairs(lookup).len() as u64);
-        // Retries and races are counted in `across_lookups`, which sees a lookup's own
-        // repeats as well as those that come after it ended.
+        // Retries and races are counted in `annotate`: the memory across lookups sees a
+        // lookup's own repeats as well as those that come after it ended.
     }
 }
 

@@ -53,8 +53,6 @@ const MAX_STALENESS: Duration = Duration::from_secs(24 * 3600);
 const WEIGHT_UNIT: usize = 512;
 /// Waiters per coalesced question.
 const MAX_WAITERS: usize = 256;
-const RCODE_NOERROR: u8 = Rcode::NoError as u8;
-const RCODE_NXDOMAIN: u8 = Rcode::NxDomain as u8;
 
 type FastHash = foldhash::fast::RandomState;
 
@@ -344,7 +342,7 @@ impl Cache {
         }
         let sections = wire::sections(answer).ok()?;
         let lifetime = match info.rcode {
-            RCODE_NOERROR if !sections.answers.is_empty() => {
+            Rcode::NOERROR if !sections.answers.is_empty() => {
                 let smallest = sections
                     .answers
                     .iter()
@@ -353,7 +351,7 @@ impl Cache {
                     .min()?;
                 Duration::from_secs(smallest.into()).clamp(self.min_ttl, self.max_ttl)
             }
-            RCODE_NOERROR | RCODE_NXDOMAIN => {
+            Rcode::NOERROR | Rcode::NXDOMAIN => {
                 Duration::from_secs(wire::negative_ttl(answer, &sections)?.into())
                     .min(self.max_negative_ttl)
             }

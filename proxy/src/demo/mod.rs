@@ -105,7 +105,10 @@ async fn bind_udp_and_tcp(
 
 /// Runs the demo until SIGINT/SIGTERM. `config` carries the proxy's listen and metrics
 /// addresses; its upstreams are replaced by the embedded server.
-pub async fn run(mut config: Config) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: Config,
+    render_journal: fn(&[crate::anomaly::journal::Entry]) -> String,
+) -> anyhow::Result<()> {
     let upstream = EmbeddedUpstream::start("127.0.0.1:0".parse()?, &ZONES).await?;
     config.upstreams = vec![UpstreamAddr(upstream.addr)];
     config.mode = Mode::Sidecar;
@@ -126,7 +129,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         upstream.addr,
         SEARCH.join(" "),
     );
-    simulated_clients(dns, &proxy.journal).await;
+    simulated_clients(dns, &proxy.journal, render_journal).await;
     fixes(&config, upstream.addr).await?;
     println!(
         "Try:\n  \
@@ -149,7 +152,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
 /// Lookups as pods would make them, one after another so their trees print in order, then
 /// the incident's other two patterns, then the anomaly journal.
-async fn simulated_clients(dns: SocketAddr, journal: &crate::anomaly::journal::Journal) {
+async fn simulated_clients(
+    dns: SocketAddr,
+    journal: &crate::anomaly::journal::Journal,
+    render_journal: fn(&[crate::anomaly::journal::Entry]) -> String,
+) {
     use clients::{getaddrinfo, Libc};
     let cases = [
         (
@@ -197,7 +204,7 @@ async fn simulated_clients(dns: SocketAddr, journal: &crate::anomaly::journal::J
     println!("== what was abnormal in the last 10 minutes (`dnslens anomalies`):\n");
     print!(
         "{}",
-        crate::anomaly::journal::render(&journal.query(Duration::from_secs(600), None))
+        render_journal(&journal.query(Duration::from_secs(600), None))
     );
     println!();
 }

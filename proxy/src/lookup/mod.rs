@@ -38,6 +38,7 @@ use crate::background::Pacer;
 use crate::config::LookupConfig;
 use crate::record::{Attempt, LookupOutcome, LookupRecord, Outcome, QueryTrace, TraceSink};
 use crate::search::SearchModel;
+use crate::wire::Rcode;
 
 /// How often the tracker drains the hot path's buffer and closes ended lookups.
 const TICK: Duration = Duration::from_millis(20);
@@ -78,8 +79,8 @@ fn close(open: OpenLookup, evicted: bool) -> LookupRecord {
     } else {
         match attempts.iter().max_by_key(|a| a.query.received) {
             Some(last) => match last.query.rcode {
-                0 => LookupOutcome::NoData,
-                3 => LookupOutcome::NxDomain,
+                Rcode::NOERROR => LookupOutcome::NoData,
+                Rcode::NXDOMAIN => LookupOutcome::NxDomain,
                 _ if last
                     .query
                     .tries
@@ -330,7 +331,8 @@ impl Tracker {
             query,
         };
         let settles = attempt.query.has_data()
-            || (attempt.suffix.is_none() && matches!(attempt.query.rcode, 0 | 3));
+            || (attempt.suffix.is_none()
+                && matches!(attempt.query.rcode, Rcode::NOERROR | Rcode::NXDOMAIN));
         let activity = attempt.query.answered;
         let base = &attempt.qname[..base_len];
         let full = self

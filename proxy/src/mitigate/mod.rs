@@ -40,7 +40,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::search::SearchModel;
-use crate::wire::{self, HEADER_LEN, QTYPE_A, QTYPE_AAAA};
+use crate::wire::{self, Rcode, HEADER_LEN};
 
 /// How an autopath walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,24 +125,15 @@ impl MitigationMetrics {
     }
 }
 
-/// The other type of an A/AAAA pair.
-pub fn twin_qtype(qtype: u16) -> Option<u16> {
-    match qtype {
-        QTYPE_A => Some(QTYPE_AAAA),
-        QTYPE_AAAA => Some(QTYPE_A),
-        _ => None,
-    }
-}
-
 /// NOERROR with no answer records.
 pub fn is_empty_noerror(answer: &[u8]) -> bool {
-    wire::rcode(answer) == 0 && wire::answer_count(answer) == 0
+    wire::rcode(answer) == Rcode::NOERROR && wire::answer_count(answer) == 0
 }
 
 /// Whether the shield should look at this answer: an empty NOERROR to an A/AAAA question
 /// (`question` is the raw question section) whose name reads as a search expansion.
 pub fn shield_candidate(model: &SearchModel, question: &[u8], qtype: u16, answer: &[u8]) -> bool {
-    twin_qtype(qtype).is_some()
+    wire::address_twin(qtype).is_some()
         && is_empty_noerror(answer)
         && wire::question_name(question).is_some_and(|name| model.candidates(&name).len() > 1)
 }

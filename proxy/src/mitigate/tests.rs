@@ -3,6 +3,7 @@ use hickory_proto::rr::{RData, RecordType};
 
 use super::*;
 use crate::test_messages::{a_answer, negative_answer, query};
+use crate::wire::QTYPE_A;
 
 fn pod_model() -> SearchModel {
     SearchModel::Fixed {

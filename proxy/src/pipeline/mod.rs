@@ -39,9 +39,6 @@ use crate::request::{Arrival, Complete, Request};
 use crate::search::SearchModel;
 use crate::wire::{self, QueryInfo, Rcode, HEADER_LEN};
 
-const RCODE_SERVFAIL: u8 = Rcode::ServFail as u8;
-const RCODE_NXDOMAIN: u8 = Rcode::NxDomain as u8;
-
 pub struct Pipeline {
     forwarder: Arc<Forwarder>,
     cache: Option<Cache>,
@@ -234,7 +231,7 @@ impl Pipeline {
         };
         let now = Instant::now();
         let mut stale = None;
-        if wire::rcode(answer) == RCODE_SERVFAIL {
+        if wire::rcode(answer) == Rcode::SERVFAIL {
             let key = leader_key
                 .clone()
                 .or_else(|| CacheKey::of(&request.query, &request.info));
@@ -296,14 +293,14 @@ impl Pipeline {
     /// The twin check of the musl shield: NXDOMAIN in place of the empty NOERROR when the
     /// other address type has no records either. Returns whether it rewrote.
     async fn shield(self: &Arc<Self>, query: &[u8], info: &QueryInfo, answer: &mut [u8]) -> bool {
-        let Some(twin) = mitigate::twin_qtype(info.qtype) else {
+        let Some(twin) = wire::address_twin(info.qtype) else {
             return false;
         };
         let twin_answer = self
             .resolve(wire::with_qtype(query, info.question_end, twin))
             .await;
-        let no_address =
-            mitigate::is_empty_noerror(&twin_answer) || wire::rcode(&twin_answer) == RCODE_NXDOMAIN;
+        let no_address = mitigate::is_empty_noerror(&twin_answer)
+            || wire::rcode(&twin_answer) == Rcode::NXDOMAIN;
         if no_address {
             wire::set_rcode(answer, Rcode::NxDomain);
             self.metrics.rewrote_empty_noerror();
@@ -327,7 +324,7 @@ impl Pipeline {
     /// Server-side search for a first search expansion (see [`crate::mitigate`]).
     async fn autopath(self: Arc<Self>, mut request: Request, walk: Vec<String>) {
         let first = self.resolve(request.query.clone()).await;
-        let (result, mut answer, found) = if wire::rcode(&first) != RCODE_NXDOMAIN {
+        let (result, mut answer, found) = if wire::rcode(&first) != Rcode::NXDOMAIN {
             (AutopathResult::First, first, None)
         } else {
             self.walk(&request.query, request.info.question_end, walk, first)
@@ -355,8 +352,8 @@ impl Pipeline {
             };
             let answer = self.resolve(candidate).await;
             match wire::rcode(&answer) {
-                RCODE_NXDOMAIN => continue,
-                0 => {
+                Rcode::NXDOMAIN => continue,
+                Rcode::NOERROR => {
                     return match mitigate::cname_answer(query, &name, &answer) {
                         Some(cname) => (AutopathResult::Answered, cname, Some(name)),
                         None => (AutopathResult::Failed, first, None),

@@ -2,6 +2,8 @@
 //! Flags override `DNSLENS_*` environment variables (clap reads both), which override the
 //! YAML file.
 
+mod journal_table;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -270,7 +272,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 metrics_listen,
                 ..Config::default()
             };
-            run_async(crate::demo::run(config))
+            run_async(crate::demo::run(config, journal_table::render))
         }
         Command::Inject {
             file,
@@ -370,7 +372,7 @@ fn anomalies(addr: SocketAddr, since: &str, kind: Option<&str>, json: bool) -> E
     }
     match serde_json::from_str::<Vec<crate::anomaly::journal::Entry>>(&body) {
         Ok(entries) => {
-            print!("{}", crate::anomaly::journal::render(&entries));
+            print!("{}", journal_table::render(&entries));
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,0 +1,85 @@
+//! The detectors that need nothing but one lookup's record: pure functions.
+
+use std::time::{Duration, Instant};
+
+use crate::record::{Attempt, Kind, LookupOutcome, LookupRecord, Outcome};
+use crate::wire::{Rcode, QTYPE_A, QTYPE_AAAA};
+
+/// A and AAAA of one name from one socket this close together are "sent in parallel".
+pub(super) const PARALLEL_WINDOW: Duration = Duration::from_millis(50);
+
+pub(super) fn is_empty_noerror(a: &Attempt) -> bool {
+    a.query.rcode == Rcode::NOERROR
+        && a.query.answers == 0
+        && matches!(a.query.qtype, QTYPE_A | QTYPE_AAAA)
+}
+
+/// An AAAA NODATA whose A twin (same name, same lookup) has data: an IPv4-only name.
+fn is_ordinary_aaaa_nodata(a: &Attempt, lookup: &LookupRecord) -> bool {
+    a.query.qtype == QTYPE_AAAA
+        && lookup
+            .attempts
+            .iter()
+            .any(|b| b.query.qtype == QTYPE_A && b.qname == a.qname && b.query.has_data())
+}
+
+/// Pairs (index of A, index of AAAA) sent in parallel from one socket.
+pub(super) fn parallel_pairs(lookup: &LookupRecord) -> Vec<(usize, usize)> {
+    let mut pairs = Vec::new();
+    for (i, a) in lookup
+        .attempts
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.query.qtype == QTYPE_A)
+    {
+        let twin = lookup.attempts.iter().enumerate().find(|(_, b)| {
+            b.query.qtype == QTYPE_AAAA
+                && b.qname == a.qname
+                && b.query.client == a.query.client
+                && abs_diff(b.query.received, a.query.received) <= PARALLEL_WINDOW
+        });
+        if let Some((j, _)) = twin {
+            pairs.push((i, j));
+        }
+    }
+    pairs
+}
+
+pub(super) fn abs_diff(a: Instant, b: Instant) -> Duration {
+    a.saturating_duration_since(b)
+        .max(b.saturating_duration_since(a))
+}
+
+/// The kinds one lookup shows on its own, sorted, without repeats: empty NOERROR answers and
+/// upstream faults. Retries and races need memory across lookups ([`super::memory`]).
+pub fn kinds(lookup: &LookupRecord) -> Vec<Kind> {
+    let mut kinds = Vec::new();
+    for a in &lookup.attempts {
+        if is_empty_noerror(a) && !is_ordinary_aaaa_nodata(a, lookup) {
+            if a.suffix.is_some() {
+                kinds.push(Kind::EmptyNoerrorSearch);
+            }
+            if !a.query.authority_soa {
+                kinds.push(Kind::EmptyNoerrorNoSoa);
+            }
+        }
+        for t in &a.query.tries {
+            match t.outcome {
+                Outcome::Timeout => kinds.push(Kind::UpstreamTimeout),
+                Outcome::ServFail | Outcome::Refused => kinds.push(Kind::UpstreamError),
+                _ => {}
+            }
+        }
+    }
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// A lookup that walked the search list and was answered by the absolute name: with a
+/// lower ndots (or a trailing dot) it would have taken one query pair.
+pub fn ndots_hint(lookup: &LookupRecord) -> bool {
+    lookup.outcome == LookupOutcome::Answered
+        && lookup.answered_by().is_some_and(|a| a.suffix.is_none())
+        && lookup.attempts.iter().any(|a| a.suffix.is_some())
+}

@@ -1,0 +1,99 @@
+//! The anomaly journal as a terminal table (`dnslens anomalies`, and the demo's closing
+//! report): newest first, each lookup's queries under it, then one line per kind that
+//! appears saying what it means.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::anomaly::journal::Entry;
+use crate::record::Kind;
+
+/// The journal as a table, newest first, then one line per kind that appears.
+pub fn render(entries: &[Entry]) -> String {
+    if entries.is_empty() {
+        return "no anomalies in this window\n".to_string();
+    }
+    let mut out = String::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for e in entries {
+        let age = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |now| now.as_secs_f64() - e.time)
+            .max(0.0);
+        let repeats = if e.repeats > 0 {
+            format!("  (and {} more like it within 1 s)", e.repeats)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{:>7} ago  {:<15} {:<28} {:<9} {}{}\n",
+            humantime::format_duration(Duration::from_secs(age as u64)).to_string(),
+            e.client,
+            e.base,
+            e.outcome,
+            e.kinds.join(", "),
+            repeats
+        ));
+        for q in &e.queries {
+            out.push_str(&format!(
+                "             {:<5} {:<45} [{}] {} {} answer(s){}  {}\n",
+                q.qtype,
+                q.name,
+                q.search,
+                q.rcode,
+                q.answers,
+                if q.rcode == "NOERROR" && q.answers == 0 && !q.soa {
+                    ", no SOA"
+                } else {
+                    ""
+                },
+                q.upstreams.join("; ")
+            ));
+        }
+        for k in &e.kinds {
+            if !seen.contains(&k.as_str()) {
+                seen.push(k);
+            }
+        }
+    }
+    out.push_str("\nKinds:\n");
+    for k in seen {
+        let meaning = k.parse::<Kind>().map_or("unknown kind", Kind::explain);
+        out.push_str(&format!("  {k}: {meaning}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kinds: &[&str]) -> Entry {
+        Entry {
+            time: 0.0,
+            client: "10.0.0.7".into(),
+            base: "alauda.cn".into(),
+            outcome: "nodata".into(),
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            repeats: 2,
+            queries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_kind_that_appears_is_explained_once() {
+        let table = render(&[
+            entry(&["empty_noerror_search"]),
+            entry(&["empty_noerror_search", "ndots_hint"]),
+        ]);
+        assert!(table.contains("alauda.cn"), "{table}");
+        assert!(table.contains("(and 2 more like it within 1 s)"), "{table}");
+        assert_eq!(
+            table.matches("empty_noerror_search: ").count(),
+            1,
+            "{table}"
+        );
+        assert!(table.contains("musl/Alpine clients stop here"), "{table}");
+        assert!(table.contains("lower ndots"), "{table}");
+        assert_eq!(render(&[]), "no anomalies in this window\n");
+    }
+}
