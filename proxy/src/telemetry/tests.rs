@@ -3,9 +3,21 @@ use std::net::SocketAddr;
 
 use opentelemetry::Value;
 
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::SpanId;
+use opentelemetry::InstrumentationScope;
+use opentelemetry_sdk::trace::SpanData;
+
+use super::sampling::ForcedBudget;
+use super::settings::DEFAULT_SAMPLE_RATIO;
 use super::*;
+use crate::config::{OtlpProtocol, TracingConfig};
+use crate::lookup::LookupObserver;
 use crate::metrics::Transport;
-use crate::record::{Outcome, QueryTrace, UpstreamTry};
+use crate::record::{
+    Attempt, Clock, LookupOutcome, LookupRecord, Outcome, QueryTrace, UpstreamTry,
+};
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let map: HashMap<String, String> = vars

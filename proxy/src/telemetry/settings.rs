@@ -1,0 +1,81 @@
+//! The effective export settings: `tracing:` from the config, overridden by the `OTEL_*`
+//! environment, and the service's resource.
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
+
+use crate::config::{OtlpProtocol, TracingConfig};
+
+pub(super) const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+
+/// The effective export settings, after the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSettings {
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub sample_ratio: f64,
+    pub keep_anomalous_per_second: u32,
+    pub keep_anomalous_per_name_per_second: u32,
+    pub queue: usize,
+    pub export_timeout: Duration,
+}
+
+impl ExportSettings {
+    /// `None` when no endpoint is configured anywhere: tracing is off. `env` reads one
+    /// environment variable (a parameter so tests need not touch the process environment).
+    pub fn resolve(
+        config: &TracingConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Option<ExportSettings> {
+        let endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .filter(|e| !e.is_empty())
+            .or_else(|| config.endpoint.clone())?;
+        let protocol = match env("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            Some("grpc") => OtlpProtocol::Grpc,
+            _ => config.protocol.unwrap_or(OtlpProtocol::Grpc),
+        };
+        let env_ratio = match env("OTEL_TRACES_SAMPLER").as_deref() {
+            Some("always_on" | "parentbased_always_on") => Some(1.0),
+            Some("always_off" | "parentbased_always_off") => Some(0.0),
+            Some("traceidratio" | "parentbased_traceidratio") => env("OTEL_TRACES_SAMPLER_ARG")
+                .and_then(|a| a.parse::<f64>().ok())
+                .filter(|r| (0.0..=1.0).contains(r)),
+            _ => None,
+        };
+        Some(ExportSettings {
+            endpoint,
+            protocol,
+            sample_ratio: env_ratio
+                .or(config.sample_ratio)
+                .unwrap_or(DEFAULT_SAMPLE_RATIO),
+            keep_anomalous_per_second: config.keep_anomalous_per_second,
+            keep_anomalous_per_name_per_second: config.keep_anomalous_per_name_per_second,
+            queue: config.queue,
+            export_timeout: config.export_timeout,
+        })
+    }
+}
+
+/// The service's resource: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, service.name
+/// `dnslens` by default, and the Kubernetes attributes of the downward API.
+pub fn resource(env: impl Fn(&str) -> Option<String>) -> Resource {
+    let mut builder = Resource::builder();
+    if env("OTEL_SERVICE_NAME").is_none() {
+        builder = builder.with_service_name("dnslens");
+    }
+    let k8s = [
+        ("POD_NAME", "k8s.pod.name"),
+        ("POD_NAMESPACE", "k8s.namespace.name"),
+        ("NODE_NAME", "k8s.node.name"),
+    ];
+    builder
+        .with_attributes(
+            k8s.iter()
+                .filter_map(|(var, key)| env(var).map(|v| KeyValue::new(*key, v))),
+        )
+        .build()
+}
