@@ -1,4 +1,7 @@
-//! Configuration: one serde tree, its defaults, and validation with one-line errors.
+//! Configuration: one serde tree, its defaults, the file/env/flag merge, and the rules that
+//! span sections, with one-line errors. Each section's type, defaults and own checks live
+//! with the component that reads it (`ListenerConfig` in `listen`, `ForwardConfig` in
+//! `forward`, `CacheConfig` in `cache`, …); this module assembles them.
 //!
 //! Sources, later wins: the YAML file (`--config FILE`), then `DNSLENS_*` environment
 //! variables, then command-line flags (the last two are merged by `cli`, which calls
@@ -39,6 +42,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::anomaly::journal::JournalConfig;
+pub use crate::cache::CacheConfig;
+pub use crate::forward::ForwardConfig;
+use crate::invalid::Invalid;
+pub use crate::listen::ListenerConfig;
+pub use crate::lookup::LookupConfig;
+pub use crate::mitigate::MitigationsConfig;
+pub use crate::search::{Mode, SearchSettings};
+pub use crate::telemetry::{OtlpProtocol, TracingConfig};
+
 /// Default DNS port for upstreams given without one.
 pub const DNS_PORT: u16 = 53;
 
@@ -53,6 +66,15 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+impl From<Invalid> for ConfigError {
+    fn from(invalid: Invalid) -> Self {
+        ConfigError::Invalid {
+            key: invalid.key,
+            message: invalid.reason,
+        }
+    }
+}
+
 impl ConfigError {
     fn invalid(key: &'static str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
@@ -62,32 +84,12 @@ impl ConfigError {
     }
 }
 
-/// Where dnslens runs: beside one pod, or on a node in front of many.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    #[default]
-    Sidecar,
-    NodeLocal,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Sidecar => "sidecar",
-            Mode::NodeLocal => "node-local",
-        }
-    }
-
-    /// Listen address when none is configured: loopback for a sidecar, NodeLocal DNSCache's
-    /// link-local convention for node-local.
-    fn default_listen(self) -> SocketAddr {
-        match self {
-            Mode::Sidecar => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DNS_PORT),
-            Mode::NodeLocal => {
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 20, 10)), DNS_PORT)
-            }
-        }
+/// Listen address when none is configured: loopback for a sidecar, NodeLocal DNSCache's
+/// link-local convention for node-local.
+fn default_listen(mode: Mode) -> SocketAddr {
+    match mode {
+        Mode::Sidecar => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DNS_PORT),
+        Mode::NodeLocal => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 20, 10)), DNS_PORT),
     }
 }
 
@@ -122,75 +124,6 @@ impl std::fmt::Display for UpstreamAddr {
     }
 }
 
-/// Client-facing listener tuning.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenerConfig {
-    /// UDP sockets (SO_REUSEPORT) per listen address; 0 means one per core.
-    pub udp_workers: usize,
-    pub tcp_max_connections: usize,
-    #[serde(with = "humantime_serde")]
-    pub tcp_idle_timeout: Duration,
-    pub tcp_max_inflight_per_connection: usize,
-    /// Client networks that get answers; queries from elsewhere are REFUSED. Empty: loopback
-    /// in a sidecar; node-local mode requires the pod CIDRs here.
-    pub allow: Vec<ipnet::IpNet>,
-}
-
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        ListenerConfig {
-            udp_workers: 0,
-            tcp_max_connections: 1024,
-            tcp_idle_timeout: Duration::from_secs(10),
-            tcp_max_inflight_per_connection: 64,
-            allow: Vec::new(),
-        }
-    }
-}
-
-/// Upstream-side tuning.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ForwardConfig {
-    /// Persistent UDP sockets towards the upstreams (each on its own random source port).
-    pub udp_sockets: usize,
-    /// Queries waiting for an upstream answer, all sockets together; beyond it, SERVFAIL.
-    pub max_inflight: usize,
-    /// A UDP socket is replaced by one on a fresh random port after this long.
-    #[serde(with = "humantime_serde")]
-    pub socket_lifetime: Duration,
-    /// Consecutive failures that put an upstream aside.
-    pub failure_threshold: u32,
-    #[serde(with = "humantime_serde")]
-    pub backoff_min: Duration,
-    #[serde(with = "humantime_serde")]
-    pub backoff_max: Duration,
-    #[serde(with = "humantime_serde")]
-    pub tcp_idle_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub tcp_connect_timeout: Duration,
-    /// Send every upstream query over TCP (pooled, pipelined), as node-cache's
-    /// `force_tcp` does: no UDP flow for conntrack to race on.
-    pub force_tcp: bool,
-}
-
-impl Default for ForwardConfig {
-    fn default() -> Self {
-        ForwardConfig {
-            udp_sockets: 4,
-            max_inflight: 16_384,
-            socket_lifetime: Duration::from_secs(300),
-            failure_threshold: 3,
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
-            tcp_idle_timeout: Duration::from_secs(20),
-            tcp_connect_timeout: Duration::from_secs(1),
-            force_tcp: false,
-        }
-    }
-}
-
 /// The whole configuration tree.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -219,134 +152,6 @@ pub struct Config {
     pub journal: JournalConfig,
     pub cache: CacheConfig,
     pub mitigations: MitigationsConfig,
-}
-
-/// The answer cache (see `cache`). Off by default.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    pub enabled: bool,
-    /// Answers kept; beyond it the cache evicts (S3-FIFO, `quick_cache`).
-    pub max_entries: usize,
-    /// TTL clamps for positive answers.
-    #[serde(with = "humantime_serde")]
-    pub min_ttl: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max_ttl: Duration,
-    /// Cap on the RFC 2308 negative TTL (SOA minimum) of NXDOMAIN/NODATA answers.
-    #[serde(with = "humantime_serde")]
-    pub max_negative_ttl: Duration,
-    /// Answer from an expired entry (TTL 30 s, up to a day old) when upstreams fail (RFC 8767).
-    pub serve_stale: bool,
-    /// Refresh an entry asked this many times when a tenth of its TTL is left; 0 = never.
-    pub prefetch: u32,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            enabled: false,
-            max_entries: 10_000,
-            min_ttl: Duration::ZERO,
-            max_ttl: Duration::from_secs(3600),
-            max_negative_ttl: Duration::from_secs(300),
-            serve_stale: false,
-            prefetch: 0,
-        }
-    }
-}
-
-/// Fixes for the failure patterns dnslens detects (see `mitigate`). Each off by default.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MitigationsConfig {
-    /// Server-side search: walk the pod's search list on the first expansion and answer
-    /// with a CNAME to the name that resolved. Needs a known search list (sidecar mode).
-    pub autopath: bool,
-    /// Answer an empty NOERROR for a search expansion (no A nor AAAA at that name) as
-    /// NXDOMAIN, so musl continues its search walk.
-    pub musl_shield: bool,
-}
-
-/// The anomaly journal (see `anomaly::journal`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JournalConfig {
-    /// Anomalous lookups kept; the oldest goes first.
-    pub entries: usize,
-}
-
-impl Default for JournalConfig {
-    fn default() -> Self {
-        JournalConfig { entries: 10_000 }
-    }
-}
-
-/// Correlation of queries into lookups (see `lookup`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LookupConfig {
-    /// A lookup ends this long after its last query.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Open lookups kept at once; the oldest is evicted beyond it (counted).
-    pub max_entries: usize,
-    /// Finished queries waiting for the tracker; beyond it they are dropped (counted).
-    pub queue: usize,
-}
-
-impl Default for LookupConfig {
-    fn default() -> Self {
-        LookupConfig {
-            window: Duration::from_secs(2),
-            max_entries: 10_000,
-            queue: 16_384,
-        }
-    }
-}
-
-/// OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum OtlpProtocol {
-    #[serde(rename = "grpc")]
-    Grpc,
-    #[serde(rename = "http/protobuf")]
-    HttpProtobuf,
-}
-
-/// Trace export (see `telemetry`). Off unless an endpoint is set here or in
-/// `OTEL_EXPORTER_OTLP_ENDPOINT`; the `OTEL_*` variables override these keys.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TracingConfig {
-    pub endpoint: Option<String>,
-    pub protocol: Option<OtlpProtocol>,
-    /// Share of ordinary lookups exported; lookups with a timeout, SERVFAIL or anomaly always are.
-    pub sample_ratio: Option<f64>,
-    /// Lookups with an anomaly, timeout or SERVFAIL exported per second at most (every one
-    /// of them up to this rate; the rest are still counted and journaled).
-    pub keep_anomalous_per_second: u32,
-    /// ... and at most this many a second for any one base name (0: no per-name limit), so
-    /// a flood of one broken name leaves room for the others.
-    pub keep_anomalous_per_name_per_second: u32,
-    /// Spans waiting for export; beyond it they are dropped (counted).
-    pub queue: usize,
-    #[serde(with = "humantime_serde")]
-    pub export_timeout: Duration,
-}
-
-impl Default for TracingConfig {
-    fn default() -> Self {
-        TracingConfig {
-            endpoint: None,
-            protocol: None,
-            sample_ratio: None,
-            keep_anomalous_per_second: 100,
-            keep_anomalous_per_name_per_second: 1,
-            queue: 8_192,
-            export_timeout: Duration::from_secs(5),
-        }
-    }
 }
 
 impl Default for Config {
@@ -448,7 +253,7 @@ impl Config {
     /// `resolv_conf`) and checks the result.
     pub fn finish(mut self) -> Result<Config, ConfigError> {
         if self.listen.is_empty() {
-            self.listen.push(self.mode.default_listen());
+            self.listen.push(default_listen(self.mode));
         }
         if self.upstreams.is_empty() {
             self.upstreams = upstreams_from_resolv_conf(&self.resolv_conf, &self.listen)?;
@@ -505,37 +310,6 @@ impl Config {
                 format!("{} is not within 1..=10", self.attempts),
             ));
         }
-        let f = &self.forward;
-        if !(1..=64).contains(&f.udp_sockets) {
-            return Err(ConfigError::invalid(
-                "forward.udp_sockets",
-                format!("{} is not within 1..=64", f.udp_sockets),
-            ));
-        }
-        if f.max_inflight == 0 {
-            return Err(ConfigError::invalid(
-                "forward.max_inflight",
-                "must be above zero",
-            ));
-        }
-        if f.failure_threshold == 0 {
-            return Err(ConfigError::invalid(
-                "forward.failure_threshold",
-                "must be above zero",
-            ));
-        }
-        if f.backoff_min.is_zero() || f.backoff_max < f.backoff_min {
-            return Err(ConfigError::invalid(
-                "forward.backoff_max",
-                "backoff_min must be above zero and not above backoff_max",
-            ));
-        }
-        if f.socket_lifetime < Duration::from_secs(1) {
-            return Err(ConfigError::invalid(
-                "forward.socket_lifetime",
-                "must be at least 1s",
-            ));
-        }
         if self.ndots.is_some_and(|n| n > 15) {
             return Err(ConfigError::invalid(
                 "ndots",
@@ -555,43 +329,17 @@ impl Config {
                 format!("'{bad}' is not a domain"),
             ));
         }
-        if self
-            .tracing
-            .sample_ratio
-            .is_some_and(|r| !(0.0..=1.0).contains(&r))
-        {
-            return Err(ConfigError::invalid(
-                "tracing.sample_ratio",
-                "must be within 0..=1",
-            ));
-        }
-        if self.lookup.max_entries == 0 || self.lookup.queue == 0 || self.tracing.queue == 0 {
-            return Err(ConfigError::invalid(
-                "lookup",
-                "max_entries, lookup.queue and tracing.queue must be above zero",
-            ));
-        }
-        let l = &self.listener;
-        if l.tcp_max_connections == 0 || l.tcp_max_inflight_per_connection == 0 {
-            return Err(ConfigError::invalid(
-                "listener",
-                "tcp_max_connections and tcp_max_inflight_per_connection must be above zero",
-            ));
-        }
-        if l.udp_workers > 64 {
-            return Err(ConfigError::invalid("listener.udp_workers", "at most 64"));
-        }
-        if self.mode == Mode::NodeLocal && l.allow.is_empty() {
+        // Each component checks its own section ...
+        self.listener.validate()?;
+        self.forward.validate()?;
+        self.cache.validate()?;
+        self.lookup.validate()?;
+        self.tracing.validate()?;
+        // ... and the rules that span sections are here.
+        if self.mode == Mode::NodeLocal && self.listener.allow.is_empty() {
             return Err(ConfigError::invalid(
                 "listener.allow",
                 "node-local mode needs the client networks (the pod CIDRs): dnslens is never an open resolver",
-            ));
-        }
-        let c = &self.cache;
-        if c.enabled && (c.max_entries == 0 || c.max_ttl < c.min_ttl) {
-            return Err(ConfigError::invalid(
-                "cache",
-                "max_entries must be above zero and min_ttl not above max_ttl",
             ));
         }
         if self.mitigations.autopath && self.mode == Mode::NodeLocal {
@@ -601,6 +349,17 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The search-path model's settings (top-level keys: `mode`, `search`, `ndots`,
+    /// `cluster_domain`).
+    pub fn search_settings(&self) -> SearchSettings {
+        SearchSettings {
+            mode: self.mode,
+            search: self.search.clone(),
+            ndots: self.ndots,
+            cluster_domain: self.cluster_domain.clone(),
+        }
     }
 }
 

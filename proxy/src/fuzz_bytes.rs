@@ -10,8 +10,8 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use prometheus_client::registry::Registry;
 
+use crate::cache::CacheConfig;
 use crate::cache::{Cache, CacheKey, Lookup};
-use crate::config::CacheConfig;
 use crate::metrics::Transport;
 use crate::mitigate;
 use crate::record::QueryTrace;

@@ -23,6 +23,7 @@ pub mod forward;
 #[cfg(test)]
 mod fuzz_bytes;
 pub mod inject;
+pub mod invalid;
 pub mod listen;
 pub mod lookup;
 pub mod metrics;
@@ -121,7 +122,7 @@ impl Proxy {
             &mut registry,
             journal.clone(),
         )));
-        let model = SearchModel::from_config(config, &config.resolv_conf)?;
+        let model = SearchModel::build(&config.search_settings(), &config.resolv_conf);
         let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers);
         let trace_sink =
             Some(tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone()));
@@ -144,7 +145,7 @@ impl Proxy {
             config.forward.force_tcp,
             PipelineParts {
                 forwarder: forwarder.clone(),
-                search: SearchModel::from_config(config, &config.resolv_conf)?,
+                search: SearchModel::build(&config.search_settings(), &config.resolv_conf),
                 trace_sink,
                 tasks: tasks.clone(),
             },

@@ -43,12 +43,52 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::ListenerConfig;
+use crate::invalid::{check, Invalid};
 use crate::metrics::{ReasonCounters, ReasonLabels};
 use crate::pipeline::Pipeline;
 use crate::record::TraceSink;
 use crate::request::{Arrival, Replies, ReplyTo, RequestLabels, TcpReply, UdpReply};
 use crate::wire::{self, QueryInfo, Rcode};
+use serde::Deserialize;
+
+/// Client-facing listener tuning.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// UDP sockets (SO_REUSEPORT) per listen address; 0 means one per core.
+    pub udp_workers: usize,
+    pub tcp_max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    pub tcp_max_inflight_per_connection: usize,
+    /// Client networks that get answers; queries from elsewhere are REFUSED. Empty: loopback
+    /// in a sidecar; node-local mode requires the pod CIDRs here.
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            udp_workers: 0,
+            tcp_max_connections: 1024,
+            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_max_inflight_per_connection: 64,
+            allow: Vec::new(),
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// Checks the `listener:` section on its own.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check(
+            self.tcp_max_connections == 0 || self.tcp_max_inflight_per_connection == 0,
+            "listener",
+            "tcp_max_connections and tcp_max_inflight_per_connection must be above zero",
+        )?;
+        check(self.udp_workers > 64, "listener.udp_workers", "at most 64")
+    }
+}
 
 /// Largest UDP datagram read from a client.
 const UDP_RECV_BUFFER: usize = 65_535;

@@ -14,6 +14,20 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::{QtypeLabel, RcodeLabel};
 use crate::record::{Clock, Kind, LookupRecord};
 
+/// The anomaly journal (see `anomaly::journal`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Anomalous lookups kept; the oldest goes first.
+    pub entries: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig { entries: 10_000 }
+    }
+}
+
 /// Queries kept per journal entry: a `getaddrinfo` walk is at most about a dozen; a
 /// longer lookup (a client hammering one name) keeps its first ones. With `journal.entries`
 /// this bounds the journal's memory (10,000 entries: about 20 MB at worst).

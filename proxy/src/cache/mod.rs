@@ -42,8 +42,55 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use quick_cache::Lifecycle;
 
-use crate::config::CacheConfig;
+use crate::invalid::{check, Invalid};
 use crate::wire::{self, QueryInfo, Rcode, HEADER_LEN, RTYPE_OPT};
+use serde::Deserialize;
+
+/// The answer cache (see `cache`). Off by default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Answers kept; beyond it the cache evicts (S3-FIFO, `quick_cache`).
+    pub max_entries: usize,
+    /// TTL clamps for positive answers.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Cap on the RFC 2308 negative TTL (SOA minimum) of NXDOMAIN/NODATA answers.
+    #[serde(with = "humantime_serde")]
+    pub max_negative_ttl: Duration,
+    /// Answer from an expired entry (TTL 30 s, up to a day old) when upstreams fail (RFC 8767).
+    pub serve_stale: bool,
+    /// Refresh an entry asked this many times when a tenth of its TTL is left; 0 = never.
+    pub prefetch: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: false,
+            max_entries: 10_000,
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(3600),
+            max_negative_ttl: Duration::from_secs(300),
+            serve_stale: false,
+            prefetch: 0,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Checks the `cache:` section on its own.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check(
+            self.enabled && (self.max_entries == 0 || self.max_ttl < self.min_ttl),
+            "cache",
+            "max_entries must be above zero and min_ttl not above max_ttl",
+        )
+    }
+}
 
 /// TTL of an answer served stale (RFC 8767 §4 recommends 30 s).
 const STALE_ANSWER_TTL: u32 = 30;

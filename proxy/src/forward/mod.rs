@@ -70,12 +70,86 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::config::ForwardConfig;
+use crate::invalid::{check, Invalid};
 use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
 use crate::record::{Outcome, QueryTrace, UpstreamTry};
 use crate::request::Request;
 use crate::wire::{self, Rcode};
+use serde::Deserialize;
 use upstream::{Upstream, UpstreamFamilies};
+
+/// Upstream-side tuning.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Persistent UDP sockets towards the upstreams (each on its own random source port).
+    pub udp_sockets: usize,
+    /// Queries waiting for an upstream answer, all sockets together; beyond it, SERVFAIL.
+    pub max_inflight: usize,
+    /// A UDP socket is replaced by one on a fresh random port after this long.
+    #[serde(with = "humantime_serde")]
+    pub socket_lifetime: Duration,
+    /// Consecutive failures that put an upstream aside.
+    pub failure_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_connect_timeout: Duration,
+    /// Send every upstream query over TCP (pooled, pipelined), as node-cache's
+    /// `force_tcp` does: no UDP flow for conntrack to race on.
+    pub force_tcp: bool,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            udp_sockets: 4,
+            max_inflight: 16_384,
+            socket_lifetime: Duration::from_secs(300),
+            failure_threshold: 3,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            tcp_idle_timeout: Duration::from_secs(20),
+            tcp_connect_timeout: Duration::from_secs(1),
+            force_tcp: false,
+        }
+    }
+}
+
+impl ForwardConfig {
+    /// Checks the `forward:` section on its own.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check(
+            !(1..=64).contains(&self.udp_sockets),
+            "forward.udp_sockets",
+            format!("{} is not within 1..=64", self.udp_sockets),
+        )?;
+        check(
+            self.max_inflight == 0,
+            "forward.max_inflight",
+            "must be above zero",
+        )?;
+        check(
+            self.failure_threshold == 0,
+            "forward.failure_threshold",
+            "must be above zero",
+        )?;
+        check(
+            self.backoff_min.is_zero() || self.backoff_max < self.backoff_min,
+            "forward.backoff_max",
+            "backoff_min must be above zero and not above backoff_max",
+        )?;
+        check(
+            self.socket_lifetime < Duration::from_secs(1),
+            "forward.socket_lifetime",
+            "must be at least 1s",
+        )
+    }
+}
 
 /// Outstanding queries on one UDP socket: IDs are 16 bits, keep some free for fast picks.
 const MAX_PENDING_PER_SOCKET: usize = 49_152;

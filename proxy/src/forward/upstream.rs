@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::tcp_pool::TcpUpstream;
-use crate::config::ForwardConfig;
+use super::ForwardConfig;
 use crate::metrics::Transport;
 use crate::record::Outcome;
 

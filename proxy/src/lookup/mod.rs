@@ -35,10 +35,45 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::background::Pacer;
-use crate::config::LookupConfig;
+use crate::invalid::{check, Invalid};
 use crate::record::{Attempt, LookupOutcome, LookupRecord, Outcome, QueryTrace, TraceSink};
 use crate::search::SearchModel;
 use crate::wire::Rcode;
+use serde::Deserialize;
+
+/// Correlation of queries into lookups (see `lookup`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupConfig {
+    /// A lookup ends this long after its last query.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Open lookups kept at once; the oldest is evicted beyond it (counted).
+    pub max_entries: usize,
+    /// Finished queries waiting for the tracker; beyond it they are dropped (counted).
+    pub queue: usize,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        LookupConfig {
+            window: Duration::from_secs(2),
+            max_entries: 10_000,
+            queue: 16_384,
+        }
+    }
+}
+
+impl LookupConfig {
+    /// Checks the `lookup:` section on its own.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check(
+            self.max_entries == 0 || self.queue == 0,
+            "lookup",
+            "max_entries and queue must be above zero",
+        )
+    }
+}
 
 /// How often the tracker drains the hot path's buffer and closes ended lookups.
 const TICK: Duration = Duration::from_millis(20);

@@ -41,6 +41,19 @@ use prometheus_client::registry::Registry;
 
 use crate::search::SearchModel;
 use crate::wire::{self, Rcode, HEADER_LEN};
+use serde::Deserialize;
+
+/// Fixes for the failure patterns dnslens detects (see `mitigate`). Each off by default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MitigationsConfig {
+    /// Server-side search: walk the pod's search list on the first expansion and answer
+    /// with a CNAME to the name that resolved. Needs a known search list (sidecar mode).
+    pub autopath: bool,
+    /// Answer an empty NOERROR for a search expansion (no A nor AAAA at that name) as
+    /// NXDOMAIN, so musl continues its search walk.
+    pub musl_shield: bool,
+}
 
 /// How an autopath walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -29,10 +29,11 @@ use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::CacheConfig;
 use crate::cache::{Cache, CacheKey, Coalescer, Join, KeyBuf, Lookup};
-use crate::config::{CacheConfig, MitigationsConfig};
 use crate::forward::Forwarder;
 use crate::metrics::Transport;
+use crate::mitigate::MitigationsConfig;
 use crate::mitigate::{self, AutopathResult, MitigationMetrics};
 use crate::record::{CacheUse, QueryTrace, TraceSink};
 use crate::request::{Arrival, Complete, Request};

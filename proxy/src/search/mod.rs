@@ -18,9 +18,37 @@
 //! Config keys: `search` (list), `ndots` [5], `cluster_domain` [cluster.local],
 //! `resolv_conf` [/etc/resolv.conf]. No metrics.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ConfigError, Mode};
+use serde::Deserialize;
+
+/// The search-path model's settings: top-level config keys (see `config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchSettings {
+    pub mode: Mode,
+    /// The pod's list (sidecar) or host domains after the Kubernetes ones (node-local).
+    pub search: Vec<String>,
+    pub ndots: Option<u32>,
+    pub cluster_domain: String,
+}
+
+/// Where dnslens runs: beside one pod, or on a node in front of many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Sidecar,
+    NodeLocal,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sidecar => "sidecar",
+            Mode::NodeLocal => "node-local",
+        }
+    }
+}
 
 /// One reading of a query name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,19 +77,19 @@ fn normalise(domain: &str) -> String {
 }
 
 impl SearchModel {
-    /// Builds the model for `config`: node-local uses the Kubernetes convention; a sidecar
-    /// uses `search:` or, when that is empty, the search list of `resolv_conf`.
-    pub fn from_config(config: &Config, resolv_conf: &Path) -> Result<SearchModel, ConfigError> {
-        let configured: Vec<String> = config.search.iter().map(|d| normalise(d)).collect();
-        Ok(match config.mode {
+    /// Builds the model: node-local uses the Kubernetes convention; a sidecar uses
+    /// `search:` or, when that is empty, the search list of `resolv_conf`.
+    pub fn build(settings: &SearchSettings, resolv_conf: &Path) -> SearchModel {
+        let configured: Vec<String> = settings.search.iter().map(|d| normalise(d)).collect();
+        match settings.mode {
             Mode::NodeLocal => SearchModel::Kubernetes {
-                cluster_domain: normalise(&config.cluster_domain),
+                cluster_domain: normalise(&settings.cluster_domain),
                 host_suffixes: configured,
-                ndots: config.ndots.unwrap_or(5),
+                ndots: settings.ndots.unwrap_or(5),
             },
             Mode::Sidecar if !configured.is_empty() => SearchModel::Fixed {
                 suffixes: configured,
-                ndots: config.ndots.unwrap_or(5),
+                ndots: settings.ndots.unwrap_or(5),
             },
             Mode::Sidecar => {
                 // Without a readable resolv.conf every query reads as an absolute name:
@@ -72,10 +100,10 @@ impl SearchModel {
                 });
                 SearchModel::Fixed {
                     suffixes,
-                    ndots: config.ndots.unwrap_or(ndots),
+                    ndots: settings.ndots.unwrap_or(ndots),
                 }
             }
-        })
+        }
     }
 
     /// Every reading of `qname` (lower case, no trailing dot), most specific first; the last
@@ -146,16 +174,22 @@ fn strip_suffix<'a>(qname: &'a str, suffix: &str) -> Option<&'a str> {
     (!base.is_empty()).then_some(base)
 }
 
+/// A resolv.conf that cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ResolvConfError {
+    path: PathBuf,
+    message: String,
+}
+
 /// The search list and ndots of a resolv.conf file.
-pub fn read_resolv_conf(path: &Path) -> Result<(Vec<String>, u32), ConfigError> {
-    let text = std::fs::read(path).map_err(|e| ConfigError::Read {
+pub fn read_resolv_conf(path: &Path) -> Result<(Vec<String>, u32), ResolvConfError> {
+    let error = |message: String| ResolvConfError {
         path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let parsed = resolv_conf::Config::parse(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let text = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let parsed = resolv_conf::Config::parse(&text).map_err(|e| error(e.to_string()))?;
     let suffixes = parsed
         .get_search()
         .map(|list| list.iter().map(|d| normalise(d)).collect())

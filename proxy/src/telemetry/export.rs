@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::sampling::Kept;
 use super::settings::ExportSettings;
+use super::settings::OtlpProtocol;
 use super::spans::lookup_spans;
 use super::{TelemetryError, TelemetryMetrics};
 use crate::background::{run_as_idle_work, Pacer};
-use crate::config::OtlpProtocol;
 use crate::record::Clock;
 
 /// Spans that trigger an export before the flush interval. One export (converting,

@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{ReasonCounters, ReasonLabels};
 pub use sampling::OtlpObserver;
-pub use settings::{resource, ExportSettings};
+pub use settings::{resource, ExportSettings, OtlpProtocol, TracingConfig};
 pub use spans::lookup_spans;
 
 #[derive(Debug, thiserror::Error)]

@@ -3,10 +3,66 @@
 
 use std::time::Duration;
 
+use crate::invalid::{check, Invalid};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
+use serde::Deserialize;
 
-use crate::config::{OtlpProtocol, TracingConfig};
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Trace export (see `telemetry`). Off unless an endpoint is set here or in
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`; the `OTEL_*` variables override these keys.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    pub endpoint: Option<String>,
+    pub protocol: Option<OtlpProtocol>,
+    /// Share of ordinary lookups exported; lookups with a timeout, SERVFAIL or anomaly always are.
+    pub sample_ratio: Option<f64>,
+    /// Lookups with an anomaly, timeout or SERVFAIL exported per second at most (every one
+    /// of them up to this rate; the rest are still counted and journaled).
+    pub keep_anomalous_per_second: u32,
+    /// ... and at most this many a second for any one base name (0: no per-name limit), so
+    /// a flood of one broken name leaves room for the others.
+    pub keep_anomalous_per_name_per_second: u32,
+    /// Spans waiting for export; beyond it they are dropped (counted).
+    pub queue: usize,
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            endpoint: None,
+            protocol: None,
+            sample_ratio: None,
+            keep_anomalous_per_second: 100,
+            keep_anomalous_per_name_per_second: 1,
+            queue: 8_192,
+            export_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TracingConfig {
+    /// Checks the `tracing:` section on its own.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check(
+            self.sample_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)),
+            "tracing.sample_ratio",
+            "must be within 0..=1",
+        )?;
+        check(self.queue == 0, "tracing.queue", "must be above zero")
+    }
+}
 
 pub(super) const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
 
