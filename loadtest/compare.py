@@ -12,6 +12,13 @@ For each target and round: a saturation run (dnsperf, 8 clients, 200 outstanding
 run at a fixed moderate rate for latency (mean and p99 from dnsperf -v per-query lines).
 Peak RSS is VmHWM of the server process; idle RSS is VmRSS before any query. Targets run in
 interleaved rounds; the table shows medians.
+
+Instructions per query (repeatable where CPU time moves ±15% on a shared VM): each server
+runs under `valgrind --tool=callgrind` twice, answering the query mix once to warm up and
+then one pass (first run) or two passes (second run); the difference between the two runs'
+user-space instruction totals, over the difference in answered queries, is one warm pass per
+query, start-up and shutdown cancelled out. `--instructions-only` prints just that column,
+and `--profile DIR` keeps the callgrind files (callgrind_annotate reads them).
 """
 import argparse
 import os
@@ -122,12 +129,13 @@ def status_kib(pid, key):
 
 
 class Server:
-    def __init__(self, name, argv, port, workdir, env=None, cpu=SERVER_CPU, check_dns=True):
-        self.name, self.port = name, port
+    def __init__(self, name, argv, port, workdir, env=None, cpu=SERVER_CPU, check_dns=True, ready_timeout=10.0,
+                 stop_timeout=10.0):
+        self.name, self.port, self.stop_timeout = name, port, stop_timeout
         self.log = open(workdir / f"{name}.log", "w")
         self.proc = subprocess.Popen(["taskset", "-c", cpu] + argv, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
-        if check_dns and not dns_ready(port):
+        if check_dns and not dns_ready(port, ready_timeout):
             self.stop()
             raise RuntimeError(f"{name} did not answer on port {port}; see {workdir}/{name}.log")
 
@@ -135,7 +143,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -229,9 +237,9 @@ def latency(line):
         return None
 
 
-def dnsperf(port, qfile, seconds, rate=None, verbose=False, loops=None):
+def dnsperf(port, qfile, seconds, rate=None, verbose=False, loops=None, outstanding=200):
     argv = ["taskset", "-c", LOADGEN_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
-            "-l", str(seconds), "-c", "8", "-q", "200", "-t", "2"]
+            "-l", str(seconds), "-c", "8", "-q", str(outstanding), "-t", "2"]
     if loops:
         argv += ["-n", str(loops)]
     if rate:
@@ -307,6 +315,40 @@ def measure(target, work, upstream, qfile, args):
             server.stop()
 
 
+# Passes of the query mix per callgrind run: enough that per-query work dwarfs timers.
+CALLGRIND_LOOPS = 400
+
+
+def callgrind_total(path):
+    """Instructions executed (Ir) in a callgrind output file: its `summary:` (or `totals:`) line."""
+    for line in path.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def instructions(target, work, upstream, qfile, args):
+    """User-space instructions per answered query, one warm pass (see the module doc)."""
+    kind, cache = target
+    runs = []
+    for passes in (1, 2):
+        port = free_port()
+        name = f"callgrind-{kind}-{'cache' if cache else 'nocache'}-{passes}"
+        out = Path(args.profile or work) / f"{name}.out"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + \
+            target_argv(kind, cache, work, port, upstream, args.dnslens)
+        server = Server(name, argv, port, work, ready_timeout=120, stop_timeout=120)
+        try:
+            dnsperf(port, qfile, 300, loops=CALLGRIND_LOOPS, outstanding=20)  # warm-up pass
+            answered = sum(dnsperf(port, qfile, 300, loops=CALLGRIND_LOOPS, outstanding=20)["completed"]
+                           for _ in range(passes))
+        finally:
+            server.stop()
+        runs.append((callgrind_total(out), answered))
+    (ir1, q1), (ir2, q2) = runs
+    return (ir2 - ir1) / max(q2 - q1, 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dnslens", required=True)
@@ -322,6 +364,10 @@ def main():
                     help="run the traced target with tracing off: an A/A run, whose on/off ratios show the noise")
     ap.add_argument("--traced-yaml", default="",
                     help="extra dnslens config for the traced target, e.g. 'tracing: {sample_ratio: 0}'")
+    ap.add_argument("--instructions-only", action="store_true",
+                    help="only the callgrind measure: instructions per warm query, one run per target")
+    ap.add_argument("--no-instructions", action="store_true", help="skip the callgrind measure")
+    ap.add_argument("--profile", default="", help="directory to keep the callgrind files in")
     ap.add_argument("--names", type=int, default=100000,
                     help="distinct names pushed through each cache for the RSS column (0: skip)")
     args = ap.parse_args()
@@ -354,7 +400,23 @@ def main():
     sink = Server("otlp-sink", [args.otlp_sink, "--count", f"127.0.0.1:{args.sink_port}", f"127.0.0.1:{free_port()}",
                                 str(span_count_file)], args.sink_port, work, cpu=args.sink_cpu, check_dns=False)
     results = {t: [] for t in targets}
+    instr = {}
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     try:
+        if not args.no_instructions:
+            for t in targets:
+                if t[0] in ("knot", "dnslens-traced"):
+                    continue
+                print(f"callgrind: {t[0]} cache={'on' if t[1] else 'off'}", file=sys.stderr)
+                instr[t] = instructions(t, work, upstream, qfile, args)
+                print(f"  {instr[t]:,.0f} instructions per query", file=sys.stderr)
+        if args.instructions_only:
+            print("| target | cache | instructions/query (callgrind, user space) |")
+            print("|---|---|---:|")
+            for (kind, cache), n in instr.items():
+                print(f"| {kind} | {'on' if cache else 'off'} | {n:,.0f} |")
+            return
         for r in range(args.rounds):
             for t in targets:
                 print(f"round {r + 1}/{args.rounds}: {t[0]} cache={'on' if t[1] else 'off'}", file=sys.stderr)
@@ -383,14 +445,16 @@ def main():
     print(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu_info}), "
           f"medians of {args.rounds} interleaved rounds; dnsperf on core {LOADGEN_CPU}, server and Knot on core "
           f"{SERVER_CPU}; latency at {args.rate} QPS.\n")
-    print("| target | cache | QPS (saturation) | CPU µs/query | × dnsdist (no cache) | mean latency µs | p99 latency µs | lost % | idle RSS MiB | peak RSS MiB | RSS MiB after 100k names |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| target | cache | QPS (saturation) | CPU µs/query | × dnsdist (no cache) | instructions/query | mean latency µs | p99 latency µs | lost % | idle RSS MiB | peak RSS MiB | RSS MiB after 100k names |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (kind, cache), m in med.items():
         name = {"knot": "Knot (direct)", "dnslens-traced": "dnslens, tracing on (1% sampled, OTLP)"}.get(kind, kind)
         ratio = f"{m['cpu_us'] / base['cpu_us']:.2f}" if base and base["cpu_us"] else "-"
         cache_s = "-" if kind == "knot" else ("on" if cache else "off")
         names_rss = f"{m['names_rss_mib']:.1f}" if m["names_rss_mib"] else "-"
-        print(f"| {name} | {cache_s} | {m['qps']:,.0f} | {m['cpu_us']:.2f} | {ratio} | {m['mean_us']:.0f} | "
+        n = instr.get((kind, cache))
+        instr_s = f"{n:,.0f}" if n else "-"
+        print(f"| {name} | {cache_s} | {m['qps']:,.0f} | {m['cpu_us']:.2f} | {ratio} | {instr_s} | {m['mean_us']:.0f} | "
               f"{m['p99_us']:.0f} | {m['lost_pct']:.2f} | {m['idle_rss_mib']:.1f} | {m['peak_rss_mib']:.1f} | "
               f"{names_rss} |")
 

@@ -300,3 +300,47 @@ fn finds_the_soa_in_a_real_nodata_answer() {
         .collect();
     assert!(authority_has_soa(&bytes));
 }
+
+#[test]
+fn names_are_checked_as_a_decoder_would() {
+    let q = query("example.org.", RecordType::A, None);
+    let end = parse_query(&q).unwrap().question_end;
+    // A compression pointer in a query's question has nothing before it to point to.
+    let mut pointer = q[..HEADER_LEN].to_vec();
+    pointer.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1]);
+    assert_eq!(parse_query(&pointer), Err(WireError::Malformed));
+    // Extended label types (0x40, 0x80) are not DNS labels.
+    for kind in [0x40u8, 0x80] {
+        let mut extended = q.clone();
+        extended[HEADER_LEN] = kind | 7;
+        assert_eq!(
+            parse_query(&extended),
+            Err(WireError::Malformed),
+            "{kind:#x}"
+        );
+    }
+    // A label of 64 bytes, and a name of more than 255.
+    let mut long_label = q[..HEADER_LEN].to_vec();
+    long_label.push(64);
+    long_label.extend(std::iter::repeat_n(b'a', 64));
+    long_label.extend_from_slice(&[0, 0, 1, 0, 1]);
+    assert_eq!(parse_query(&long_label), Err(WireError::Malformed));
+    let mut long_name = q[..HEADER_LEN].to_vec();
+    for _ in 0..5 {
+        long_name.push(63);
+        long_name.extend(std::iter::repeat_n(b'a', 63));
+    }
+    long_name.extend_from_slice(&[0, 0, 1, 0, 1]);
+    assert_eq!(parse_query(&long_name), Err(WireError::Malformed));
+    // In a response, records named by pointers to the question are read (not followed).
+    let mut answer = q.clone();
+    answer[2] |= 0x80;
+    answer[7] = 1;
+    answer.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+    let sections = sections(&answer).unwrap();
+    assert_eq!(sections.answers.len(), 1);
+    assert_eq!(sections.answers[0].ttl, 60);
+    assert_eq!(sections.answers[0].start, end);
+    assert_eq!(sections.answers[0].end, answer.len());
+    assert_eq!(parse_response(&answer).unwrap().question_end, end);
+}
