@@ -463,7 +463,7 @@ pub fn checking_disabled(msg: &[u8]) -> bool {
 /// without the trailing dot ("." for the root). A question's name is never compressed
 /// (nothing precedes it), so labels are read in place.
 pub fn question_name(question: &[u8]) -> Option<String> {
-    let mut text = String::with_capacity(question.len());
+    let mut text = Vec::with_capacity(question.len());
     let mut rest = question;
     loop {
         let (&len, tail) = rest.split_first()?;
@@ -472,15 +472,20 @@ pub fn question_name(question: &[u8]) -> Option<String> {
         }
         let label = tail.get(..usize::from(len)).filter(|_| len < 64)?;
         if !text.is_empty() {
-            text.push('.');
+            text.push(b'.');
         }
-        text.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+        text.extend(label.iter().map(u8::to_ascii_lowercase));
         rest = &tail[usize::from(len)..];
     }
     if text.is_empty() {
-        text.push('.');
+        text.push(b'.');
     }
-    Some(text)
+    // Names are ASCII in practice; other bytes are kept as the characters of their values.
+    match String::from_utf8(text) {
+        Ok(ascii) if ascii.is_ascii() => Some(ascii),
+        Ok(utf8) => Some(utf8.bytes().map(char::from).collect()),
+        Err(e) => Some(e.into_bytes().into_iter().map(char::from).collect()),
+    }
 }
 
 /// A copy of `query` asking for `qtype` instead (same name, flags and EDNS).

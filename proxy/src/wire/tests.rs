@@ -344,3 +344,20 @@ fn names_are_checked_as_a_decoder_would() {
     assert_eq!(sections.answers[0].end, answer.len());
     assert_eq!(parse_response(&answer).unwrap().question_end, end);
 }
+
+#[test]
+fn question_names_are_lower_case_text() {
+    let q = query("WWW.Example.ORG.", RecordType::A, None);
+    let end = parse_query(&q).unwrap().question_end;
+    assert_eq!(
+        question_name(&q[HEADER_LEN..end]).as_deref(),
+        Some("www.example.org")
+    );
+    assert_eq!(question_name(&[0, 0, 1, 0, 1]).as_deref(), Some("."));
+    // A byte above ASCII stands for the character of its value, as before any decoding.
+    assert_eq!(
+        question_name(&[3, b'c', 0xC9, b'x', 0, 0, 1, 0, 1]).as_deref(),
+        Some("c\u{c9}x")
+    );
+    assert_eq!(question_name(&[5, b'a']), None, "a label past the end");
+}
