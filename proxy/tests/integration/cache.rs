@@ -1,15 +1,13 @@
 //! The cache, coalescing, the access list and force_tcp, against Knot as the upstream.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dnslens::config::Config;
 use dnslens::Proxy;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
-use tokio::net::UdpSocket;
 
 use crate::harness::*;
 
@@ -19,39 +17,6 @@ async fn proxy_in_front_of(upstream: SocketAddr, tweak: impl FnOnce(&mut Config)
     tweak(&mut config);
     config.validate().expect("valid test config");
     Proxy::start(&config).await.expect("proxy starts")
-}
-
-/// A UDP relay in front of a real upstream that holds every query for `delay` and counts
-/// what it relays: the upstream's side of coalescing.
-struct CountingRelay {
-    addr: SocketAddr,
-    seen: Arc<AtomicUsize>,
-}
-
-impl CountingRelay {
-    async fn start(upstream: SocketAddr, delay: Duration) -> CountingRelay {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let addr = socket.local_addr().unwrap();
-        let seen = Arc::new(AtomicUsize::new(0));
-        let count = seen.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_535];
-            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-                count.fetch_add(1, Ordering::SeqCst);
-                let query = buf[..len].to_vec();
-                let socket = socket.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    if let Some(answer) =
-                        udp_exchange(upstream, &query, Duration::from_secs(2)).await
-                    {
-                        let _ = socket.send_to(&answer, from).await;
-                    }
-                });
-            }
-        });
-        CountingRelay { addr, seen }
-    }
 }
 
 #[tokio::test]
@@ -111,8 +76,8 @@ async fn capacity_is_kept_by_evicting() {
 #[tokio::test]
 async fn identical_questions_in_flight_share_one_upstream_query() {
     let knot = Knot::start().await;
-    let relay = CountingRelay::start(knot.addr, Duration::from_millis(300)).await;
-    let proxy = proxy_in_front_of(relay.addr, |c| {
+    let relay = UpstreamRelay::start(knot.addr, Duration::from_millis(300)).await;
+    let proxy = proxy_in_front_of(relay.udp, |c| {
         c.upstream_timeout = Duration::from_secs(2);
     })
     .await;
@@ -237,8 +202,8 @@ async fn force_tcp_sends_every_upstream_query_over_tcp() {
 #[tokio::test]
 async fn popular_entries_are_refreshed_before_they_expire() {
     let knot = Knot::start().await;
-    let relay = CountingRelay::start(knot.addr, Duration::ZERO).await;
-    let proxy = proxy_in_front_of(relay.addr, |c| {
+    let relay = UpstreamRelay::start(knot.addr, Duration::ZERO).await;
+    let proxy = proxy_in_front_of(relay.udp, |c| {
         c.cache.prefetch = 2;
         c.cache.max_ttl = Duration::from_secs(4);
     })

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dnslens::config::{Config, UpstreamAddr};
@@ -457,6 +459,78 @@ pub async fn metric_at_least(addr: SocketAddr, series: &str, min: f64) -> f64 {
             "{series} stayed at {value}, below {min}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A counting relay: an upstream stand-in in front of a real one that holds every query for `delay` and counts
+/// what it relays, over UDP and over TCP (pipelined, one task per query).
+pub struct UpstreamRelay {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub seen: Arc<AtomicUsize>,
+}
+
+impl UpstreamRelay {
+    pub async fn start(upstream: SocketAddr, delay: Duration) -> UpstreamRelay {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let udp = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let udp_addr = udp.local_addr().unwrap();
+        let count = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            while let Ok((len, from)) = udp.recv_from(&mut buf).await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let query = buf[..len].to_vec();
+                let udp = udp.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Some(answer) =
+                        udp_exchange(upstream, &query, Duration::from_secs(2)).await
+                    {
+                        let _ = udp.send_to(&answer, from).await;
+                    }
+                });
+            }
+        });
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp_addr = tcp.local_addr().unwrap();
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = tcp.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let (mut reader, writer) = stream.into_split();
+                    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+                    loop {
+                        let mut len = [0u8; 2];
+                        if reader.read_exact(&mut len).await.is_err() {
+                            return;
+                        }
+                        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                        if reader.read_exact(&mut query).await.is_err() {
+                            return;
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let writer = writer.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let mut upstream = TcpStream::connect(upstream).await.unwrap();
+                            tcp_send(&mut upstream, &query).await;
+                            if let Some(answer) = tcp_recv(&mut upstream).await {
+                                let mut frame = (answer.len() as u16).to_be_bytes().to_vec();
+                                frame.extend_from_slice(&answer);
+                                let _ = writer.lock().await.write_all(&frame).await;
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        UpstreamRelay {
+            udp: udp_addr,
+            tcp: tcp_addr,
+            seen,
+        }
     }
 }
 
