@@ -14,10 +14,9 @@ Peak RSS is VmHWM of the server process; idle RSS is VmRSS before any query. Tar
 interleaved rounds; the table shows medians.
 
 Instructions per query (repeatable where CPU time moves ±15% on a shared VM): each server
-runs under `valgrind --tool=callgrind` twice, answering the query mix once to warm up and
-then one pass (first run) or two passes (second run); the difference between the two runs'
-user-space instruction totals, over the difference in answered queries, is one warm pass per
-query, start-up and shutdown cancelled out. `--instructions-only` prints just that column,
+runs under `valgrind --tool=callgrind`, answers the query mix once to warm up, then five
+passes with its counters dumped after each; the median pass's user-space instructions over
+its answered queries (see `instructions`). `--instructions-only` prints just that column,
 and `--profile DIR` keeps the callgrind files (callgrind_annotate reads them).
 """
 import argparse
@@ -180,11 +179,12 @@ zone:
     return ["knotd", "-c", str(conf)]
 
 
-def target_argv(kind, cache, work, port, upstream, dnslens, traced_yaml="", metrics_port=0):
+def target_argv(kind, cache, work, port, upstream, dnslens, traced_yaml="", metrics_port=0, dnslens_yaml=""):
     up = f"127.0.0.1:{upstream}"
     if kind in ("dnslens", "dnslens-traced"):
         conf = work / f"dnslens-{port}.yaml"
         conf.write_text(f"cache:\n  enabled: {'true' if cache else 'false'}\n  max_entries: 200000\n"
+                        + (dnslens_yaml + "\n" if dnslens_yaml else "")
                         + (traced_yaml + "\n" if kind == "dnslens-traced" else ""))
         return [dnslens, "serve", "--config", str(conf), "--listen", f"127.0.0.1:{port}", "--upstream", up,
                 "--metrics-listen", f"127.0.0.1:{metrics_port or free_port()}", "--ndots", "5",
@@ -274,7 +274,8 @@ def measure(target, work, upstream, qfile, args):
         name = f"{kind}-{'cache' if cache else 'nocache'}"
         endpoint = "" if args.control else f"http://127.0.0.1:{args.sink_port}"
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if kind == "dnslens-traced" else {}
-        server = Server(name, target_argv(kind, cache, work, port, upstream, args.dnslens, args.traced_yaml, metrics_port), port, work, env=env)
+        server = Server(name, target_argv(kind, cache, work, port, upstream, args.dnslens, args.traced_yaml, metrics_port,
+                                          args.dnslens_yaml), port, work, env=env)
         pid = server.proc.pid
     try:
         idle_rss = status_kib(pid, "VmRSS")
@@ -317,6 +318,8 @@ def measure(target, work, upstream, qfile, args):
 
 # Passes of the query mix per callgrind run: enough that per-query work dwarfs timers.
 CALLGRIND_LOOPS = 400
+# Measured passes per server; the median is reported.
+CALLGRIND_PASSES = 5
 
 
 def callgrind_total(path):
@@ -327,26 +330,42 @@ def callgrind_total(path):
     raise RuntimeError(f"no totals in {path}")
 
 
+def callgrind_dump(pid, out, number):
+    """Dumps (and zeroes) the counters of the callgrind run `pid`; returns the dump file."""
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    dump = Path(f"{out}.{number}")
+    deadline = time.time() + 60
+    while not dump.exists() or "totals:" not in dump.read_text():
+        if time.time() > deadline:
+            raise RuntimeError(f"callgrind did not write {dump}")
+        time.sleep(0.2)
+    return dump
+
+
 def instructions(target, work, upstream, qfile, args):
-    """User-space instructions per answered query, one warm pass (see the module doc)."""
+    """User-space instructions per answered query: the server runs under callgrind, answers
+    the query mix once to warm up, then CALLGRIND_PASSES passes, its counters dumped and zeroed
+    after each (callgrind_control); the median pass over its answered queries. Dumping inside
+    one process leaves start-up and shutdown out, and the median leaves out a pass that
+    happened to close more lookups than the others (lookups end by time)."""
     kind, cache = target
-    runs = []
-    for passes in (1, 2):
-        port = free_port()
-        name = f"callgrind-{kind}-{'cache' if cache else 'nocache'}-{passes}"
-        out = Path(args.profile or work) / f"{name}.out"
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + \
-            target_argv(kind, cache, work, port, upstream, args.dnslens)
-        server = Server(name, argv, port, work, ready_timeout=120, stop_timeout=120)
-        try:
-            dnsperf(port, qfile, 300, loops=CALLGRIND_LOOPS, outstanding=20)  # warm-up pass
-            answered = sum(dnsperf(port, qfile, 300, loops=CALLGRIND_LOOPS, outstanding=20)["completed"]
-                           for _ in range(passes))
-        finally:
-            server.stop()
-        runs.append((callgrind_total(out), answered))
-    (ir1, q1), (ir2, q2) = runs
-    return (ir2 - ir1) / max(q2 - q1, 1)
+    port = free_port()
+    name = f"callgrind-{kind}-{'cache' if cache else 'nocache'}"
+    out = Path(args.profile or work) / f"{name}.out"
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + \
+        target_argv(kind, cache, work, port, upstream, args.dnslens, dnslens_yaml=args.dnslens_yaml)
+    server = Server(name, argv, port, work, ready_timeout=120, stop_timeout=120)
+    per_query = []
+    try:
+        dnsperf(port, qfile, 300, loops=CALLGRIND_LOOPS, outstanding=20)  # warm-up pass
+        # The process under valgrind is the child of taskset, which exec'd it: same pid.
+        callgrind_dump(server.proc.pid, out, 1)
+        for n in range(CALLGRIND_PASSES):
+            answered = dnsperf(port, qfile, 300, loops=CALLGRIND_LOOPS, outstanding=20)["completed"]
+            per_query.append(callgrind_total(callgrind_dump(server.proc.pid, out, n + 2)) / max(answered, 1))
+    finally:
+        server.stop()
+    return statistics.median(per_query)
 
 
 def main():
@@ -362,6 +381,8 @@ def main():
                          "the collector's work to the proxy's latency instead)")
     ap.add_argument("--control", action="store_true",
                     help="run the traced target with tracing off: an A/A run, whose on/off ratios show the noise")
+    ap.add_argument("--dnslens-yaml", default="",
+                    help="extra dnslens config for every dnslens target, e.g. 'listener: {udp_workers: 2}'")
     ap.add_argument("--traced-yaml", default="",
                     help="extra dnslens config for the traced target, e.g. 'tracing: {sample_ratio: 0}'")
     ap.add_argument("--instructions-only", action="store_true",
