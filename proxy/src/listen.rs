@@ -317,10 +317,13 @@ async fn udp_worker(
     stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; UDP_RECV_BUFFER];
+    // One wait on the token for the worker's life: a fresh `cancelled()` per datagram
+    // registered and removed a waiter under the token's mutex, shared by every worker.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let (len, peer) = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
+            _ = &mut stopped => return,
             received = endpoint.socket.recv_from(&mut buf) => match received {
                 Ok(r) => r,
                 Err(e) => {
@@ -473,10 +476,11 @@ async fn tcp_connection(
         })
     };
     let inflight = Arc::new(Semaphore::new(settings.max_inflight));
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let mut len_prefix = [0u8; 2];
         let read = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = &mut stopped => break,
             read = tokio::time::timeout(settings.idle_timeout, reader.read_exact(&mut len_prefix)) => read,
         };
         match read {

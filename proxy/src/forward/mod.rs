@@ -470,10 +470,14 @@ impl Forwarder {
 
     async fn receive_udp(self: Arc<Self>, socket: Arc<PoolSocket>, stop: CancellationToken) {
         let mut buf = vec![0u8; 65_535];
+        // One wait on each token for the task's life (see `listen::udp_worker`).
+        let mut stopped = std::pin::pin!(stop.cancelled());
+        let mut retired = std::pin::pin!(socket.retired.cancelled());
         loop {
             let (len, from) = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = socket.retired.cancelled() => return,
+                biased;
+                _ = &mut stopped => return,
+                _ = &mut retired => return,
                 received = socket.socket.recv_from(&mut buf) => match received {
                     Ok(r) => r,
                     Err(e) => {
