@@ -123,6 +123,7 @@ fn run_clients_in_namespace(clients: &[&str], name: &str, yaml: &str) -> Run {
             format!(
                 "{client} {name} >client{i}.out 2>&1 || true\n\
                  sleep 1.5 # the lookup ends (window 500 ms) and its spans are exported\n\
+                 settle # and every lookup has reached the detectors, however loaded the machine\n\
                  dump_metrics metrics{next}.txt\n",
                 next = i + 1
             )
@@ -143,6 +144,13 @@ dump_metrics() {{
   printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
   cat <&3 >"$1"
   exec 3<&-
+}}
+settle() {{
+  for i in $(seq 50); do
+    dump_metrics settle.txt
+    grep -q '^dnslens_lookups_open 0$' settle.txt && return
+    sleep 0.1
+  done
 }}
 for i in $(seq 100); do
   dig @127.0.0.1 +time=1 +tries=1 +short example.org A 2>/dev/null | grep -q 203.0.113.30 && break
