@@ -102,7 +102,7 @@ def main():
     d.add("Lookups that walked the whole search list (lower ndots)", "timeseries", [
         ("sum(" + rate("dnslens_ndots_hints_total") + ")", "ndots hints"),
         ("sum(" + rate("dnslens_lookups_total") + ")", "all lookups"),
-    ], x=12, unit="reqps", desc="The names: dnslens anomalies --kind ndots_hint.")
+    ], x=12, unit="reqps", desc="The names: dnslens anomalies --hints.")
     d.next_row()
     d.add("Upstreams in service", "stat",
           [("sum by (upstream) (" + sel("dnslens_upstream_healthy") + ")", "{{upstream}}")], w=8, h=5)

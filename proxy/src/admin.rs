@@ -5,14 +5,14 @@
 //! - `GET /readyz`: 200 when the DNS listeners are bound and at least one upstream is in
 //!   service, 503 otherwise;
 //! - `GET /debug/anomalies?since=10m&kind=K`: the anomaly journal as JSON, newest first
-//!   (`since` a duration, default 10m; `kind` one of `anomaly::Kind`); bad parameters get 400
-//!   with a one-line reason.
+//!   (`since` a duration, default 10m, or `from=`/`to=` in RFC 3339 or unix seconds; `kind`
+//!   one of `record::Kind`); `?hints=1` gives the tuning hints instead (base names that
+//!   walked the whole search list, most queries first); bad parameters get 400 with a
+//!   one-line reason.
 //!
 //! Anything else is 404; the server reads no request body.
 
 use std::sync::Arc;
-
-use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::anomaly::journal::Journal;
+use crate::anomaly::journal::{Journal, Window};
 use crate::forward::Forwarder;
 use crate::record::Kind;
 
@@ -38,8 +38,14 @@ struct AdminState {
 #[derive(Debug, Deserialize)]
 struct AnomalyParams {
     since: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
     kind: Option<String>,
+    hints: Option<String>,
 }
+
+/// Tuning hints served at most.
+const HINTS_SERVED: usize = 50;
 
 /// Serves the endpoints on an already-bound listener until `stop`.
 pub async fn serve(
@@ -96,18 +102,24 @@ async fn anomalies(
     State(state): State<AdminState>,
     Query(params): Query<AnomalyParams>,
 ) -> impl IntoResponse {
-    let since = match params
-        .since
+    if params
+        .hints
         .as_deref()
-        .map(humantime::parse_duration)
-        .transpose()
+        .is_some_and(|h| h != "0" && h != "false")
     {
-        Ok(since) => since.unwrap_or(Duration::from_secs(600)),
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("since: {e}\n")).into_response(),
+        return Json(state.journal.hints(HINTS_SERVED)).into_response();
+    }
+    let window = match Window::parse(
+        params.since.as_deref(),
+        params.from.as_deref(),
+        params.to.as_deref(),
+    ) {
+        Ok(window) => window,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     let kind = match params.kind.as_deref().map(str::parse::<Kind>).transpose() {
         Ok(kind) => kind,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("kind: {e}\n")).into_response(),
     };
-    Json(state.journal.query(since, kind)).into_response()
+    Json(state.journal.query(&window, kind)).into_response()
 }

@@ -340,9 +340,6 @@ pub enum Kind {
     UpstreamTimeout,
     /// An upstream answered SERVFAIL or REFUSED.
     UpstreamError,
-    /// A note, not an anomaly: the whole search list was walked before the absolute name
-    /// answered (evidence for lowering ndots). Journaled, never counted as an anomaly.
-    NdotsHint,
 }
 
 impl Kind {
@@ -363,9 +360,6 @@ impl Kind {
             }
             Kind::UpstreamTimeout => "an upstream did not answer in time; dnslens retried another",
             Kind::UpstreamError => "an upstream answered SERVFAIL or REFUSED",
-            Kind::NdotsHint => {
-                "note: every search suffix was tried before the name itself answered; lower ndots (options ndots:2) or end the name with a dot in this workload"
-            }
         }
     }
 
@@ -378,12 +372,8 @@ impl Kind {
         Kind::UpstreamError,
     ];
 
-    /// Kinds the journal may hold besides the anomalies.
-    pub const NOTES: [Kind; 1] = [Kind::NdotsHint];
-
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::NdotsHint => "ndots_hint",
             Kind::EmptyNoerrorSearch => "empty_noerror_search",
             Kind::EmptyNoerrorNoSoa => "empty_noerror_no_soa",
             Kind::ParallelRace => "parallel_race",
@@ -399,14 +389,9 @@ impl std::str::FromStr for Kind {
     fn from_str(s: &str) -> Result<Kind, String> {
         Kind::ALL
             .into_iter()
-            .chain(Kind::NOTES)
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
-                let known: Vec<&str> = Kind::ALL
-                    .iter()
-                    .chain(&Kind::NOTES)
-                    .map(|k| k.as_str())
-                    .collect();
+                let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
                 format!("unknown kind '{s}' (known: {})", known.join(", "))
             })
     }

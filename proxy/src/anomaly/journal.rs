@@ -1,11 +1,18 @@
-//! The anomaly journal: a bounded in-memory ring of anomalous lookups that answers "what was
-//! abnormal in the last 10 minutes?". Written by the detectors (in the lookup tracker),
-//! read by `GET /debug/anomalies?since=10m&kind=K` (JSON, newest first) and by
-//! `dnslens anomalies`, which prints it as a table with an explanation of each kind.
+//! The anomaly journal: a bounded in-memory ring of anomalous lookups that answers "which
+//! lookups were abnormal in this time window, and why?" — anomalies only (the kinds of
+//! `dnslens_anomalies_total`). Written by the detectors (in the lookup tracker), read by
+//! `GET /debug/anomalies?since=10m&kind=K` or `?from=…&to=…` (RFC 3339 or unix seconds; JSON,
+//! newest first) and by `dnslens anomalies`, which prints it as a table with an explanation
+//! of each kind.
+//!
+//! Tuning hints are not entries: a lookup that walked the whole search list before the name
+//! itself answered is added to a per-name tally (`?hints=1`, `dnslens anomalies --hints`):
+//! the names that cost the most queries, with the advice. At most 4,096 names are tallied;
+//! when full, names seen once are dropped (then all, if every name was seen more than once).
 //!
 //! Config: `journal: {entries}` [10000]; the oldest entry goes when it is full.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -115,11 +122,92 @@ impl Entry {
     }
 }
 
+/// A time window of the journal, in unix seconds, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub from: f64,
+    pub to: f64,
+}
+
+impl Window {
+    /// The last `since`, up to now.
+    pub fn last(since: Duration) -> Window {
+        let now = unix_now();
+        Window {
+            from: now - since.as_secs_f64(),
+            to: now,
+        }
+    }
+
+    /// From query parameters: `from`/`to` (RFC 3339 or unix seconds; `to` defaults to now)
+    /// when `from` is given, else the last `since` (a duration, default 10m). One-line error.
+    pub fn parse(
+        since: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Window, String> {
+        let to = to
+            .map(|t| parse_time(t).map_err(|e| format!("to: {e}")))
+            .transpose()?;
+        let Some(from) = from else {
+            let since = since
+                .map(humantime::parse_duration)
+                .transpose()
+                .map_err(|e| format!("since: {e}"))?
+                .unwrap_or(Duration::from_secs(600));
+            let mut window = Window::last(since);
+            if let Some(to) = to {
+                window.from = to - since.as_secs_f64();
+                window.to = to;
+            }
+            return Ok(window);
+        };
+        let from = parse_time(from).map_err(|e| format!("from: {e}"))?;
+        let to = to.unwrap_or_else(unix_now);
+        if to < from {
+            return Err("to: before from".to_string());
+        }
+        Ok(Window { from, to })
+    }
+}
+
+/// RFC 3339 (`2026-11-30T04:00:00Z`) or unix seconds.
+fn parse_time(text: &str) -> Result<f64, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Ok(seconds);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("'{text}' is neither RFC 3339 nor unix seconds ({e})"))?
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .map_err(|_| format!("'{text}' is before 1970"))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One base name's tally of lookups that walked the whole search list before the name itself
+/// answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hint {
+    pub base: String,
+    pub lookups: u64,
+    /// Queries those lookups sent (the walk's noise and the answer).
+    pub queries: u64,
+}
+
+/// Names tallied at most.
+const HINT_NAMES: usize = 4096;
+
 /// The ring, shared by its writer (the detectors) and its readers (the admin endpoint).
 #[derive(Clone)]
 pub struct Journal {
     entries: Arc<Mutex<VecDeque<Entry>>>,
     capacity: usize,
+    hints: Arc<Mutex<HashMap<String, (u64, u64)>>>,
 }
 
 impl Journal {
@@ -127,7 +215,38 @@ impl Journal {
         Journal {
             entries: Arc::new(Mutex::new(VecDeque::new())),
             capacity: capacity.max(1),
+            hints: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Tallies a lookup of `base` that walked the search list before the name answered.
+    pub fn note_hint(&self, base: &str, queries: usize) {
+        let mut hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
+        if hints.len() >= HINT_NAMES && !hints.contains_key(base) {
+            hints.retain(|_, (lookups, _)| *lookups > 1);
+            if hints.len() >= HINT_NAMES {
+                hints.clear();
+            }
+        }
+        let (lookups, spent) = hints.entry(base.to_string()).or_default();
+        *lookups += 1;
+        *spent += queries as u64;
+    }
+
+    /// The `limit` names that cost the most queries, most first.
+    pub fn hints(&self, limit: usize) -> Vec<Hint> {
+        let hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<Hint> = hints
+            .iter()
+            .map(|(base, &(lookups, queries))| Hint {
+                base: base.clone(),
+                lookups,
+                queries,
+            })
+            .collect();
+        list.sort_by(|a, b| b.queries.cmp(&a.queries).then_with(|| a.base.cmp(&b.base)));
+        list.truncate(limit);
+        list
     }
 
     /// Journals an anomalous lookup, folding it into the newest entry when that is the same
@@ -163,17 +282,13 @@ impl Journal {
         entries.push_back(entry);
     }
 
-    /// Entries of the last `since` (of one kind, if given), newest first.
-    pub fn query(&self, since: Duration, kind: Option<Kind>) -> Vec<Entry> {
-        let cutoff = SystemTime::now()
-            .checked_sub(since)
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0.0, |d| d.as_secs_f64());
+    /// The entries of `window` (of `kind`, if given), newest first.
+    pub fn query(&self, window: &Window, kind: Option<Kind>) -> Vec<Entry> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
             .rev()
-            .filter(|e| e.time >= cutoff)
+            .filter(|e| e.time >= window.from && e.time <= window.to)
             .filter(|e| kind.is_none_or(|k| e.kinds.iter().any(|x| x == k.as_str())))
             .cloned()
             .collect()

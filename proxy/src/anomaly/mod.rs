@@ -32,8 +32,9 @@
 //!   upstream counts are `dnslens_upstream_requests_total{outcome}` in `forward`).
 //! - **ndots hint** (a note, not an anomaly): a lookup that walked the search list and was
 //!   answered by the absolute name — evidence for lowering ndots or writing the name with a
-//!   trailing dot. `dnslens_ndots_hints_total`, and a journal entry of kind `ndots_hint`
-//!   (one per name per 10 minutes, 4,096 names remembered) that names the lookup.
+//!   trailing dot. `dnslens_ndots_hints_total`, and the journal's per-name tally of hints
+//!   (`/debug/anomalies?hints=1`, `dnslens anomalies --hints`) — never a journal entry: the
+//!   journal holds anomalies only.
 //!
 //! `dnslens_anomalies_total{kind}` counts lookups by anomaly kind (`empty_noerror_search`,
 //! `empty_noerror_no_soa`, `parallel_race`, `client_retry`, `upstream_timeout`,
@@ -46,9 +47,6 @@
 mod detect;
 pub mod journal;
 mod memory;
-
-use std::collections::HashMap;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -124,13 +122,7 @@ pub struct Detectors {
     parallel: Counter,
     race_suspected: Counter,
     ndots_hints: Counter,
-    /// Base names journaled with an ndots hint lately (one note per name per 10 minutes).
-    hinted: HashMap<String, std::time::Instant, foldhash::fast::RandomState>,
 }
-
-/// How often one name gets an ndots note in the journal, and how many names are remembered.
-const HINT_EVERY: Duration = Duration::from_secs(600);
-const HINTED_NAMES: usize = 4096;
 
 impl Detectors {
     pub fn register(registry: &mut Registry, journal: journal::Journal) -> Detectors {
@@ -241,34 +233,7 @@ impl Detectors {
             parallel,
             race_suspected,
             ndots_hints,
-            hinted: HashMap::default(),
         }
-    }
-
-    /// Counts an ndots hint; true when the journal should note it (not noted for this name
-    /// in the last 10 minutes).
-    fn note_ndots_hint(&mut self, lookup: &LookupRecord) -> bool {
-        if !ndots_hint(lookup) {
-            return false;
-        }
-        self.ndots_hints.inc();
-        let now = lookup.end;
-        if self
-            .hinted
-            .get(&lookup.base)
-            .is_some_and(|at| now.saturating_duration_since(*at) < HINT_EVERY)
-        {
-            return false;
-        }
-        if self.hinted.len() >= HINTED_NAMES {
-            self.hinted
-                .retain(|_, at| now.saturating_duration_since(*at) < HINT_EVERY);
-            if self.hinted.len() >= HINTED_NAMES {
-                self.hinted.clear();
-            }
-        }
-        self.hinted.insert(lookup.base.clone(), now);
-        true
     }
 }
 
@@ -302,7 +267,7 @@ impl LookupObserver for Detectors {
     }
 
     fn observe(&mut self, lookup: &LookupRecord) {
-        let mut found = lookup.anomalies.clone();
+        let found = lookup.anomalies.clone();
         // The lookup's trace id rides along as an OpenMetrics exemplar: a dashboard jumps
         // from the counter to the trace (anomalous lookups are always exported, see
         // `telemetry`).
@@ -312,8 +277,9 @@ impl LookupObserver for Detectors {
         for kind in &found {
             self.anomalies[*kind as usize].inc_by(1, Some(exemplar.clone()), None);
         }
-        if self.note_ndots_hint(lookup) {
-            found.push(Kind::NdotsHint);
+        if ndots_hint(lookup) {
+            self.ndots_hints.inc();
+            self.journal.note_hint(&lookup.base, lookup.attempts.len());
         }
         if !found.is_empty() {
             self.journal.record(lookup, &found, &self.clock);

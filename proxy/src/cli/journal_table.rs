@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::anomaly::journal::Entry;
+use crate::anomaly::journal::{Entry, Hint};
 use crate::record::Kind;
 
 /// The journal as a table, newest first, then one line per kind that appears.
@@ -63,6 +63,28 @@ pub fn render(entries: &[Entry]) -> String {
     out
 }
 
+/// The tuning hints as a table: names that walked the whole search list before the name
+/// itself answered, most queries first, with the advice.
+pub fn render_hints(hints: &[Hint]) -> String {
+    if hints.is_empty() {
+        return "no tuning hints: no lookup walked the whole search list before its name answered\n"
+            .to_string();
+    }
+    let mut out = format!("{:<40} {:>8} {:>8}\n", "name", "lookups", "queries");
+    for h in hints {
+        out.push_str(&format!(
+            "{:<40} {:>8} {:>8}\n",
+            h.base, h.lookups, h.queries
+        ));
+    }
+    out.push_str(
+        "\nEach of these lookups tried every search suffix before the name itself answered: end\n\
+         these names with a dot (\"github.com.\") or lower ndots (options ndots:2) for the pods\n\
+         that ask them, and each lookup takes one A/AAAA pair instead of a walk.\n",
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,7 +105,7 @@ mod tests {
     fn each_kind_that_appears_is_explained_once() {
         let table = render(&[
             entry(&["empty_noerror_search"]),
-            entry(&["empty_noerror_search", "ndots_hint"]),
+            entry(&["empty_noerror_search", "client_retry"]),
         ]);
         assert!(table.contains("alauda.cn"), "{table}");
         assert!(table.contains("(and 2 more like it within 1 s)"), "{table}");
@@ -93,7 +115,20 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("musl/Alpine clients stop here"), "{table}");
-        assert!(table.contains("lower ndots"), "{table}");
+        assert!(table.contains("asked the same question again"), "{table}");
         assert_eq!(render(&[]), "no anomalies in this window\n");
+    }
+
+    #[test]
+    fn hints_are_listed_with_the_advice() {
+        let table = render_hints(&[Hint {
+            base: "github.com".into(),
+            lookups: 3,
+            queries: 24,
+        }]);
+        assert!(table.contains("github.com"), "{table}");
+        assert!(table.contains("       3       24"), "{table}");
+        assert!(table.contains("lower ndots"), "{table}");
+        assert!(render_hints(&[]).starts_with("no tuning hints"));
     }
 }

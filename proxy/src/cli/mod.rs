@@ -38,6 +38,15 @@ pub enum Command {
         /// How far back, e.g. 10m, 1h.
         #[arg(long, default_value = "10m")]
         since: String,
+        /// The window's start instead (RFC 3339, e.g. 2026-11-30T04:00:00Z, or unix seconds).
+        #[arg(long)]
+        from: Option<String>,
+        /// The window's end (with --from or --since; default now).
+        #[arg(long)]
+        to: Option<String>,
+        /// The tuning hints instead: names that walked the whole search list, most queries first.
+        #[arg(long)]
+        hints: bool,
         /// Only this kind (empty_noerror_search, empty_noerror_no_soa, parallel_race,
         /// client_retry, upstream_timeout, upstream_error).
         #[arg(long)]
@@ -259,10 +268,23 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Anomalies {
             since,
+            from,
+            to,
+            hints,
             kind,
             addr,
             json,
-        } => anomalies(addr, &since, kind.as_deref(), json),
+        } => anomalies(
+            addr,
+            JournalQuery {
+                since,
+                from,
+                to,
+                kind,
+                hints,
+            },
+            json,
+        ),
         Command::Demo {
             listen,
             metrics_listen,
@@ -346,18 +368,41 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-fn anomalies(addr: SocketAddr, since: &str, kind: Option<&str>, json: bool) -> ExitCode {
-    if let Err(e) = humantime::parse_duration(since) {
-        eprintln!("dnslens: --since {since}: {e}");
+/// What `dnslens anomalies` asks the journal for.
+struct JournalQuery {
+    since: String,
+    from: Option<String>,
+    to: Option<String>,
+    kind: Option<String>,
+    hints: bool,
+}
+
+fn anomalies(addr: SocketAddr, query: JournalQuery, json: bool) -> ExitCode {
+    let window = crate::anomaly::journal::Window::parse(
+        Some(&query.since),
+        query.from.as_deref(),
+        query.to.as_deref(),
+    );
+    if let Err(e) = window {
+        eprintln!("dnslens: --{e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if let Some(Err(e)) = kind.map(str::parse::<crate::record::Kind>) {
+    if let Some(Err(e)) = query.kind.as_deref().map(str::parse::<crate::record::Kind>) {
         eprintln!("dnslens: --kind: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let mut path = format!("/debug/anomalies?since={since}");
-    if let Some(kind) = kind {
-        path.push_str(&format!("&kind={kind}"));
+    let mut path = format!("/debug/anomalies?since={}", query.since);
+    for (key, value) in [
+        ("from", &query.from),
+        ("to", &query.to),
+        ("kind", &query.kind),
+    ] {
+        if let Some(value) = value {
+            path.push_str(&format!("&{key}={value}"));
+        }
+    }
+    if query.hints {
+        path = "/debug/anomalies?hints=1".to_string();
     }
     let body = match http_get(addr, &path) {
         Ok(body) => body,
@@ -369,6 +414,18 @@ fn anomalies(addr: SocketAddr, since: &str, kind: Option<&str>, json: bool) -> E
     if json {
         println!("{body}");
         return ExitCode::SUCCESS;
+    }
+    if query.hints {
+        return match serde_json::from_str::<Vec<crate::anomaly::journal::Hint>>(&body) {
+            Ok(hints) => {
+                print!("{}", journal_table::render_hints(&hints));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dnslens: the hints at {addr} are not what this version reads: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match serde_json::from_str::<Vec<crate::anomaly::journal::Entry>>(&body) {
         Ok(entries) => {

@@ -204,7 +204,10 @@ async fn simulated_clients(
     println!("== what was abnormal in the last 10 minutes (`dnslens anomalies`):\n");
     print!(
         "{}",
-        render_journal(&journal.query(Duration::from_secs(600), None))
+        render_journal(&journal.query(
+            &crate::anomaly::journal::Window::last(Duration::from_secs(600)),
+            None
+        ))
     );
     println!();
 }

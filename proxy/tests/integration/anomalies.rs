@@ -82,6 +82,27 @@ async fn the_musl_trap_is_counted_as_empty_noerror_on_a_search_expansion() {
     );
     assert_eq!(http_get(m, "/debug/anomalies?kind=bogus").await.0, 400);
     assert_eq!(http_get(m, "/debug/anomalies?since=yesterday").await.0, 400);
+    // Explicit windows: one around the lookup has it, one that ends before it has nothing.
+    let at = entries[0]["time"].as_f64().unwrap();
+    let around = format!("/debug/anomalies?from={}&to={}", at - 5.0, at + 5.0);
+    let (status, body) = http_get(m, &around).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&body)
+            .unwrap()
+            .len(),
+        1
+    );
+    let before = format!("/debug/anomalies?from=2026-01-01T00:00:00Z&to={}", at - 1.0);
+    assert_eq!(http_get(m, &before).await, (200, "[]".to_string()));
+    assert_eq!(http_get(m, "/debug/anomalies?from=noon").await.0, 400);
+    assert_eq!(
+        http_get(m, &format!("/debug/anomalies?from={at}&to={}", at - 1.0))
+            .await
+            .0,
+        400,
+        "to before from"
+    );
     let cli = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_dnslens"))
             .arg("anomalies")
