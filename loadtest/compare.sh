@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: Knot direct vs dnslens (tracing off and on) vs dnsdist, Unbound and dnsmasq as
 # forwarders to the same Knot, cache off and on. Prints one Markdown table (medians of
-# interleaved rounds). Loopback only. Usage: loadtest/compare.sh [--rounds N] [--seconds S]
+# interleaved rounds; instructions per query from a callgrind run of each server).
+# Loopback only. Usage: loadtest/compare.sh [--rounds N] [--seconds S] [--no-instructions]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh --bench

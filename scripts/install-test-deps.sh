@@ -4,14 +4,15 @@
 # inside a test's own namespace; promtool (prometheus) for the
 # alert rules; python3 with venv for helm-template (shared/tools), which renders the chart;
 # Knot DNS (the real upstream), dig (the real client); with --bench also dnsperf and the
-# peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq).
+# peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq) and valgrind (its
+# instructions-per-query column).
 # Services that the packages would start are kept from starting (policy-rc.d): tests start
 # their own on loopback ports.
 set -euo pipefail
 
 need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables)
 if [[ "${1:-}" == "--bench" ]]; then
-  need+=(dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base)
+  need+=(dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base callgrind_control:valgrind)
 fi
 
 missing=()

@@ -11,8 +11,7 @@
 //!
 //! TCP (RFC 7766): one task per connection and one writer task; queries pipelined through
 //! the same pipeline as UDP with a [`ReplyTo::Tcp`], answered as they complete, at most
-//! `listener.tcp_max_inflight_per_connection` at once),
-//! connections capped at `listener.tcp_max_connections`, closed after
+//! `listener.tcp_max_inflight_per_connection` at once; connections capped at `listener.tcp_max_connections`, closed after
 //! `listener.tcp_idle_timeout` without a query. A length prefix below a DNS header closes
 //! the connection.
 //!

@@ -224,7 +224,7 @@ impl TraceSink {
     /// Never blocks on another sender: a full buffer drops the record and counts it.
     pub fn send(&self, trace: QueryTrace) {
         let shard = SHARD.with(|s| {
-            *s.get().get_or_insert_with(|| {
+            s.get().unwrap_or_else(|| {
                 let next = NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 s.set(Some(next));
                 next

@@ -161,10 +161,9 @@ impl ReplyTo {
         trace: Option<Box<QueryTrace>>,
     ) {
         wire::set_id(answer, info.id);
-        let replies = match self {
+        match self {
             ReplyTo::Internal(reply) => {
                 let _ = reply.send(answer.to_vec());
-                return;
             }
             ReplyTo::Udp(endpoint) => {
                 wire::echo_question(answer, query, info.question_end);
@@ -183,7 +182,7 @@ impl ReplyTo {
                         .replies
                         .answered(Transport::Udp, info.qtype, wire::rcode(answer));
                 }
-                endpoint.replies.clone()
+                endpoint.replies.hand_over(trace);
             }
             ReplyTo::Tcp(conn) => {
                 wire::echo_question(answer, query, info.question_end);
@@ -193,12 +192,8 @@ impl ReplyTo {
                 } else {
                     conn.replies.answered(Transport::Tcp, info.qtype, rcode);
                 }
-                conn.replies
+                conn.replies.hand_over(trace);
             }
-        };
-        if let (Some(mut trace), Some(sink)) = (trace, &replies.trace_sink) {
-            trace.answered = Instant::now();
-            sink.send(*trace);
         }
     }
 }
@@ -233,6 +228,14 @@ impl Replies {
             truncated,
             send_failed,
             trace_sink,
+        }
+    }
+
+    /// Hands an answered query's trace to the tracker, stamped with the moment it was sent.
+    fn hand_over(&self, trace: Option<Box<QueryTrace>>) {
+        if let (Some(mut trace), Some(sink)) = (trace, &self.trace_sink) {
+            trace.answered = Instant::now();
+            sink.send(*trace);
         }
     }
 

@@ -68,8 +68,10 @@ pub fn address_twin(qtype: u16) -> Option<u16> {
     }
 }
 
-/// Why a message cannot be forwarded. Each maps to a `reason` label of
-/// `dnslens_requests_dropped_total` or `dnslens_responses_dropped_total`.
+/// Why a message cannot be forwarded. For a client query, [`WireError::reason`] is the
+/// `reason` label of `dnslens_requests_dropped_total` (`NotAResponse` cannot come from
+/// `parse_query`); an upstream response that does not parse is counted `malformed` in
+/// `dnslens_responses_dropped_total`, whatever the reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("shorter than a DNS header")]

@@ -391,19 +391,22 @@ fn anomalies(addr: SocketAddr, query: JournalQuery, json: bool) -> ExitCode {
         eprintln!("dnslens: --kind: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let mut path = format!("/debug/anomalies?since={}", query.since);
-    for (key, value) in [
-        ("from", &query.from),
-        ("to", &query.to),
-        ("kind", &query.kind),
-    ] {
-        if let Some(value) = value {
-            path.push_str(&format!("&{key}={value}"));
+    let path = if query.hints {
+        "/debug/anomalies?hints=1".to_string()
+    } else {
+        let mut path = format!("/debug/anomalies?since={}", query.since);
+        let filters = [
+            ("from", &query.from),
+            ("to", &query.to),
+            ("kind", &query.kind),
+        ];
+        for (key, value) in filters {
+            if let Some(value) = value {
+                path.push_str(&format!("&{key}={value}"));
+            }
         }
-    }
-    if query.hints {
-        path = "/debug/anomalies?hints=1".to_string();
-    }
+        path
+    };
     let body = match http_get(addr, &path) {
         Ok(body) => body,
         Err(e) => {

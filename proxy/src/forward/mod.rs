@@ -415,9 +415,10 @@ impl Forwarder {
                 tried: tried | bit(index),
             };
             pending.insert(id, entry);
+            // Counted before the lock goes: the answer's decrement cannot come first.
+            self.inflight.inc();
             (id, copy)
         };
-        self.inflight.inc();
         let sent = socket.socket.try_send_to(copy.bytes(), upstream.addr);
         if let Err(e) = sent {
             let Some(mut entry) = lock(&socket.pending).remove(&id) else {

@@ -190,8 +190,8 @@ async fn truncated_answers_keep_the_opt_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_clients_are_coalesced_and_cached_like_udp_ones() {
     let knot = Knot::start().await;
-    // One port for both: a TCP relay on the UDP relay's port is not guaranteed, so the
-    // proxy forces TCP towards the relay's TCP side.
+    // The relay's TCP side listens on a port of its own: force_tcp sends every upstream
+    // query there (TCP clients would go over TCP anyway).
     let relay = UpstreamRelay::start(knot.addr, Duration::from_millis(300)).await;
     let proxy = proxy_with(&[relay.tcp], |c| {
         c.cache.enabled = true;
