@@ -295,7 +295,17 @@ pub struct Attempt {
     pub qname: String,
     /// Position and text of the search suffix; `None` for the absolute name.
     pub suffix: Option<(usize, String)>,
+    /// The client sent this question again with the same message ID: a retry of an earlier
+    /// attempt of the lookup, not a step of its own.
+    pub retransmission: bool,
     pub query: QueryTrace,
+}
+
+impl Attempt {
+    /// Its place in the search walk: the suffix index, `None` for the absolute name.
+    pub fn position(&self) -> Option<usize> {
+        self.suffix.as_ref().map(|(i, _)| *i)
+    }
 }
 
 /// A finished lookup: what observers receive.
@@ -316,9 +326,22 @@ pub struct LookupRecord {
     /// reveals (a retry, a late A/AAAA twin); empty until the detectors have annotated it
     /// (they always run before any other observer).
     pub anomalies: Vec<Kind>,
+    /// The longest a client waited before asking again (a retry, or the late twin of a
+    /// parallel pair): its resolver timeout as dnslens sees it. Set with `anomalies`.
+    pub waited: Option<std::time::Duration>,
 }
 
 impl LookupRecord {
+    /// Questions the lookup asked: its attempts less the client's retransmissions.
+    pub fn questions(&self) -> usize {
+        self.attempts.iter().filter(|a| !a.retransmission).count()
+    }
+
+    /// When `attempt` arrived, counted from the lookup's first query.
+    pub fn offset(&self, attempt: &Attempt) -> std::time::Duration {
+        attempt.query.received.saturating_duration_since(self.start)
+    }
+
     /// The first attempt that returned data.
     pub fn answered_by(&self) -> Option<&Attempt> {
         self.attempts.iter().find(|a| a.query.has_data())

@@ -5,8 +5,25 @@ use std::time::{Duration, Instant};
 use crate::record::{Attempt, Kind, LookupOutcome, LookupRecord, Outcome};
 use crate::wire::{Rcode, QTYPE_A, QTYPE_AAAA};
 
-/// A and AAAA of one name from one socket this close together are "sent in parallel".
+/// A and AAAA of one name from one socket this close together may be "sent in parallel".
 pub(super) const PARALLEL_WINDOW: Duration = Duration::from_millis(50);
+/// ...if the later one was also received before the earlier one was answered, or this soon
+/// after (both already queued: an answer from the cache goes out before the twin is read).
+/// A resolver asking one type after the other (`single-request`) needs the answer first.
+const QUEUED_SLACK: Duration = Duration::from_micros(100);
+
+/// Whether `a` and `b` (an A/AAAA pair of one name) were sent together from one socket.
+pub(super) fn sent_together(a: &Attempt, b: &Attempt) -> bool {
+    let (first, later) = if a.query.received <= b.query.received {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    a.query.client == b.query.client
+        && a.qname == b.qname
+        && later.query.received - first.query.received <= PARALLEL_WINDOW
+        && later.query.received <= first.query.answered + QUEUED_SLACK
+}
 
 pub(super) fn is_empty_noerror(a: &Attempt) -> bool {
     a.query.rcode == Rcode::NOERROR
@@ -23,21 +40,20 @@ fn is_ordinary_aaaa_nodata(a: &Attempt, lookup: &LookupRecord) -> bool {
             .any(|b| b.query.qtype == QTYPE_A && b.qname == a.qname && b.query.has_data())
 }
 
-/// Pairs (index of A, index of AAAA) sent in parallel from one socket.
+/// Pairs (index of A, index of AAAA) sent in parallel from one socket (retransmissions of a
+/// pair are not pairs of their own).
 pub(super) fn parallel_pairs(lookup: &LookupRecord) -> Vec<(usize, usize)> {
     let mut pairs = Vec::new();
     for (i, a) in lookup
         .attempts
         .iter()
         .enumerate()
-        .filter(|(_, a)| a.query.qtype == QTYPE_A)
+        .filter(|(_, a)| a.query.qtype == QTYPE_A && !a.retransmission)
     {
-        let twin = lookup.attempts.iter().enumerate().find(|(_, b)| {
-            b.query.qtype == QTYPE_AAAA
-                && b.qname == a.qname
-                && b.query.client == a.query.client
-                && abs_diff(b.query.received, a.query.received) <= PARALLEL_WINDOW
-        });
+        let twin =
+            lookup.attempts.iter().enumerate().find(|(_, b)| {
+                b.query.qtype == QTYPE_AAAA && !b.retransmission && sent_together(a, b)
+            });
         if let Some((j, _)) = twin {
             pairs.push((i, j));
         }

@@ -8,60 +8,81 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::detect::{abs_diff, PARALLEL_WINDOW};
+use super::detect::{abs_diff, sent_together, PARALLEL_WINDOW};
 use crate::record::{Attempt, Kind, LookupRecord};
 use crate::wire::{self, Rcode};
 
-/// What the detectors remember across lookups, keyed by (client socket, name, qtype):
-/// a retry or a late twin arrives seconds later, after the first lookup has ended. Bounded:
-/// at most `RECENT_CAP` entries, oldest evicted and counted; entries older than
-/// `RECENT_WINDOW` no longer match.
-/// (client socket, hash of the name, qtype): a 64-bit hash rather than the name keeps the
-/// per-query work allocation-free; a collision could at worst pair two names once.
+/// What the detectors remember, keyed by (client, hash of the name, qtype): a retry or a
+/// late twin arrives seconds later, often after the first lookup has ended. A 64-bit hash
+/// rather than the name keeps the per-query work allocation-free; a collision could at worst
+/// pair two names once. Bounded: at most `RECENT_CAP` entries, oldest evicted and counted;
+/// entries older than `RECENT_WINDOW` no longer match.
 type QuestionKey = (std::net::SocketAddr, u64, u16);
 
-fn question_key(a: &Attempt, qtype: u16) -> QuestionKey {
+/// Questions asked are remembered per client address (port 0): a retransmission may come
+/// from a reopened socket (glibc `single-request-reopen`). Lonely twins per socket: the
+/// race is a property of one 5-tuple.
+fn question_key(a: &Attempt, qtype: u16, per_socket: bool) -> QuestionKey {
     use std::hash::BuildHasher;
-    (a.query.client, NAME_HASH.hash_one(a.qname.as_str()), qtype)
+    let port = if per_socket { a.query.client.port() } else { 0 };
+    let client = std::net::SocketAddr::new(a.query.client.ip(), port);
+    (client, NAME_HASH.hash_one(a.qname.as_str()), qtype)
 }
 
 /// A fixed-seed hasher, so equal names hash equally across lookups.
 const NAME_HASH: foldhash::fast::FixedState =
     foldhash::fast::FixedState::with_seed(0x0064_6e73_6c65_6e73);
-/// (when it was asked, the client's message ID)
-type Asked = (std::time::Instant, u16);
+
+/// What is remembered of a question: when (received, for a question asked; answered, for a
+/// lonely twin's partner), the client's message ID and source port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Asked {
+    at: std::time::Instant,
+    id: u16,
+    port: u16,
+}
 
 struct Recent {
     seen: HashMap<QuestionKey, Asked, foldhash::fast::RandomState>,
+    /// Lonely twins per socket; questions asked per client address.
+    per_socket: bool,
     order: std::collections::VecDeque<(QuestionKey, Asked)>,
     evicted: Counter,
 }
 
 pub(super) const RECENT_CAP: usize = 4096;
 const RECENT_WINDOW: Duration = Duration::from_secs(12);
-/// A twin arriving sooner than this is not "late": resolvers time out after 1 s at least.
-const LATE_TWIN: Duration = Duration::from_millis(500);
+/// A twin arriving this long after its partner was answered is "late": a resolver timeout
+/// (glibc 1-5 s; musl resends every timeout/attempts, 0.5 s with `timeout:1`). Sooner is a
+/// resolver asking one type after the other (`single-request`, dnspython).
+const LATE_TWIN: Duration = Duration::from_millis(250);
 
 impl Recent {
-    fn new(evicted: Counter) -> Recent {
+    fn new(evicted: Counter, per_socket: bool) -> Recent {
         Recent {
             seen: HashMap::default(),
+            per_socket,
             order: std::collections::VecDeque::new(),
             evicted,
         }
     }
 
-    /// Forgets and returns how long ago `qtype` for `a`'s socket and name was remembered
-    /// (and the message ID it had then), if within the window.
-    fn take(&mut self, a: &Attempt, qtype: u16) -> Option<(Duration, u16)> {
-        let key = question_key(a, qtype);
-        let (at, id) = self.seen.remove(&key)?;
-        let gap = a.query.received.saturating_duration_since(at);
-        (gap <= RECENT_WINDOW).then_some((gap, id))
+    /// Forgets and returns how long before `a` arrived `qtype` for its client and name was
+    /// remembered (and what was remembered), if within the window.
+    fn take(&mut self, a: &Attempt, qtype: u16) -> Option<(Duration, Asked)> {
+        let key = question_key(a, qtype, self.per_socket);
+        let asked = self.seen.remove(&key)?;
+        let gap = a.query.received.saturating_duration_since(asked.at);
+        (gap <= RECENT_WINDOW).then_some((gap, asked))
     }
 
-    fn remember(&mut self, a: &Attempt, qtype: u16) {
-        let key = question_key(a, qtype);
+    fn get(&self, a: &Attempt, qtype: u16) -> Option<&Asked> {
+        self.seen.get(&question_key(a, qtype, self.per_socket))
+    }
+
+    /// Remembers `qtype` for `a`'s client and name, as of `at`.
+    fn remember(&mut self, a: &Attempt, qtype: u16, at: std::time::Instant) {
+        let key = question_key(a, qtype, self.per_socket);
         if self.seen.len() >= RECENT_CAP && !self.seen.contains_key(&key) {
             while let Some((old, at)) = self.order.pop_front() {
                 if self.seen.get(&old) == Some(&at) {
@@ -71,7 +92,11 @@ impl Recent {
                 }
             }
         }
-        let value = (a.query.received, a.query.id);
+        let value = Asked {
+            at,
+            id: a.query.id,
+            port: a.query.client.port(),
+        };
         self.seen.insert(key, value);
         self.order.push_back((key, value));
         if self.order.len() > 2 * RECENT_CAP {
@@ -94,36 +119,49 @@ pub(super) struct Findings {
     pub retries: Vec<Retry>,
     /// Suspected races (a retried query whose twin was answered, or a late twin).
     pub races: u64,
+    /// The longest wait a retry or a late twin shows (the client's timeout, seen by dnslens).
+    pub longest_gap: Option<Duration>,
 }
 
-/// Whether the lookup holds `a`'s A/AAAA twin from the same socket sent again with `a`
-/// (and not the twin of its first ask, at `first`).
-fn twin_resent_with(a: &Attempt, first: Option<std::time::Instant>, lookup: &LookupRecord) -> bool {
+impl Findings {
+    fn race(&mut self, gap: Duration) {
+        self.kinds.push(Kind::ParallelRace);
+        self.races += 1;
+        self.gap(gap);
+    }
+
+    fn gap(&mut self, gap: Duration) {
+        self.longest_gap = Some(self.longest_gap.map_or(gap, |g| g.max(gap)));
+    }
+}
+
+/// Whether `lookup` holds `a`'s A/AAAA twin sent together with it, with a real answer (a
+/// twin answered SERVFAIL — its answer withheld or lost upstream — will be asked again: it
+/// counts as missing).
+fn twin_beside(a: &Attempt, lookup: &LookupRecord) -> bool {
     let Some(twin) = wire::address_twin(a.query.qtype) else {
         return false;
     };
-    lookup.attempts.iter().any(|b| {
-        b.query.qtype == twin
-            && b.qname == a.qname
-            && b.query.client == a.query.client
-            && abs_diff(b.query.received, a.query.received) <= PARALLEL_WINDOW
-            && first.is_none_or(|first| abs_diff(b.query.received, first) > PARALLEL_WINDOW)
-    })
+    lookup
+        .attempts
+        .iter()
+        .any(|b| b.query.qtype == twin && sent_together(a, b) && b.query.rcode != Rcode::SERVFAIL)
 }
 
 /// The bounded memory of recent questions.
 pub(super) struct Memory {
-    /// Every question asked, for retries.
+    /// Every question asked, per client address, for retries.
     asked: Recent,
-    /// A/AAAA questions whose twin did not come with them, keyed by the missing qtype.
+    /// A/AAAA questions whose twin did not come with them, per socket, keyed by the missing
+    /// qtype and remembered as of the partner's answer.
     lonely: Recent,
 }
 
 impl Memory {
     pub(super) fn new(evicted: Counter) -> Memory {
         Memory {
-            asked: Recent::new(evicted.clone()),
-            lonely: Recent::new(evicted),
+            asked: Recent::new(evicted.clone(), false),
+            lonely: Recent::new(evicted, true),
         }
     }
 
@@ -140,70 +178,59 @@ impl Memory {
         self.lonely.evicted.get()
     }
 
-    /// Whether the A/AAAA twin of `a` was asked from the same socket within the parallel
-    /// window of `first` (when `a` was first asked) and has not been asked again since.
-    fn twin_sent_with(&self, a: &Attempt, first: Option<std::time::Instant>) -> bool {
-        let Some(twin) = wire::address_twin(a.query.qtype) else {
-            return false;
-        };
-        let (Some(first), Some((twin_at, _))) =
-            (first, self.asked.seen.get(&question_key(a, twin)))
-        else {
-            return false;
-        };
-        abs_diff(*twin_at, first) <= PARALLEL_WINDOW
-    }
-
-    /// Retries and late twins, which span lookups: found against what was remembered,
-    /// then this lookup's questions (and its lonely A/AAAA) are remembered.
-    pub(super) fn across_lookups(&mut self, lookup: &LookupRecord) -> Findings {
+    /// Retries and late twins, within the lookup and across lookups: each question, in
+    /// arrival order, is checked against what was remembered, then remembered.
+    pub(super) fn findings(&mut self, lookup: &LookupRecord) -> Findings {
         let mut found = Findings::default();
         for a in &lookup.attempts {
+            let mut raced = None;
             // A retransmission repeats the message ID; a new question with another ID from a
             // long-lived socket (a load generator, a caching stub) is not a retry.
-            if let Some((gap, _)) = self
+            if let Some((gap, first)) = self
                 .asked
                 .take(a, a.query.qtype)
-                .filter(|(_, id)| *id == a.query.id)
+                .filter(|(_, first)| first.id == a.query.id)
             {
                 found.kinds.push(Kind::ClientRetry);
                 found.retries.push(Retry {
                     qtype: a.query.qtype,
                     gap,
                 });
-                // Retried, while its twin sent with it was not: one of a parallel pair lost.
-                // Both sent again together is a plain retry (a dead upstream, say).
-                let first = a.query.received.checked_sub(gap);
-                if self.twin_sent_with(a, first) && !twin_resent_with(a, first, lookup) {
-                    found.kinds.push(Kind::ParallelRace);
-                    found.races += 1;
+                found.gap(gap);
+                // Retried, while its twin sent with it (same socket, same moment) was
+                // answered and not asked again now: one of a parallel pair lost. Both sent
+                // again together is a plain retry (a dead upstream, say).
+                let first_at = a.query.received.checked_sub(gap);
+                if let (Some(first_at), Some(twin)) = (first_at, wire::address_twin(a.query.qtype))
+                {
+                    let twin_was_beside = self.asked.get(a, twin).is_some_and(|t| {
+                        t.port == first.port && abs_diff(t.at, first_at) <= PARALLEL_WINDOW
+                    });
+                    if twin_was_beside && !twin_beside(a, lookup) {
+                        raced = Some(gap);
+                    }
                 }
             }
-            self.asked.remember(a, a.query.qtype);
-            if wire::address_twin(a.query.qtype).is_some()
-                && self
-                    .lonely
-                    .take(a, a.query.qtype)
-                    .is_some_and(|(gap, _)| gap >= LATE_TWIN)
-            {
-                found.kinds.push(Kind::ParallelRace);
-                found.races += 1;
-            }
-        }
-        for a in &lookup.attempts {
+            self.asked.remember(a, a.query.qtype, a.query.received);
             let Some(twin) = wire::address_twin(a.query.qtype) else {
                 continue;
             };
-            // A twin that got no real answer (SERVFAIL: its answer was withheld or lost
-            // upstream) counts as missing: the client will send it again.
-            let has_twin = lookup.attempts.iter().any(|b| {
-                b.query.qtype == twin
-                    && b.qname == a.qname
-                    && b.query.client == a.query.client
-                    && b.query.rcode != Rcode::SERVFAIL
-            });
-            if !has_twin {
-                self.lonely.remember(a, twin);
+            // The twin that never came with its partner, arriving alone a timeout later.
+            if let Some((gap, _)) = self
+                .lonely
+                .take(a, a.query.qtype)
+                .filter(|(gap, _)| *gap >= LATE_TWIN)
+            {
+                raced = raced.or(Some(gap));
+            }
+            if let Some(gap) = raced {
+                found.race(gap);
+            }
+            // A partner that failed too is no pair one of which was lost (both retried
+            // together is a plain retry).
+            let answered = a.query.rcode != Rcode::SERVFAIL;
+            if answered && !a.retransmission && !twin_beside(a, lookup) {
+                self.lonely.remember(a, twin, a.query.answered);
             }
         }
         found

@@ -250,7 +250,7 @@ impl LookupObserver for Detectors {
     /// Finds the lookup's kinds — its own, and retries and late twins remembered across
     /// lookups — and writes them on the record, so its trace carries them too.
     fn annotate(&mut self, lookup: &mut LookupRecord) {
-        let across = self.memory.across_lookups(lookup);
+        let across = self.memory.findings(lookup);
         for retry in &across.retries {
             let qtype = QtypeLabel::from_qtype(retry.qtype);
             self.retries
@@ -264,6 +264,7 @@ impl LookupObserver for Detectors {
         found.sort();
         found.dedup();
         lookup.anomalies = found;
+        lookup.waited = across.longest_gap;
     }
 
     fn observe(&mut self, lookup: &LookupRecord) {
@@ -279,7 +280,7 @@ impl LookupObserver for Detectors {
         }
         if ndots_hint(lookup) {
             self.ndots_hints.inc();
-            self.journal.note_hint(&lookup.base, lookup.attempts.len());
+            self.journal.note_hint(&lookup.base, lookup.questions());
         }
         if !found.is_empty() {
             self.journal.record(lookup, &found, &self.clock);
@@ -289,7 +290,7 @@ impl LookupObserver for Detectors {
                 outcome: lookup.outcome.as_str(),
             })
             .inc();
-        self.attempts.observe(lookup.attempts.len() as f64);
+        self.attempts.observe(lookup.questions() as f64);
         for a in &lookup.attempts {
             if a.suffix.is_some() {
                 self.search_expansion

@@ -58,9 +58,13 @@ fn lookup(queries: &[Q]) -> LookupRecord {
             trace.rcode = x.rcode;
             trace.answers = x.answers;
             trace.authority_soa = x.soa;
+            // One ID per socket and question: a repeat from the same socket is a
+            // retransmission, from another socket a new question.
+            trace.id = x.port ^ x.qtype.rotate_left(8);
             Attempt {
                 qname: x.name.to_string(),
                 suffix: x.suffix.map(|i| (i, "suffix".to_string())),
+                retransmission: false,
                 query: trace,
             }
         })
@@ -75,6 +79,7 @@ fn lookup(queries: &[Q]) -> LookupRecord {
         evicted: false,
         trace_id: 7,
         anomalies: Vec::new(),
+        waited: None,
     }
 }
 
@@ -246,7 +251,7 @@ fn detectors_count_into_their_families() {
                 false,
             ),
             q(
-                0,
+                1000,
                 1,
                 "alauda.cn.default.svc.cluster.local",
                 Some(0),
@@ -472,4 +477,77 @@ fn the_hint_tally_is_bounded() {
         hints[0].base, "popular",
         "names seen more than once outlive a flood"
     );
+}
+
+fn detectors() -> Detectors {
+    let mut registry = Registry::with_prefix("dnslens");
+    Detectors::register(&mut registry, journal::Journal::new(100))
+}
+
+#[test]
+fn a_lost_first_aaaa_resent_alone_within_the_lookup_is_a_race_with_its_wait() {
+    // glibc: the first AAAA never reached dnslens; a second later glibc resends it alone
+    // (single-request after its timeout), then walks on from new sockets.
+    let sfx = "alauda.cn.default.svc.cluster.local";
+    let l = lookup(&[
+        q(0, 1, sfx, Some(0), QTYPE_A, 3, 0, true),
+        q(1000, 1, sfx, Some(0), QTYPE_AAAA, 3, 0, true),
+        q(
+            1001,
+            2,
+            "alauda.cn.svc.cluster.local",
+            Some(1),
+            QTYPE_A,
+            3,
+            0,
+            true,
+        ),
+        q(
+            1001,
+            2,
+            "alauda.cn.svc.cluster.local",
+            Some(1),
+            QTYPE_AAAA,
+            3,
+            0,
+            true,
+        ),
+        q(1002, 3, "alauda.cn", None, QTYPE_A, 0, 1, false),
+        q(1002, 3, "alauda.cn", None, QTYPE_AAAA, 0, 1, false),
+    ]);
+    let mut d = detectors();
+    let seen = see(&mut d, l);
+    assert_eq!(seen.anomalies, [Kind::ParallelRace]);
+    assert_eq!(d.race_suspected.get(), 1);
+    assert_eq!(seen.waited, Some(Duration::from_millis(999)));
+    // musl with timeout:1 resends the missing AAAA half a second later: the same verdict.
+    let l = lookup(&[
+        q(0, 9, sfx, Some(0), QTYPE_A, 3, 0, true),
+        q(500, 9, sfx, Some(0), QTYPE_AAAA, 3, 0, true),
+    ]);
+    assert_eq!(see(&mut d, l).anomalies, [Kind::ParallelRace]);
+    assert_eq!(d.race_suspected.get(), 2);
+}
+
+#[test]
+fn one_type_after_the_other_and_two_socket_pairs_are_no_race() {
+    let mut d = detectors();
+    // glibc single-request, or dnspython asked for both types: the AAAA right after the A
+    // was answered, from the same socket.
+    let sequential = lookup(&[
+        q(0, 1, "web", None, QTYPE_A, 0, 1, false),
+        q(30, 1, "web", None, QTYPE_AAAA, 0, 0, true),
+    ]);
+    // Go: A and AAAA together from two sockets, every step.
+    let go = lookup(&[
+        q(0, 2, "api", Some(0), QTYPE_AAAA, 3, 0, true),
+        q(0, 3, "api", Some(0), QTYPE_A, 3, 0, true),
+        q(2, 4, "api", None, QTYPE_AAAA, 0, 1, false),
+        q(2, 5, "api", None, QTYPE_A, 0, 1, false),
+    ]);
+    for l in [sequential, go] {
+        assert_eq!(see(&mut d, l).anomalies, Vec::<Kind>::new());
+    }
+    assert_eq!(d.race_suspected.get(), 0);
+    assert_eq!(d.parallel.get(), 0);
 }

@@ -43,7 +43,9 @@ pub async fn getaddrinfo(
     for candidate in search_order(name, search, ndots) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.map_err(|_| "socket")?;
         let fqdn = Name::from_ascii(format!("{candidate}.")).map_err(|_| "bad name")?;
-        for (id, qtype) in [(0x1000, RecordType::A), (0x1001, RecordType::AAAA)] {
+        // A fresh random ID per query, as real resolvers do (a repeated ID is a retry).
+        let id: u16 = rand::random();
+        for (id, qtype) in [(id, RecordType::A), (id ^ 1, RecordType::AAAA)] {
             let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
             msg.metadata.recursion_desired = true;
             msg.add_query(Query::query(fqdn.clone(), qtype));

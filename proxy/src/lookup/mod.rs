@@ -8,12 +8,30 @@
 //! 100 µs of work: see `background`) owns all lookup state:
 //!
 //! - **Correlation**: the query name is read through the [`SearchModel`]; a query joins the
-//!   lookup already open for the same client address and base name (any order, A and AAAA
-//!   together), or opens one. Client ports are not part of the key: glibc opens a new socket
-//!   for every suffix.
-//! - **End**: when an attempt returned data or the absolute name was answered, and nothing
-//!   came for `linger` (100 ms, so the twin A/AAAA answer is kept); or `lookup.window` after
-//!   the last query.
+//!   lookup already open for the same client address and base name (A and AAAA, any
+//!   socket), or opens one. Client ports are not part of the key: glibc opens a new socket
+//!   for every search step, Go and dnspython one for every query. The batch drained on each
+//!   tick is put in arrival order first (the sink is sharded per thread).
+//! - **Where a lookup ends** (the rule every verdict rests on). A lookup has its *final
+//!   answer* when a query returned data, or the absolute name was answered (NOERROR or
+//!   NXDOMAIN); it is *finished* once the A/AAAA twin of that question was answered too
+//!   (a question without a twin finishes at once). A query then joins only if it is a
+//!   **retransmission** — the same message ID and question as one the lookup holds, from
+//!   the same client address (socket reopened or not: glibc's `single-request-reopen`
+//!   resends on a new one) — and is counted as a retry, not a new attempt. Any other query
+//!   opens a new lookup at once (the open one is closed and reported), and so does, before
+//!   the end, a query that **rewinds** the walk (a position of the search list visited
+//!   before, other than the current one: the next `getaddrinfo` starting over) or **asks a
+//!   question again** under another message ID (a new call by a resolver that asks one
+//!   question per step). Evidence per resolver, from the namespace tests: glibc sends A and
+//!   AAAA together from one socket per step and a new socket per step; musl both from one
+//!   socket per lookup; Go both from two sockets per step (a new socket per query);
+//!   dnspython one question at a time, a new socket per query, one type per call. Back to
+//!   back, each next call starts at its first position again, or repeats a question under a
+//!   new ID: one lookup each.
+//! - **Close**: a lookup with its final answer is reported after `linger` (100 ms) of quiet
+//!   (a missing twin's grace, and retransmissions of a lost answer); any lookup `lookup.window`
+//!   after its last query.
 //! - **Bounds**: at most `lookup.max_entries` open lookups; the oldest is evicted (counted) and
 //!   still reported. A lookup holds at most 32 queries; a full one is closed and reported.
 //!
@@ -38,7 +56,7 @@ use crate::background::Pacer;
 use crate::invalid::{check, Invalid};
 use crate::record::{Attempt, LookupOutcome, LookupRecord, Outcome, QueryTrace, TraceSink};
 use crate::search::SearchModel;
-use crate::wire::Rcode;
+use crate::wire::{self, Rcode};
 use serde::Deserialize;
 
 /// Correlation of queries into lookups (see `lookup`).
@@ -83,7 +101,8 @@ const PAUSE: Duration = Duration::from_micros(20);
 /// A batch still being worked on after half a tick means the tracker is falling behind:
 /// then it stops stepping aside (a worker that always wants the core is saturated anyway).
 const BEHIND_AFTER: Duration = Duration::from_millis(10);
-/// Quiet time after a lookup got its answer before it is closed.
+/// Quiet time after a lookup got its final answer before it is closed: the grace of a
+/// missing twin, and of a retransmission of an answer lost on its way back.
 const LINGER: Duration = Duration::from_millis(100);
 /// Queries one lookup may hold. A real `getaddrinfo` sends at most about a dozen (suffixes
 /// times A/AAAA, plus retries); a client that keeps asking the same name without pause
@@ -139,6 +158,7 @@ fn close(open: OpenLookup, evicted: bool) -> LookupRecord {
         evicted,
         trace_id: rand::random(),
         anomalies: Vec::new(),
+        waited: None,
     }
 }
 
@@ -157,9 +177,81 @@ struct OpenLookup {
     base: String,
     attempts: Vec<Attempt>,
     last_activity: Instant,
-    /// Data returned, or the absolute name answered: ends after `LINGER`.
-    settled: bool,
+    /// The attempt that gave the final answer (data, or the absolute name answered).
+    final_answer: Option<usize>,
+    /// The final answer's A/AAAA twin was answered too (or it has none).
+    finished: bool,
+    /// Search-list positions visited, in order, without consecutive repeats.
+    positions: Vec<Position>,
     seq: u64,
+}
+
+/// A query's place in the walk: its search-suffix index, or `None` for the absolute name.
+type Position = Option<usize>;
+
+/// What a query does to the lookup open for its client and base name.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// It belongs to this lookup (a next step, the twin, or a retransmission).
+    Joins { retransmission: bool },
+    /// It starts the next lookup: this one is closed.
+    OpensNext,
+}
+
+impl OpenLookup {
+    /// Where `attempt` belongs (the rule is in the module doc).
+    fn place(&self, attempt: &Attempt) -> Place {
+        if self.attempts.len() >= MAX_ATTEMPTS {
+            return Place::OpensNext;
+        }
+        let q = &attempt.query;
+        let same_question = |a: &&Attempt| a.query.qtype == q.qtype && a.qname == attempt.qname;
+        let mut asked = self.attempts.iter().filter(same_question).peekable();
+        if asked.peek().is_some() {
+            return if asked.any(|a| a.query.id == q.id) {
+                Place::Joins {
+                    retransmission: true,
+                }
+            } else {
+                Place::OpensNext
+            };
+        }
+        let position = attempt.position();
+        let rewinds =
+            self.positions.last() != Some(&position) && self.positions.contains(&position);
+        if self.finished || rewinds {
+            Place::OpensNext
+        } else {
+            Place::Joins {
+                retransmission: false,
+            }
+        }
+    }
+
+    fn push(&mut self, mut attempt: Attempt, retransmission: bool) {
+        attempt.retransmission = retransmission;
+        let position = attempt.position();
+        if self.positions.last() != Some(&position) {
+            self.positions.push(position);
+        }
+        let q = &attempt.query;
+        self.last_activity = self.last_activity.max(q.answered);
+        let is_final = q.has_data()
+            || (attempt.suffix.is_none() && matches!(q.rcode, Rcode::NOERROR | Rcode::NXDOMAIN));
+        if self.final_answer.is_none() && is_final && !retransmission {
+            self.final_answer = Some(self.attempts.len());
+        }
+        self.attempts.push(attempt);
+        if let Some(final_answer) = self.final_answer.map(|i| &self.attempts[i]) {
+            self.finished = match wire::address_twin(final_answer.query.qtype) {
+                Some(twin) => self
+                    .attempts
+                    .iter()
+                    .any(|a| a.query.qtype == twin && a.qname == final_answer.qname),
+                None => true,
+            };
+        }
+    }
 }
 
 type Key = (IpAddr, String);
@@ -324,6 +416,8 @@ impl Tracker {
                     self.pacer.start();
                     let stopping = stop.is_cancelled();
                     drained.drain_into(&mut batch, &mut spare);
+                    // Each shard is in order; together they are not.
+                    batch.sort_by_key(|trace| trace.received);
                     for trace in batch.drain(..) {
                         self.add(trace);
                     }
@@ -341,7 +435,7 @@ impl Tracker {
         sink
     }
 
-    /// Correlates one finished query.
+    /// Correlates one finished query (queries must come in arrival order).
     pub fn add(&mut self, query: QueryTrace) {
         let Some(qname) = query.name() else { return };
         let client = query.client.ip();
@@ -363,29 +457,24 @@ impl Tracker {
         let attempt = Attempt {
             qname,
             suffix,
+            retransmission: false,
             query,
         };
-        let settles = attempt.query.has_data()
-            || (attempt.suffix.is_none()
-                && matches!(attempt.query.rcode, Rcode::NOERROR | Rcode::NXDOMAIN));
-        let activity = attempt.query.answered;
         let base = &attempt.qname[..base_len];
-        let full = self
-            .open
-            .get_str(client, base)
-            .map(|l| l.attempts.len() >= MAX_ATTEMPTS);
-        if full == Some(true) {
-            if let Some(closed) = self.open.remove(&(client, base.to_string())) {
-                self.report(close(closed, false));
+        let place = self.open.get_str(client, base).map(|l| l.place(&attempt));
+        let retransmission = match place {
+            Some(Place::Joins { retransmission }) => retransmission,
+            Some(Place::OpensNext) | None => {
+                let key = (client, base.to_string());
+                if let Some(closed) = self.open.remove(&key) {
+                    self.report(close(closed, false));
+                }
+                self.open_lookup(key, client, attempt.query.answered);
+                false
             }
-        }
-        if full != Some(false) {
-            self.open_lookup((client, base.to_string()), client, activity);
-        }
+        };
         if let Some(open) = self.open.get_mut_str(client, &attempt.qname[..base_len]) {
-            open.last_activity = open.last_activity.max(activity);
-            open.settled |= settles;
-            open.attempts.push(attempt);
+            open.push(attempt, retransmission);
         }
         self.open_gauge.set(self.open.len() as i64);
         self.pacer.checkpoint();
@@ -405,19 +494,21 @@ impl Tracker {
                 base: key.1,
                 attempts: Vec::new(),
                 last_activity: activity,
-                settled: false,
+                final_answer: None,
+                finished: false,
+                positions: Vec::new(),
                 seq,
             },
         );
         self.compact_order();
     }
 
-    /// Closes lookups that are settled and quiet, or past their window.
+    /// Closes lookups that have their final answer and are quiet, or are past their window.
     pub fn expire(&mut self, now: Instant) {
         let window = self.window;
         let done = self.open.keys_where(|l| {
             let quiet = now.saturating_duration_since(l.last_activity);
-            quiet >= window || (l.settled && quiet >= LINGER)
+            quiet >= window || (l.final_answer.is_some() && quiet >= LINGER)
         });
         for key in done {
             if let Some(open) = self.open.remove(&key) {

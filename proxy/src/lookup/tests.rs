@@ -51,6 +51,8 @@ fn question(name: &str, qtype: RecordType) -> Vec<u8> {
     q
 }
 
+static NEXT_ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+
 /// A finished query `at_ms` after `t0`, from `client`, answered with `rcode` and `answers`.
 fn query(
     t0: Instant,
@@ -70,6 +72,8 @@ fn query(
         received,
     );
     q.answered = received + Duration::from_micros(300);
+    // Every call is a new question, as a resolver's IDs are; `resend` repeats one.
+    q.id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     q.rcode = rcode;
     q.answers = answers;
     q
@@ -295,9 +299,10 @@ fn undecodable_questions_are_ignored() {
 }
 
 #[test]
-fn a_client_hammering_one_name_gets_lookups_of_bounded_size() {
+fn a_client_hammering_one_name_gets_a_lookup_per_question_and_bounded_lookups() {
     let (mut t, collect, _) = tracker(10);
     let t0 = Instant::now();
+    // A new question each time (a load generator, a hot loop): a lookup each.
     for i in 0..100 {
         t.add(query(
             t0,
@@ -310,6 +315,13 @@ fn a_client_hammering_one_name_gets_lookups_of_bounded_size() {
         ));
     }
     assert_eq!(t.open_lookups(), 1);
+    assert_eq!(collect.0.lock().unwrap().len(), 99);
+    collect.0.lock().unwrap().clear();
+    // One question resent without end: lookups of bounded size.
+    let q = query(t0, 200, "127.0.0.1:2", "gitlab.com", RecordType::A, 2, 0);
+    for i in 0..100 {
+        t.add(resend(&q, t0, 200 + i));
+    }
     let closed = collect.0.lock().unwrap();
     assert_eq!(
         closed.len(),
@@ -317,4 +329,215 @@ fn a_client_hammering_one_name_gets_lookups_of_bounded_size() {
         "100 queries: three full lookups closed, one open"
     );
     assert!(closed.iter().all(|l| l.attempts.len() == MAX_ATTEMPTS));
+}
+
+/// `q` sent again by its client `at_ms` after `t0`: same socket, ID and question.
+fn resend(q: &QueryTrace, t0: Instant, at_ms: u64) -> QueryTrace {
+    let mut again = q.clone();
+    again.received = t0 + Duration::from_millis(at_ms);
+    again.answered = again.received + Duration::from_micros(300);
+    again
+}
+
+const FIRST: &str = "alauda.cn.default.svc.cluster.local";
+
+/// One glibc `getaddrinfo("alauda.cn")` starting `at_ms` after `t0`: A+AAAA per step from a
+/// new socket per step, NXDOMAIN for each suffix, the absolute name answered.
+fn glibc_walk(t: &mut Tracker, t0: Instant, at_ms: u64) {
+    let steps = [
+        FIRST,
+        "alauda.cn.svc.cluster.local",
+        "alauda.cn.cluster.local",
+        "alauda.cn",
+    ];
+    for (i, name) in steps.iter().enumerate() {
+        let (at, client) = (
+            at_ms + i as u64,
+            format!("127.0.0.1:{}", 40000 + at_ms + i as u64),
+        );
+        let (rcode, answers) = if i == 3 { (0, 1) } else { (3, 0) };
+        t.add(query(t0, at, &client, name, RecordType::A, rcode, answers));
+        t.add(query(
+            t0,
+            at,
+            &client,
+            name,
+            RecordType::AAAA,
+            rcode,
+            answers,
+        ));
+    }
+}
+
+fn shapes(collect: &Collect) -> Vec<(usize, &'static str)> {
+    collect
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| (l.attempts.len(), l.outcome.as_str()))
+        .collect()
+}
+
+#[test]
+fn back_to_back_walks_of_one_name_are_one_lookup_each() {
+    let (mut t, collect, _) = tracker(10);
+    let t0 = Instant::now();
+    // glibc, then musl (stopped by an empty NOERROR on the first suffix), then glibc again,
+    // each starting right after the last answer: no quiet time between them.
+    glibc_walk(&mut t, t0, 0);
+    let musl = "127.0.0.1:41000";
+    t.add(query(t0, 5, musl, FIRST, RecordType::A, 0, 0));
+    t.add(query(t0, 5, musl, FIRST, RecordType::AAAA, 0, 0));
+    glibc_walk(&mut t, t0, 6);
+    // musl once more: the same question again under new IDs.
+    t.add(query(t0, 11, musl, FIRST, RecordType::A, 0, 0));
+    t.add(query(t0, 11, musl, FIRST, RecordType::AAAA, 0, 0));
+    t.expire(t0 + Duration::from_secs(3));
+    assert_eq!(
+        shapes(&collect),
+        [
+            (8, "answered"),
+            (2, "nodata"),
+            (8, "answered"),
+            (2, "nodata")
+        ]
+    );
+}
+
+#[test]
+fn one_question_per_call_resolvers_get_a_lookup_per_call() {
+    let (mut t, collect, _) = tracker(10);
+    let t0 = Instant::now();
+    // dnspython: A only, found at the first suffix; a new socket per query, 20 calls.
+    for i in 0..20 {
+        let client = format!("127.0.0.1:{}", 42000 + i);
+        t.add(query(
+            t0,
+            i,
+            &client,
+            "web.default.svc.cluster.local",
+            RecordType::A,
+            0,
+            1,
+        ));
+    }
+    // Go: AAAA and A from two sockets per step, the walk ended by the absolute name; twice.
+    for round in 0..2 {
+        for (i, name) in [
+            FIRST,
+            "alauda.cn.svc.cluster.local",
+            "alauda.cn.cluster.local",
+            "alauda.cn",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let at = 100 + round * 10 + i as u64;
+            let (rcode, answers) = if i == 3 { (0, 1) } else { (3, 0) };
+            t.add(query(
+                t0,
+                at,
+                &format!("127.0.0.2:{}", 43000 + at * 2),
+                name,
+                RecordType::AAAA,
+                rcode,
+                answers,
+            ));
+            t.add(query(
+                t0,
+                at,
+                &format!("127.0.0.2:{}", 43001 + at * 2),
+                name,
+                RecordType::A,
+                rcode,
+                answers,
+            ));
+        }
+    }
+    t.expire(t0 + Duration::from_secs(3));
+    let got = shapes(&collect);
+    assert_eq!(got.len(), 22, "{got:?}");
+    assert_eq!(got.iter().filter(|s| **s == (1, "answered")).count(), 20);
+    assert_eq!(got.iter().filter(|s| **s == (8, "answered")).count(), 2);
+}
+
+#[test]
+fn a_retransmission_stays_in_its_lookup_and_is_no_new_question() {
+    let (mut t, collect, _) = tracker(10);
+    let t0 = Instant::now();
+    let c = "127.0.0.1:44000";
+    let a = query(t0, 0, c, FIRST, RecordType::A, 3, 0);
+    t.add(a.clone());
+    // The AAAA was lost before dnslens; glibc resends the pair's missing question a second
+    // later and the A's answer was lost on the way back, so the A comes again too.
+    t.add(query(t0, 1000, c, FIRST, RecordType::AAAA, 3, 0));
+    t.add(resend(&a, t0, 1000));
+    for (i, name) in ["alauda.cn.svc.cluster.local", "alauda.cn.cluster.local"]
+        .iter()
+        .enumerate()
+    {
+        let c = format!("127.0.0.1:{}", 44001 + i);
+        t.add(query(t0, 1001 + i as u64, &c, name, RecordType::A, 3, 0));
+        t.add(query(t0, 1001 + i as u64, &c, name, RecordType::AAAA, 3, 0));
+    }
+    t.add(query(t0, 1003, c, "alauda.cn", RecordType::A, 0, 1));
+    t.add(query(t0, 1003, c, "alauda.cn", RecordType::AAAA, 0, 1));
+    // Finished: a new question (another type) is the next lookup.
+    t.expire(t0 + Duration::from_millis(1050));
+    assert!(collect.0.lock().unwrap().is_empty(), "lingering");
+    t.add(query(t0, 1004, c, "alauda.cn", RecordType::MX, 0, 1));
+    t.expire(t0 + Duration::from_secs(4));
+    let lookups = collect.0.lock().unwrap();
+    assert_eq!(lookups.len(), 2);
+    let l = &lookups[0];
+    assert_eq!(l.attempts.len(), 9);
+    assert_eq!(l.questions(), 8);
+    let resent: Vec<bool> = l.attempts.iter().map(|a| a.retransmission).collect();
+    assert_eq!(resent.iter().filter(|r| **r).count(), 1);
+    assert!(resent[2]);
+    assert_eq!(l.offset(&l.attempts[2]), Duration::from_millis(1000));
+    assert_eq!(
+        lookups[1].attempts[0].query.qtype,
+        u16::from(RecordType::MX)
+    );
+}
+
+#[test]
+fn a_missing_twin_gets_its_linger_and_then_the_next_query_is_a_new_lookup() {
+    let (mut t, collect, _) = tracker(10);
+    let t0 = Instant::now();
+    let c = "127.0.0.1:45000";
+    // Final answer without its twin: still open, so the late twin joins.
+    t.add(query(
+        t0,
+        0,
+        c,
+        "web.default.svc.cluster.local",
+        RecordType::A,
+        0,
+        1,
+    ));
+    t.add(query(
+        t0,
+        50,
+        c,
+        "web.default.svc.cluster.local",
+        RecordType::AAAA,
+        0,
+        0,
+    ));
+    // Now finished: the next A (a new ID) is the next lookup, closing this one at once.
+    t.add(query(
+        t0,
+        60,
+        c,
+        "web.default.svc.cluster.local",
+        RecordType::A,
+        0,
+        1,
+    ));
+    assert_eq!(shapes(&collect), [(2, "answered")]);
+    t.expire(t0 + Duration::from_millis(500));
+    assert_eq!(shapes(&collect), [(2, "answered"), (1, "answered")]);
 }

@@ -146,6 +146,7 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
     let attempt = Attempt {
         qname: "alauda.cn.default.svc.cluster.local".into(),
         suffix: Some((0, "default.svc.cluster.local".into())),
+        retransmission: false,
         query: q,
     };
     let lookup = LookupRecord {
@@ -158,6 +159,7 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
         evicted: false,
         trace_id: 7,
         anomalies: Vec::new(),
+        waited: None,
     };
     let clock = Clock::now();
     let scope = InstrumentationScope::builder("test").build();
@@ -214,6 +216,7 @@ fn lookup_with(outcome: LookupOutcome, base: &str) -> LookupRecord {
         evicted: false,
         trace_id: 1,
         anomalies: Vec::new(),
+        waited: None,
     }
 }
 
