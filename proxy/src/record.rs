@@ -113,6 +113,33 @@ pub struct QueryTrace {
     pub rewritten: bool,
     /// Autopath answered with a CNAME to this name.
     pub autopath: Option<String>,
+    /// The first addresses the answer carried (`dns.answers` on the trace).
+    pub addresses: AnswerAddresses,
+}
+
+/// The first few addresses of an answer, kept inline (no allocation per query).
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerAddresses {
+    list: [IpAddr; AnswerAddresses::MAX],
+    len: u8,
+}
+
+impl AnswerAddresses {
+    /// Addresses kept per answer: enough to see what a client got, bounded on the trace.
+    pub const MAX: usize = 4;
+
+    pub fn as_slice(&self) -> &[IpAddr] {
+        &self.list[..usize::from(self.len)]
+    }
+}
+
+impl Default for AnswerAddresses {
+    fn default() -> Self {
+        AnswerAddresses {
+            list: [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); AnswerAddresses::MAX],
+            len: 0,
+        }
+    }
 }
 
 /// How the cache took part in answering a query.
@@ -149,6 +176,7 @@ impl QueryTrace {
             cache: CacheUse::Miss,
             rewritten: false,
             autopath: None,
+            addresses: AnswerAddresses::default(),
         }
     }
 
@@ -168,7 +196,8 @@ impl QueryTrace {
         Some(Box::new(trace))
     }
 
-    /// Records what an answer says (RCODE, records, SOA), as the upstream or cache gave it.
+    /// Records what an answer says (RCODE, records, SOA, the first addresses), as the
+    /// upstream or cache gave it.
     pub fn record_answer(&mut self, answer: &[u8]) {
         self.rcode = wire::rcode(answer);
         self.answers = wire::answer_count(answer);
@@ -176,6 +205,10 @@ impl QueryTrace {
         // NXDOMAIN, the bulk of search noise, never does.
         self.authority_soa =
             self.rcode == Rcode::NOERROR && self.answers == 0 && wire::authority_has_soa(answer);
+        if self.answers > 0 && wire::address_twin(self.qtype).is_some() {
+            let len = wire::answer_addresses(answer, &mut self.addresses.list);
+            self.addresses.len = len as u8;
+        }
     }
 
     /// The query name, lower case, without the trailing dot ("." for the root).

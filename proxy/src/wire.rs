@@ -19,6 +19,7 @@
 
 use hickory_proto::rr::Name;
 use hickory_proto::serialize::binary::BinEncodable;
+use std::net::IpAddr;
 
 /// TYPE of the EDNS pseudo-record.
 pub const RTYPE_OPT: u16 = 41;
@@ -424,6 +425,39 @@ pub fn authority_has_soa(msg: &[u8]) -> bool {
         }
     }
     (0..header.authorities).any(|_| reader.record().is_ok_and(|r| r.rtype == RTYPE_SOA))
+}
+
+/// The addresses (A and AAAA records) of a response's answer section, the first `out.len()`
+/// of them written to `out`; returns how many were written. Unparsable records end the
+/// walk (what was read before stays).
+pub fn answer_addresses(msg: &[u8], out: &mut [IpAddr]) -> usize {
+    let mut reader = Reader::new(msg);
+    let Ok(header) = reader.header() else {
+        return 0;
+    };
+    for _ in 0..header.questions {
+        if reader.question(true).is_err() {
+            return 0;
+        }
+    }
+    let mut written = 0;
+    for _ in 0..header.answers {
+        if written == out.len() {
+            break;
+        }
+        let Ok(record) = reader.record() else { break };
+        let rdata = &msg[record.rdlength_at + 2..record.end];
+        let address = match (record.rtype, rdata.len()) {
+            (QTYPE_A, 4) => <[u8; 4]>::try_from(rdata).ok().map(IpAddr::from),
+            (QTYPE_AAAA, 16) => <[u8; 16]>::try_from(rdata).ok().map(IpAddr::from),
+            _ => None,
+        };
+        if let Some(address) = address {
+            out[written] = address;
+            written += 1;
+        }
+    }
+    written
 }
 
 /// Reads the ID of a message that is at least a header long.

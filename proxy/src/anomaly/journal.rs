@@ -51,7 +51,14 @@ pub struct EntryQuery {
     pub answers: u16,
     pub soa: bool,
     pub upstreams: Vec<String>,
+    /// When the query arrived, counted from the lookup's first query (a 1 s or 5 s gap
+    /// before a resend shows here).
+    #[serde(default)]
+    pub offset_ms: f64,
     pub duration_ms: f64,
+    /// The client's retransmission of an earlier query of the lookup (same ID, question).
+    #[serde(default)]
+    pub retransmission: bool,
 }
 
 /// One anomalous lookup.
@@ -64,6 +71,10 @@ pub struct Entry {
     pub outcome: String,
     pub kinds: Vec<String>,
     pub queries: Vec<EntryQuery>,
+    /// The longest a client waited before asking again (a retry, or a late A/AAAA twin):
+    /// its resolver timeout as dnslens saw it.
+    #[serde(default)]
+    pub waited_ms: Option<f64>,
     /// More lookups of the same client, name and kinds within a second of this one, folded
     /// into it (a flood of one anomaly is one entry a second, not thousands).
     #[serde(default)]
@@ -109,14 +120,17 @@ impl Entry {
                             )
                         })
                         .collect(),
+                    offset_ms: lookup.offset(a).as_secs_f64() * 1e3,
                     duration_ms: a
                         .query
                         .answered
                         .saturating_duration_since(a.query.received)
                         .as_secs_f64()
                         * 1e3,
+                    retransmission: a.retransmission,
                 })
                 .collect(),
+            waited_ms: lookup.waited.map(|w| w.as_secs_f64() * 1e3),
             repeats: 0,
         }
     }

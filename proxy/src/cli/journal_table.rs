@@ -24,18 +24,24 @@ pub fn render(entries: &[Entry]) -> String {
         } else {
             String::new()
         };
+        let waited = e.waited_ms.map_or(String::new(), |w| {
+            format!("  (client waited {:.2} s)", w / 1e3)
+        });
         out.push_str(&format!(
-            "{:>7} ago  {:<15} {:<28} {:<9} {}{}\n",
+            "{:>7} ago  {:<15} {:<28} {:<9} {}{}{}\n",
             humantime::format_duration(Duration::from_secs(age as u64)).to_string(),
             e.client,
             e.base,
             e.outcome,
             e.kinds.join(", "),
+            waited,
             repeats
         ));
         for q in &e.queries {
             out.push_str(&format!(
-                "             {:<5} {:<45} [{}] {} {} answer(s){}  {}\n",
+                "  {:>+8.1} ms {}{:<5} {:<45} [{}] {} {} answer(s){}  {}\n",
+                q.offset_ms,
+                if q.retransmission { "resent " } else { "" },
                 q.qtype,
                 q.name,
                 q.search,
@@ -88,6 +94,7 @@ pub fn render_hints(hints: &[Hint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::anomaly::journal::EntryQuery;
 
     fn entry(kinds: &[&str]) -> Entry {
         Entry {
@@ -97,7 +104,19 @@ mod tests {
             outcome: "nodata".into(),
             kinds: kinds.iter().map(|k| k.to_string()).collect(),
             repeats: 2,
-            queries: Vec::new(),
+            waited_ms: Some(1003.0),
+            queries: vec![EntryQuery {
+                name: "alauda.cn.default.svc.cluster.local".into(),
+                qtype: "AAAA".into(),
+                search: "suffix 0".into(),
+                rcode: "NXDOMAIN".into(),
+                answers: 0,
+                soa: true,
+                upstreams: Vec::new(),
+                offset_ms: 1003.5,
+                duration_ms: 0.2,
+                retransmission: true,
+            }],
         }
     }
 
@@ -109,6 +128,11 @@ mod tests {
         ]);
         assert!(table.contains("alauda.cn"), "{table}");
         assert!(table.contains("(and 2 more like it within 1 s)"), "{table}");
+        assert!(table.contains("(client waited 1.00 s)"), "{table}");
+        assert!(
+            table.contains("  +1003.5 ms resent AAAA  alauda.cn.default.svc.cluster.local"),
+            "{table}"
+        );
         assert_eq!(
             table.matches("empty_noerror_search: ").count(),
             1,

@@ -9,12 +9,14 @@ use std::time::Instant;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::sampling::span_count;
 use crate::metrics::{QtypeLabel, RcodeLabel};
-use crate::record::{Attempt, CacheUse, Clock, Kind, LookupOutcome, LookupRecord};
+use crate::record::{
+    AnswerAddresses, Attempt, CacheUse, Clock, Kind, LookupOutcome, LookupRecord, Outcome,
+};
 
 /// Builds the spans of one trace.
 struct TraceBuilder<'a> {
@@ -97,21 +99,34 @@ pub fn lookup_spans(
     let mut root_attributes = vec![
         KeyValue::new("dns.question.name", lookup.base.clone()),
         KeyValue::new("client.address", addresses.get(lookup.client)),
-        KeyValue::new("dns.lookup.attempts", lookup.attempts.len() as i64),
-        KeyValue::new("dns.lookup.outcome", lookup.outcome.as_str()),
+        KeyValue::new("dnslens.lookup.attempts", lookup.questions() as i64),
+        KeyValue::new("dnslens.lookup.outcome", lookup.outcome.as_str()),
     ];
     if let Some(attempt) = lookup.answered_by() {
         root_attributes.push(KeyValue::new(
-            "dns.lookup.answered_by",
+            "dnslens.lookup.answered_by",
             suffix_text(attempt),
         ));
     }
+    let answers = lookup_answers(lookup);
+    if !answers.is_empty() {
+        root_attributes.push(KeyValue::new("dns.answers", address_list(answers.iter())));
+    }
+    if let Some(error) = error_type(lookup.outcome) {
+        root_attributes.push(KeyValue::new("error.type", error));
+    }
     if lookup.evicted {
-        root_attributes.push(KeyValue::new("dns.lookup.evicted", true));
+        root_attributes.push(KeyValue::new("dnslens.lookup.evicted", true));
     }
     if !anomalies.is_empty() {
         let kinds: Vec<&str> = anomalies.iter().map(|k| k.as_str()).collect();
-        root_attributes.push(KeyValue::new("dns.anomaly", kinds.join(",")));
+        root_attributes.push(KeyValue::new("dnslens.anomaly", kinds.join(",")));
+    }
+    if let Some(waited) = lookup.waited {
+        root_attributes.push(KeyValue::new(
+            "dnslens.lookup.waited_ms",
+            waited.as_secs_f64() * 1e3,
+        ));
     }
     let mut root = trace.span(
         (root_id, SpanId::INVALID),
@@ -120,10 +135,7 @@ pub fn lookup_spans(
         (lookup.start, lookup.end),
         root_attributes,
     );
-    if matches!(
-        lookup.outcome,
-        LookupOutcome::ServFail | LookupOutcome::Timeout
-    ) {
+    if lookup.outcome.is_failure() {
         root.status = Status::error(lookup.outcome.as_str());
     }
     spans.push(root);
@@ -133,26 +145,39 @@ pub fn lookup_spans(
         let mut attributes = vec![
             KeyValue::new("dns.question.name", attempt.qname.clone()),
             KeyValue::new(
-                "dns.question.type",
+                "dnslens.question.type",
                 QtypeLabel::from_qtype(q.qtype).as_str(),
             ),
-            KeyValue::new("dns.search.suffix", suffix_text(attempt)),
+            KeyValue::new("dnslens.search.suffix", suffix_text(attempt)),
             KeyValue::new(
-                "dns.search.index",
-                attempt.suffix.as_ref().map_or(-1, |(i, _)| *i as i64),
+                "dnslens.search.index",
+                attempt.position().map_or(-1, |i| i as i64),
             ),
             KeyValue::new(
-                "dns.response_code",
+                "dnslens.response_code",
                 RcodeLabel::from_rcode(q.rcode).as_str(),
             ),
-            KeyValue::new("dns.answer.count", i64::from(q.answers)),
-            KeyValue::new("dns.cache.hit", q.cache == CacheUse::Hit),
+            KeyValue::new("dnslens.answer.count", i64::from(q.answers)),
+            KeyValue::new(
+                "dnslens.offset_ms",
+                lookup.offset(attempt).as_secs_f64() * 1e3,
+            ),
+            KeyValue::new("dnslens.cache.hit", q.cache == CacheUse::Hit),
             KeyValue::new("network.transport", q.transport.as_str()),
             KeyValue::new("client.address", addresses.get(q.client.ip())),
             KeyValue::new("client.port", i64::from(q.client.port())),
         ];
+        if !q.addresses.as_slice().is_empty() {
+            attributes.push(KeyValue::new(
+                "dns.answers",
+                address_list(q.addresses.as_slice().iter()),
+            ));
+        }
+        if attempt.retransmission {
+            attributes.push(KeyValue::new("dnslens.retransmission", true));
+        }
         if q.cache == CacheUse::Stale {
-            attributes.push(KeyValue::new("dns.cache.stale", true));
+            attributes.push(KeyValue::new("dnslens.cache.stale", true));
         }
         if q.rewritten {
             attributes.push(KeyValue::new(
@@ -171,20 +196,65 @@ pub fn lookup_spans(
             attributes,
         ));
         for (n, t) in q.tries.iter().enumerate() {
-            spans.push(trace.span(
+            let mut attributes = vec![
+                KeyValue::new("server.address", addresses.get(t.upstream.ip())),
+                KeyValue::new("server.port", i64::from(t.upstream.port())),
+                KeyValue::new("network.transport", t.transport.as_str()),
+                KeyValue::new("dnslens.upstream.try", n as i64 + 1),
+                KeyValue::new("dnslens.upstream.outcome", t.outcome.as_str()),
+            ];
+            // A try that brought no usable answer (truncation goes on over TCP: not an error).
+            let failed = !matches!(t.outcome, Outcome::Answer | Outcome::Truncated);
+            if failed {
+                attributes.push(KeyValue::new("error.type", t.outcome.as_str()));
+            }
+            let mut span = trace.span(
                 (SpanId::from_bytes(rand::random()), query_id),
                 "dns.upstream",
                 SpanKind::Client,
                 (t.start, t.end),
-                vec![
-                    KeyValue::new("server.address", addresses.get(t.upstream.ip())),
-                    KeyValue::new("server.port", i64::from(t.upstream.port())),
-                    KeyValue::new("network.transport", t.transport.as_str()),
-                    KeyValue::new("dns.upstream.try", n as i64 + 1),
-                    KeyValue::new("dns.upstream.outcome", t.outcome.as_str()),
-                ],
-            ));
+                attributes,
+            );
+            if failed {
+                span.status = Status::error(t.outcome.as_str());
+            }
+            spans.push(span);
         }
     }
     spans
+}
+
+/// `error.type` of a lookup that did not get an address, in the words `getaddrinfo` errors
+/// use (as the OpenTelemetry DNS conventions ask): none for an answered lookup.
+fn error_type(outcome: LookupOutcome) -> Option<&'static str> {
+    match outcome {
+        LookupOutcome::Answered => None,
+        LookupOutcome::NxDomain => Some("host_not_found"),
+        LookupOutcome::NoData => Some("no_data"),
+        LookupOutcome::ServFail => Some("server_failure"),
+        LookupOutcome::Timeout => Some("timeout"),
+    }
+}
+
+/// Addresses shown on a lookup's root: those of its answered queries, at most this many.
+const ROOT_ANSWERS: usize = 2 * AnswerAddresses::MAX;
+
+fn lookup_answers(lookup: &LookupRecord) -> Vec<IpAddr> {
+    let mut answers: Vec<IpAddr> = Vec::new();
+    for a in lookup.attempts.iter().filter(|a| !a.retransmission) {
+        for address in a.query.addresses.as_slice() {
+            if answers.len() < ROOT_ANSWERS && !answers.contains(address) {
+                answers.push(*address);
+            }
+        }
+    }
+    answers
+}
+
+/// A string array attribute of addresses.
+fn address_list<'a>(addresses: impl Iterator<Item = &'a IpAddr>) -> Value {
+    let texts = addresses
+        .map(|a| StringValue::from(a.to_string()))
+        .collect();
+    Value::Array(Array::String(texts))
 }

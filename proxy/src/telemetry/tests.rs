@@ -178,19 +178,25 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
         Some(&Value::from("alauda.cn"))
     );
     assert_eq!(
-        attr(&spans[0], "dns.lookup.outcome"),
+        attr(&spans[0], "dnslens.lookup.outcome"),
         Some(&Value::from("nxdomain"))
     );
-    assert_eq!(attr(&spans[1], "dns.search.index"), Some(&Value::I64(0)));
     assert_eq!(
-        attr(&spans[1], "dns.response_code"),
+        attr(&spans[1], "dnslens.search.index"),
+        Some(&Value::I64(0))
+    );
+    assert_eq!(
+        attr(&spans[1], "dnslens.response_code"),
         Some(&Value::from("NXDOMAIN"))
     );
     assert_eq!(
-        attr(&spans[2], "dns.upstream.outcome"),
+        attr(&spans[2], "dnslens.upstream.outcome"),
         Some(&Value::from("timeout"))
     );
-    assert_eq!(attr(&spans[3], "dns.upstream.try"), Some(&Value::I64(2)));
+    assert_eq!(
+        attr(&spans[3], "dnslens.upstream.try"),
+        Some(&Value::I64(2))
+    );
     assert_eq!(
         spans[2]
             .end_time

@@ -228,8 +228,8 @@ fn walk(queries: &[ReceivedSpan]) -> Vec<(String, String, String)> {
         .map(|q| {
             (
                 q.attr("dns.question.name").into(),
-                q.attr("dns.question.type").into(),
-                q.attr("dns.response_code").into(),
+                q.attr("dnslens.question.type").into(),
+                q.attr("dnslens.response_code").into(),
             )
         })
         .collect()
@@ -249,10 +249,10 @@ fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
     );
     let (root, queries, upstream) =
         lookup_tree(spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
-    assert_eq!(root.attr("dns.lookup.outcome"), "answered");
-    assert_eq!(root.attr("dns.lookup.answered_by"), "absolute");
+    assert_eq!(root.attr("dnslens.lookup.outcome"), "answered");
+    assert_eq!(root.attr("dnslens.lookup.answered_by"), "absolute");
     assert_eq!(
-        root.attr("dns.anomaly"),
+        root.attr("dnslens.anomaly"),
         "empty_noerror_search",
         "musl would have failed here"
     );
@@ -274,12 +274,18 @@ fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
             step("alauda.cn", "AAAA", "NOERROR"),
         ]
     );
-    let indexes: Vec<&str> = queries.iter().map(|q| q.attr("dns.search.index")).collect();
+    let indexes: Vec<&str> = queries
+        .iter()
+        .map(|q| q.attr("dnslens.search.index"))
+        .collect();
     assert_eq!(indexes, ["0", "0", "1", "1", "2", "2", "-1", "-1"]);
     assert_eq!(upstream.len(), 8);
-    assert!(upstream
-        .iter()
-        .all(|u| u.attr("server.port") == "5300" && u.attr("dns.upstream.outcome") == "answer"));
+    assert!(
+        upstream
+            .iter()
+            .all(|u| u.attr("server.port") == "5300"
+                && u.attr("dnslens.upstream.outcome") == "answer")
+    );
     // The counters tell search noise from the real answer; glibc sends A and AAAA together.
     assert_eq!(
         run.metric("dnslens_search_expansion_queries_total{outcome=\"nxdomain\"}"),
@@ -313,8 +319,8 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
     );
     let (root, queries, _) =
         lookup_tree(spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
-    assert_eq!(root.attr("dns.lookup.outcome"), "nodata");
-    assert_eq!(root.attr("dns.anomaly"), "empty_noerror_search");
+    assert_eq!(root.attr("dnslens.lookup.outcome"), "nodata");
+    assert_eq!(root.attr("dnslens.anomaly"), "empty_noerror_search");
     let mut got = walk(&queries);
     got.sort();
     assert_eq!(
@@ -326,7 +332,7 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
     );
     assert!(queries
         .iter()
-        .all(|q| q.attr("dns.answer.count") == "0" && q.attr("dns.search.index") == "0"));
+        .all(|q| q.attr("dnslens.answer.count") == "0" && q.attr("dnslens.search.index") == "0"));
     // Knot's NODATA carries its SOA; the name was a search expansion: the musl trap.
     for qtype in ["A", "AAAA"] {
         let series = format!("dnslens_empty_noerror_total{{qtype=\"{qtype}\",search_expansion=\"true\",soa=\"true\"}}");
@@ -392,7 +398,7 @@ fn musl_walks_on_with_the_shield_and_glibc_still_succeeds() {
     // The musl trace shows the whole walk, with the rewrite on the first pair.
     let (root, queries, _) =
         lookup_tree(&run.spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
-    assert_eq!(root.attr("dns.lookup.outcome"), "answered");
+    assert_eq!(root.attr("dnslens.lookup.outcome"), "answered");
     assert_eq!(queries.len(), 8);
     let rewritten: Vec<&str> = queries
         .iter()

@@ -95,6 +95,16 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
                 Some(Value::IntValue(i)) => i.to_string(),
                 Some(Value::BoolValue(b)) => b.to_string(),
                 Some(Value::DoubleValue(d)) => d.to_string(),
+                // A string array as its items joined by commas (`dns.answers`).
+                Some(Value::ArrayValue(items)) => items
+                    .values
+                    .iter()
+                    .map(|v| match &v.value {
+                        Some(Value::StringValue(s)) => s.clone(),
+                        other => format!("{other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => format!("{other:?}"),
             };
             (kv.key.clone(), value)

@@ -68,9 +68,9 @@ async fn a_glibc_search_walk_is_one_trace_over_grpc() {
         })
         .await;
     let (root, queries, upstream) = lookup_tree(&spans, "alauda.cn").unwrap();
-    assert_eq!(root.attr("dns.lookup.outcome"), "answered");
-    assert_eq!(root.attr("dns.lookup.answered_by"), "absolute");
-    assert_eq!(root.attr("dns.lookup.attempts"), "8");
+    assert_eq!(root.attr("dnslens.lookup.outcome"), "answered");
+    assert_eq!(root.attr("dnslens.lookup.answered_by"), "absolute");
+    assert_eq!(root.attr("dnslens.lookup.attempts"), "8");
     assert_eq!(
         root.resource.get("service.name").map(String::as_str),
         Some("dnslens")
@@ -80,8 +80,8 @@ async fn a_glibc_search_walk_is_one_trace_over_grpc() {
         .map(|q| {
             (
                 q.attr("dns.question.name").to_string(),
-                q.attr("dns.search.index").to_string(),
-                q.attr("dns.response_code").to_string(),
+                q.attr("dnslens.search.index").to_string(),
+                q.attr("dnslens.response_code").to_string(),
             )
         })
         .collect();
@@ -105,7 +105,7 @@ async fn a_glibc_search_walk_is_one_trace_over_grpc() {
     );
     let qtypes: Vec<&str> = queries
         .iter()
-        .map(|q| q.attr("dns.question.type"))
+        .map(|q| q.attr("dnslens.question.type"))
         .collect();
     assert_eq!(qtypes.iter().filter(|t| **t == "A").count(), 4);
     assert!(queries
@@ -118,9 +118,9 @@ async fn a_glibc_search_walk_is_one_trace_over_grpc() {
             u.attr("server.port"),
             world.upstream.addr.port().to_string()
         );
-        assert_eq!(u.attr("dns.upstream.outcome"), "answer");
+        assert_eq!(u.attr("dnslens.upstream.outcome"), "answer");
         assert_eq!(u.attr("network.transport"), "udp");
-        assert_eq!(u.attr("dns.upstream.try"), "1");
+        assert_eq!(u.attr("dnslens.upstream.try"), "1");
     }
     metric_at_least(
         world.proxy.metrics_addr,
@@ -144,14 +144,14 @@ async fn a_musl_walk_stopped_by_empty_noerror_over_http_protobuf() {
         })
         .await;
     let (root, queries, _) = lookup_tree(&spans, "alauda.cn").unwrap();
-    assert_eq!(root.attr("dns.lookup.outcome"), "nodata");
+    assert_eq!(root.attr("dnslens.lookup.outcome"), "nodata");
     for q in &queries {
         assert_eq!(
             q.attr("dns.question.name"),
             "alauda.cn.default.svc.cluster.local"
         );
-        assert_eq!(q.attr("dns.response_code"), "NOERROR");
-        assert_eq!(q.attr("dns.answer.count"), "0");
+        assert_eq!(q.attr("dnslens.response_code"), "NOERROR");
+        assert_eq!(q.attr("dnslens.answer.count"), "0");
     }
     world.stop().await;
 }
@@ -182,9 +182,9 @@ async fn ordinary_lookups_are_sampled_but_failures_are_always_exported() {
         })
         .await;
     let (root, queries, upstream) = lookup_tree(&spans, "github.com").unwrap();
-    assert_eq!(root.attr("dns.lookup.outcome"), "timeout");
+    assert_eq!(root.attr("dnslens.lookup.outcome"), "timeout");
     assert_eq!(queries.len(), 1);
-    assert_eq!(upstream[0].attr("dns.upstream.outcome"), "timeout");
+    assert_eq!(upstream[0].attr("dnslens.upstream.outcome"), "timeout");
     // Let the sampled-out lookups end, then check none of them was exported.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(lookup_tree(&receiver.spans(), "web").is_none());
