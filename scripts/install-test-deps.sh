@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a Debian machine, if it is missing:
-# musl-gcc and iproute2 for the resolver-in-a-namespace tests; iptables for faults injected
+# musl-gcc, golang-go (Go's own resolver) and python3-dnspython (Python's) and iproute2 for
+# the resolver-in-a-namespace tests; iptables for faults injected
 # inside a test's own namespace; promtool (prometheus) for the
 # alert rules; python3 with venv for helm-template (shared/tools), which renders the chart;
 # Knot DNS (the real upstream), dig (the real client); with --bench also dnsperf and the
@@ -10,7 +11,7 @@
 # their own on loopback ports.
 set -euo pipefail
 
-need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables)
+need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools go:golang-go ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables)
 if [[ "${1:-}" == "--bench" ]]; then
   need+=(dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base callgrind_control:valgrind)
 fi
@@ -20,6 +21,10 @@ for pair in "${need[@]}"; do
   cmd=${pair%%:*} pkg=${pair##*:}
   PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# dnspython for Debian's own python3 (the tests run /usr/bin/python3, not a virtualenv's).
+if ! /usr/bin/python3 -c 'import dns.resolver' >/dev/null 2>&1; then
+  missing+=(python3-dnspython)
+fi
 # helm-template builds a virtualenv on first use: python3 with venv and ensurepip.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3 python3-venv)

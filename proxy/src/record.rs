@@ -370,6 +370,12 @@ impl LookupRecord {
         self.attempts.iter().filter(|a| !a.retransmission).count()
     }
 
+    /// Only retransmissions of questions of a lookup that had already ended (its answer was
+    /// lost on the way back, say): the tail of that lookup, not a lookup of its own.
+    pub fn is_tail(&self) -> bool {
+        self.questions() == 0
+    }
+
     /// When `attempt` arrived, counted from the lookup's first query.
     pub fn offset(&self, attempt: &Attempt) -> std::time::Duration {
         attempt.query.received.saturating_duration_since(self.start)
@@ -415,7 +421,9 @@ impl Kind {
                 "the client asked the same question again: it timed out waiting for an answer"
             }
             Kind::UpstreamTimeout => "an upstream did not answer in time; dnslens retried another",
-            Kind::UpstreamError => "an upstream answered SERVFAIL or REFUSED",
+            Kind::UpstreamError => {
+                "an upstream answered SERVFAIL or REFUSED, or none could be asked (all put aside as dead): dnslens answered SERVFAIL"
+            }
         }
     }
 

@@ -40,6 +40,16 @@ struct Asked {
     at: std::time::Instant,
     id: u16,
     port: u16,
+    /// When dnslens answered it with a real answer (not SERVFAIL), if it did.
+    answered: Option<std::time::Instant>,
+    /// The kinds already counted for the lookup that asked it ([`kind_mask`]): a tail of
+    /// re-asks does not count them again.
+    kinds: u8,
+}
+
+/// A set of kinds as bits.
+pub(super) fn kind_mask(kinds: &[Kind]) -> u8 {
+    kinds.iter().fold(0, |mask, k| mask | 1 << (*k as u8))
 }
 
 struct Recent {
@@ -80,8 +90,9 @@ impl Recent {
         self.seen.get(&question_key(a, qtype, self.per_socket))
     }
 
-    /// Remembers `qtype` for `a`'s client and name, as of `at`.
-    fn remember(&mut self, a: &Attempt, qtype: u16, at: std::time::Instant) {
+    /// Remembers `qtype` for `a`'s client and name, as of `at`, asked by a lookup whose
+    /// `kinds` were counted.
+    fn remember(&mut self, a: &Attempt, qtype: u16, at: std::time::Instant, kinds: u8) {
         let key = question_key(a, qtype, self.per_socket);
         if self.seen.len() >= RECENT_CAP && !self.seen.contains_key(&key) {
             while let Some((old, at)) = self.order.pop_front() {
@@ -96,6 +107,8 @@ impl Recent {
             at,
             id: a.query.id,
             port: a.query.client.port(),
+            answered: (a.query.rcode != Rcode::SERVFAIL).then_some(a.query.answered),
+            kinds,
         };
         self.seen.insert(key, value);
         self.order.push_back((key, value));
@@ -117,10 +130,14 @@ pub(super) struct Retry {
 pub(super) struct Findings {
     pub kinds: Vec<Kind>,
     pub retries: Vec<Retry>,
+    /// Indexes of the lookup's attempts that were retransmissions.
+    pub retransmissions: Vec<usize>,
     /// Suspected races (a retried query whose twin was answered, or a late twin).
     pub races: u64,
     /// The longest wait a retry or a late twin shows (the client's timeout, seen by dnslens).
     pub longest_gap: Option<Duration>,
+    /// Kinds already counted for the lookups whose questions were asked again here.
+    pub counted_before: u8,
 }
 
 impl Findings {
@@ -138,14 +155,19 @@ impl Findings {
 /// Whether `lookup` holds `a`'s A/AAAA twin sent together with it, with a real answer (a
 /// twin answered SERVFAIL — its answer withheld or lost upstream — will be asked again: it
 /// counts as missing).
-fn twin_beside(a: &Attempt, lookup: &LookupRecord) -> bool {
+fn twin_answered_beside(a: &Attempt, lookup: &LookupRecord) -> bool {
+    twin_beside(a, lookup, |b| b.query.rcode != Rcode::SERVFAIL)
+}
+
+/// Whether `lookup` holds `a`'s A/AAAA twin sent together with it (and `also` holds).
+fn twin_beside(a: &Attempt, lookup: &LookupRecord, also: impl Fn(&Attempt) -> bool) -> bool {
     let Some(twin) = wire::address_twin(a.query.qtype) else {
         return false;
     };
     lookup
         .attempts
         .iter()
-        .any(|b| b.query.qtype == twin && sent_together(a, b) && b.query.rcode != Rcode::SERVFAIL)
+        .any(|b| b.query.qtype == twin && sent_together(a, b) && also(b))
 }
 
 /// The bounded memory of recent questions.
@@ -182,8 +204,9 @@ impl Memory {
     /// arrival order, is checked against what was remembered, then remembered.
     pub(super) fn findings(&mut self, lookup: &LookupRecord) -> Findings {
         let mut found = Findings::default();
-        for a in &lookup.attempts {
+        for (index, a) in lookup.attempts.iter().enumerate() {
             let mut raced = None;
+            let mut inherited = 0;
             // A retransmission repeats the message ID; a new question with another ID from a
             // long-lived socket (a load generator, a caching stub) is not a retry.
             if let Some((gap, first)) = self
@@ -192,26 +215,34 @@ impl Memory {
                 .filter(|(_, first)| first.id == a.query.id)
             {
                 found.kinds.push(Kind::ClientRetry);
+                found.retransmissions.push(index);
+                found.counted_before |= first.kinds;
+                inherited = first.kinds;
                 found.retries.push(Retry {
                     qtype: a.query.qtype,
                     gap,
                 });
                 found.gap(gap);
-                // Retried, while its twin sent with it (same socket, same moment) was
-                // answered and not asked again now: one of a parallel pair lost. Both sent
-                // again together is a plain retry (a dead upstream, say).
+                // Retried before dnslens had answered it (its answer withheld or lost
+                // upstream), while its twin sent with it (same socket, same moment) was not
+                // asked again now: one of a parallel pair lost. Both sent again together is
+                // a plain retry (a dead upstream, say); so is a question answered before the
+                // client asked again (the answer lost on its way back: no query was lost).
                 let first_at = a.query.received.checked_sub(gap);
-                if let (Some(first_at), Some(twin)) = (first_at, wire::address_twin(a.query.qtype))
+                let unanswered = first.answered.is_none_or(|at| at > a.query.received);
+                if let (true, Some(first_at), Some(twin)) =
+                    (unanswered, first_at, wire::address_twin(a.query.qtype))
                 {
                     let twin_was_beside = self.asked.get(a, twin).is_some_and(|t| {
                         t.port == first.port && abs_diff(t.at, first_at) <= PARALLEL_WINDOW
                     });
-                    if twin_was_beside && !twin_beside(a, lookup) {
+                    if twin_was_beside && !twin_beside(a, lookup, |_| true) {
                         raced = Some(gap);
                     }
                 }
             }
-            self.asked.remember(a, a.query.qtype, a.query.received);
+            self.asked
+                .remember(a, a.query.qtype, a.query.received, inherited);
             let Some(twin) = wire::address_twin(a.query.qtype) else {
                 continue;
             };
@@ -229,10 +260,21 @@ impl Memory {
             // A partner that failed too is no pair one of which was lost (both retried
             // together is a plain retry).
             let answered = a.query.rcode != Rcode::SERVFAIL;
-            if answered && !a.retransmission && !twin_beside(a, lookup) {
-                self.lonely.remember(a, twin, a.query.answered);
+            if answered && !a.retransmission && !twin_answered_beside(a, lookup) {
+                self.lonely.remember(a, twin, a.query.answered, 0);
             }
         }
         found
+    }
+
+    /// Notes that `kinds` were counted for `lookup`, on the questions it asked: a later
+    /// tail of re-asks of them does not count those kinds again.
+    pub(super) fn counted(&mut self, lookup: &LookupRecord, kinds: u8) {
+        for a in &lookup.attempts {
+            let key = question_key(a, a.query.qtype, self.asked.per_socket);
+            if let Some(asked) = self.asked.seen.get_mut(&key) {
+                asked.kinds |= kinds;
+            }
+        }
     }
 }

@@ -251,6 +251,19 @@ impl LookupObserver for Detectors {
     /// lookups — and writes them on the record, so its trace carries them too.
     fn annotate(&mut self, lookup: &mut LookupRecord) {
         let across = self.memory.findings(lookup);
+        // A retransmission of a question of an ended lookup is one too: a lookup of nothing
+        // but those is that lookup's tail, not a lookup of its own.
+        for index in &across.retransmissions {
+            lookup.attempts[*index].retransmission = true;
+        }
+        let mut found = kinds(lookup);
+        found.extend(across.kinds.iter().copied());
+        found.sort();
+        found.dedup();
+        if lookup.is_tail() {
+            // What its lookup was already counted for is not counted again.
+            found.retain(|k| across.counted_before & memory::kind_mask(&[*k]) == 0);
+        }
         for retry in &across.retries {
             let qtype = QtypeLabel::from_qtype(retry.qtype);
             self.retries
@@ -258,11 +271,12 @@ impl LookupObserver for Detectors {
                 .inc();
             self.retry_gap.observe(retry.gap.as_secs_f64());
         }
-        self.race_suspected.inc_by(across.races);
-        let mut found = kinds(lookup);
-        found.extend(across.kinds);
-        found.sort();
-        found.dedup();
+        if found.contains(&Kind::ParallelRace) {
+            self.race_suspected.inc_by(across.races);
+        }
+        if !found.is_empty() {
+            self.memory.counted(lookup, memory::kind_mask(&found));
+        }
         lookup.anomalies = found;
         lookup.waited = across.longest_gap;
     }
@@ -278,12 +292,19 @@ impl LookupObserver for Detectors {
         for kind in &found {
             self.anomalies[*kind as usize].inc_by(1, Some(exemplar.clone()), None);
         }
+        if !found.is_empty() {
+            self.journal.record(lookup, &found, &self.clock);
+        }
+        self.count_queries(lookup);
+        // Retries and races are counted in `annotate`: the memory across lookups sees a
+        // lookup's own repeats as well as those that come after it ended.
+        if lookup.is_tail() {
+            // Re-asks of a lookup that had ended: not a lookup of their own.
+            return;
+        }
         if ndots_hint(lookup) {
             self.ndots_hints.inc();
             self.journal.note_hint(&lookup.base, lookup.questions());
-        }
-        if !found.is_empty() {
-            self.journal.record(lookup, &found, &self.clock);
         }
         self.lookups
             .get_or_create(&OutcomeLabels {
@@ -291,6 +312,13 @@ impl LookupObserver for Detectors {
             })
             .inc();
         self.attempts.observe(lookup.questions() as f64);
+        self.parallel.inc_by(parallel_pairs(lookup).len() as u64);
+    }
+}
+
+impl Detectors {
+    /// The per-query counters: search noise and empty NOERROR answers.
+    fn count_queries(&self, lookup: &LookupRecord) {
         for a in &lookup.attempts {
             if a.suffix.is_some() {
                 self.search_expansion
@@ -305,9 +333,6 @@ impl LookupObserver for Detectors {
                 empty_noerror_counter(&self.empty_noerror, qtype, search, soa).inc();
             }
         }
-        self.parallel.inc_by(parallel_pairs(lookup).len() as u64);
-        // Retries and races are counted in `annotate`: the memory across lookups sees a
-        // lookup's own repeats as well as those that come after it ended.
     }
 }
 

@@ -58,6 +58,16 @@ fn lookup(queries: &[Q]) -> LookupRecord {
             trace.rcode = x.rcode;
             trace.answers = x.answers;
             trace.authority_soa = x.soa;
+            if x.rcode == 2 {
+                // dnslens's SERVFAIL: its upstream did not answer in time.
+                trace.tries.push(UpstreamTry {
+                    upstream: "127.0.0.1:53".parse().unwrap(),
+                    transport: Transport::Udp,
+                    outcome: Outcome::Timeout,
+                    start: received,
+                    end: trace.answered,
+                });
+            }
             // One ID per socket and question: a repeat from the same socket is a
             // retransmission, from another socket a new question.
             trace.id = x.port ^ x.qtype.rotate_left(8);
@@ -154,16 +164,20 @@ fn aaaa_nodata_beside_an_a_answer_is_ordinary() {
 fn a_lost_aaaa_retried_after_five_seconds_is_a_suspected_race() {
     let l = lookup(&[
         q(0, 4000, "github.com", None, QTYPE_A, 0, 1, false),
-        q(0, 4000, "github.com", None, QTYPE_AAAA, 0, 0, true),
+        // Its answer withheld upstream: dnslens could only say SERVFAIL.
+        q(0, 4000, "github.com", None, QTYPE_AAAA, 2, 0, false),
         q(5000, 4000, "github.com", None, QTYPE_AAAA, 0, 0, true),
     ]);
     assert_eq!(parallel_pairs(&l), [(0, 1)]);
     // Retries and races are the memory's: the pure per-lookup detectors see neither.
-    assert!(kinds(&l).is_empty());
+    assert_eq!(kinds(&l), [Kind::UpstreamTimeout]);
     let mut registry = Registry::with_prefix("dnslens");
     let mut d = Detectors::register(&mut registry, journal::Journal::new(100));
     let seen = see(&mut d, l);
-    assert_eq!(seen.anomalies, [Kind::ParallelRace, Kind::ClientRetry]);
+    assert_eq!(
+        seen.anomalies,
+        [Kind::ParallelRace, Kind::ClientRetry, Kind::UpstreamTimeout]
+    );
     assert_eq!(d.race_suspected.get(), 1);
     let aaaa = QtypeLabel::from_qtype(QTYPE_AAAA);
     assert_eq!(d.retries.get(aaaa.index(), || unreachable!()).get(), 1);
@@ -191,7 +205,7 @@ fn pairs_need_one_socket_and_one_moment() {
     let mut registry = Registry::with_prefix("dnslens");
     let mut d = Detectors::register(&mut registry, journal::Journal::new(100));
     let seen = see(&mut d, both);
-    assert_eq!(seen.anomalies, [Kind::ClientRetry]);
+    assert_eq!(seen.anomalies, [Kind::ClientRetry, Kind::UpstreamTimeout]);
     assert_eq!(d.race_suspected.get(), 0);
 }
 
@@ -246,7 +260,7 @@ fn detectors_count_into_their_families() {
                 "alauda.cn.default.svc.cluster.local",
                 Some(0),
                 QTYPE_AAAA,
-                0,
+                2, // withheld upstream, then asked again
                 0,
                 false,
             ),
@@ -266,8 +280,9 @@ fn detectors_count_into_their_families() {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     for line in [
         "dnslens_empty_noerror_total{qtype=\"A\",search_expansion=\"true\",soa=\"false\"} 1",
-        "dnslens_empty_noerror_total{qtype=\"AAAA\",search_expansion=\"true\",soa=\"false\"} 2",
-        "dnslens_search_expansion_queries_total{outcome=\"nodata\"} 3",
+        "dnslens_empty_noerror_total{qtype=\"AAAA\",search_expansion=\"true\",soa=\"false\"} 1",
+        "dnslens_search_expansion_queries_total{outcome=\"nodata\"} 2",
+        "dnslens_search_expansion_queries_total{outcome=\"servfail\"} 1",
         "dnslens_lookups_total{outcome=\"answered\"} 1",
         "dnslens_client_retries_total{qtype=\"AAAA\"} 1",
         "dnslens_parallel_queries_total 1",
@@ -433,8 +448,13 @@ fn a_walk_answered_by_the_absolute_name_is_a_tallied_hint_not_a_journal_entry() 
     let mut registry = Registry::with_prefix("dnslens");
     let journal = journal::Journal::new(100);
     let mut d = Detectors::register(&mut registry, journal.clone());
-    for _ in 0..3 {
-        see(&mut d, walk());
+    for k in 0..3u16 {
+        // Three calls: new message IDs each time.
+        let mut l = walk();
+        for a in &mut l.attempts {
+            a.query.id = a.query.id.wrapping_add(100 * k);
+        }
+        see(&mut d, l);
     }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -444,8 +464,6 @@ fn a_walk_answered_by_the_absolute_name_is_a_tallied_hint_not_a_journal_entry() 
         "not an anomaly series"
     );
     let window = journal::Window::last(Duration::from_secs(600));
-    // (The repeated walks reuse one socket and ID, so the memory sees retries: those are
-    // anomalies; the hint never is.)
     assert!(
         journal
             .query(&window, None)
@@ -550,4 +568,66 @@ fn one_type_after_the_other_and_two_socket_pairs_are_no_race() {
     }
     assert_eq!(d.race_suspected.get(), 0);
     assert_eq!(d.parallel.get(), 0);
+}
+
+#[test]
+fn an_answer_lost_on_its_way_back_is_a_retry_not_a_race() {
+    // dnslens answered the A; the client never got it and asked again a second later.
+    let l = lookup(&[
+        q(0, 5, "web", Some(0), QTYPE_A, 0, 1, false),
+        q(0, 5, "web", Some(0), QTYPE_AAAA, 0, 1, false),
+        q(1000, 5, "web", Some(0), QTYPE_A, 0, 1, false),
+    ]);
+    let mut d = detectors();
+    assert_eq!(see(&mut d, l).anomalies, [Kind::ClientRetry]);
+    assert_eq!(d.race_suspected.get(), 0);
+}
+
+#[test]
+fn a_lookup_of_nothing_but_re_asks_is_the_tail_of_the_last_one() {
+    let mut d = detectors();
+    let first = lookup(&[
+        q(0, 5, "web", Some(0), QTYPE_A, 0, 1, false),
+        q(0, 5, "web", Some(0), QTYPE_AAAA, 0, 1, false),
+    ]);
+    see(&mut d, first);
+    // The A's answer was lost: the client asks again after the lookup had ended.
+    let mut tail = lookup(&[q(0, 5, "web", Some(0), QTYPE_A, 0, 1, false)]);
+    tail.attempts[0].query.received += Duration::from_secs(1);
+    let tail = see(&mut d, tail);
+    assert!(tail.attempts[0].retransmission && tail.is_tail());
+    assert_eq!(tail.anomalies, [Kind::ClientRetry]);
+    let answered = OutcomeLabels {
+        outcome: "answered",
+    };
+    assert_eq!(d.lookups.get_or_create(&answered).get(), 1, "one lookup");
+    let retries = d
+        .retries
+        .get(QtypeLabel::from_qtype(QTYPE_A).index(), || unreachable!());
+    assert_eq!(retries.get(), 1);
+}
+
+#[test]
+fn a_tail_does_not_count_again_what_its_lookup_was_counted_for() {
+    let mut d = detectors();
+    // The upstream timed out: SERVFAIL; the client's re-ask came after the lookup ended.
+    see(
+        &mut d,
+        lookup(&[q(0, 6, "web", Some(0), QTYPE_A, 2, 0, false)]),
+    );
+    let mut tail = lookup(&[q(0, 6, "web", Some(0), QTYPE_A, 2, 0, false)]);
+    tail.attempts[0].query.received += Duration::from_secs(1);
+    let tail = see(&mut d, tail);
+    assert!(tail.is_tail());
+    assert_eq!(
+        tail.anomalies,
+        [Kind::ClientRetry],
+        "upstream_timeout was counted"
+    );
+    // A second re-ask: nothing new to count.
+    let mut again = lookup(&[q(0, 6, "web", Some(0), QTYPE_A, 2, 0, false)]);
+    again.attempts[0].query.received += Duration::from_secs(2);
+    assert_eq!(see(&mut d, again).anomalies, Vec::<Kind>::new());
+    let timeouts = &d.anomalies[Kind::UpstreamTimeout as usize];
+    assert_eq!(timeouts.get().0, 1);
 }

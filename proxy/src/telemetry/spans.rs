@@ -115,6 +115,10 @@ pub fn lookup_spans(
     if let Some(error) = error_type(lookup.outcome) {
         root_attributes.push(KeyValue::new("error.type", error));
     }
+    if lookup.is_tail() {
+        // Only re-asks of questions of a lookup that had ended: that lookup's tail.
+        root_attributes.push(KeyValue::new("dnslens.lookup.tail", true));
+    }
     if lookup.evicted {
         root_attributes.push(KeyValue::new("dnslens.lookup.evicted", true));
     }

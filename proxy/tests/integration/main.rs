@@ -20,5 +20,6 @@ mod kubernetes;
 mod module_graph;
 mod namespaces;
 mod prometheus;
+mod resolvers;
 mod tracing;
 mod upstream_faults;

@@ -11,7 +11,7 @@ use crate::harness::*;
 use crate::otlp_receiver::ReceivedSpan;
 use crate::tracing::lookup_tree;
 
-const RESOLV_CONF: &str = "nameserver 127.0.0.1\n\
+pub const RESOLV_CONF: &str = "nameserver 127.0.0.1\n\
 search default.svc.cluster.local svc.cluster.local cluster.local\n\
 options ndots:5\n";
 
@@ -54,7 +54,7 @@ fn otlp_sink() -> PathBuf {
     sink
 }
 
-fn musl_client(dir: &Path) -> PathBuf {
+pub fn musl_client(dir: &Path) -> PathBuf {
     let src = dir.join("gai.c");
     std::fs::write(&src, GETADDRINFO_C).unwrap();
     let out = dir.join("gai-musl");
@@ -69,17 +69,20 @@ fn musl_client(dir: &Path) -> PathBuf {
 }
 
 /// What one run in a namespace left behind.
-struct Run {
-    /// Each client's output, in the order they ran.
-    outputs: Vec<String>,
-    client_output: String,
-    spans: Vec<ReceivedSpan>,
-    /// /metrics before the first client and after each one.
-    snapshots: Vec<String>,
-    metrics: String,
-    anomalies: String,
+pub struct Run {
+    /// Each step's output, in the order they ran.
+    pub outputs: Vec<String>,
+    pub client_output: String,
+    pub spans: Vec<ReceivedSpan>,
+    /// /metrics before the first step and after each one.
+    pub snapshots: Vec<String>,
+    pub metrics: String,
+    /// `dnslens anomalies --since 10m` at the end.
+    pub anomalies: String,
     /// `dnslens anomalies --hints` at the end.
-    hints: String,
+    pub hints: String,
+    /// The body of `/debug/anomalies?since=10m` at the end (JSON).
+    pub journal: String,
 }
 
 /// Queries received, less the client's own retransmissions (a resolver on a loaded CI
@@ -105,12 +108,12 @@ fn requests_and_retries(metrics: &str) -> String {
 
 impl Run {
     /// The value of one exact series on the proxy's /metrics at the end (absent fails).
-    fn metric(&self, series: &str) -> f64 {
+    pub fn metric(&self, series: &str) -> f64 {
         series_value(&self.metrics, series)
     }
 
     /// Client queries dnslens received while client `i` ran.
-    fn questions_of_client(&self, i: usize) -> f64 {
+    pub fn questions_of_client(&self, i: usize) -> f64 {
         questions_received(&self.snapshots[i + 1]) - questions_received(&self.snapshots[i])
     }
 }
@@ -123,25 +126,68 @@ fn run_in_namespace(client: &str) -> Run {
 /// Runs each of `clients` with `name`, one after the other, inside a fresh namespace with
 /// dnslens (its config extended by `yaml`), Knot and the OTLP sink.
 fn run_clients_in_namespace(clients: &[&str], name: &str, yaml: &str) -> Run {
+    let steps: Vec<String> = clients.iter().map(|c| format!("{c} {name}")).collect();
+    run_scene(&Scene {
+        yaml: yaml.into(),
+        steps,
+        ..Scene::default()
+    })
+}
+
+/// What runs in one namespace.
+pub struct Scene {
+    /// The namespace's /etc/resolv.conf.
+    pub resolv_conf: String,
+    /// dnslens's `lookup.window`: short, so tests need not wait long for lookups to end.
+    pub window: &'static str,
+    /// Appended to dnslens's config.
+    pub yaml: String,
+    /// Shell run once dnslens answers, before the steps (e.g. iptables rules).
+    pub setup: String,
+    /// Shell snippets run one after the other; /metrics is read after each, once its
+    /// lookups have ended. Step `i`'s output (stdout and stderr) is `Run::outputs[i]`.
+    pub steps: Vec<String>,
+}
+
+impl Default for Scene {
+    fn default() -> Self {
+        Scene {
+            resolv_conf: RESOLV_CONF.into(),
+            window: "500ms",
+            yaml: String::new(),
+            setup: String::new(),
+            steps: Vec::new(),
+        }
+    }
+}
+
+/// Runs `scene` inside a fresh mount and network namespace with Knot as the upstream,
+/// dnslens on 127.0.0.1:53 (OTLP to the sink, every lookup sampled) and the OTLP sink.
+pub fn run_scene(scene: &Scene) -> Run {
     let dir = TempDir::new("netns");
     let d = &dir.0;
-    std::fs::write(d.join("resolv.conf"), RESOLV_CONF).unwrap();
+    std::fs::write(d.join("resolv.conf"), &scene.resolv_conf).unwrap();
     knot_config(d, 5300);
     std::fs::write(
         d.join("dnslens.yaml"),
-        format!("lookup:\n  window: 500ms\n{yaml}"),
+        format!("lookup:\n  window: {}\n{}", scene.window, scene.yaml),
     )
     .unwrap();
-    let clients_script: String = clients
+    let steps_script: String = scene
+        .steps
         .iter()
         .enumerate()
-        .map(|(i, client)| {
+        .map(|(i, step)| {
             format!(
-                "{client} {name} >client{i}.out 2>&1 || true\n\
-                 sleep 1.5 # the lookup ends (window 500 ms) and its spans are exported\n\
+                "( {step} ) >client{i}.out 2>&1 || true\n\
+                 sleep {wait} # the last lookup ends (its window) and its spans are exported\n\
                  settle # and every lookup has reached the detectors, however loaded the machine\n\
                  dump_metrics metrics{next}.txt\n",
-                next = i + 1
+                next = i + 1,
+                wait = humantime::parse_duration(scene.window)
+                    .unwrap()
+                    .as_secs_f64()
+                    + 1.0,
             )
         })
         .collect();
@@ -174,12 +220,18 @@ for i in $(seq 100); do
 done
 sleep 1   # the readiness probes' own lookup ends before the client starts
 dump_metrics metrics0.txt
-{clients_script}"{dnslens}" anomalies --addr 127.0.0.1:9253 --since 1m >anomalies.txt 2>&1 || true
+{setup}
+{steps_script}"{dnslens}" anomalies --addr 127.0.0.1:9253 --since 10m >anomalies.txt 2>&1 || true
 "{dnslens}" anomalies --addr 127.0.0.1:9253 --hints >hints.txt 2>&1 || true
+exec 3<>/dev/tcp/127.0.0.1/9253
+printf 'GET /debug/anomalies?since=10m HTTP/1.0\r\n\r\n' >&3
+cat <&3 >journal.txt
+exec 3<&-
 kill $proxy $sink $knot
 wait $proxy $sink $knot 2>/dev/null || true
 "#,
         d = d.display(),
+        setup = scene.setup,
         sink = otlp_sink().display(),
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
     );
@@ -202,10 +254,10 @@ wait $proxy $sink $knot 2>/dev/null || true
         read("dnslens.log"),
         read("knot.log")
     );
-    let outputs: Vec<String> = (0..clients.len())
+    let outputs: Vec<String> = (0..scene.steps.len())
         .map(|i| read(&format!("client{i}.out")))
         .collect();
-    let snapshots: Vec<String> = (0..=clients.len())
+    let snapshots: Vec<String> = (0..=scene.steps.len())
         .map(|i| read(&format!("metrics{i}.txt")))
         .collect();
     Run {
@@ -219,10 +271,14 @@ wait $proxy $sink $knot 2>/dev/null || true
         snapshots,
         anomalies: read("anomalies.txt"),
         hints: read("hints.txt"),
+        journal: read("journal.txt")
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default(),
     }
 }
 
-fn walk(queries: &[ReceivedSpan]) -> Vec<(String, String, String)> {
+pub fn walk(queries: &[ReceivedSpan]) -> Vec<(String, String, String)> {
     queries
         .iter()
         .map(|q| {
@@ -235,7 +291,7 @@ fn walk(queries: &[ReceivedSpan]) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn step(name: &str, qtype: &str, rcode: &str) -> (String, String, String) {
+pub fn step(name: &str, qtype: &str, rcode: &str) -> (String, String, String) {
     (name.into(), qtype.into(), rcode.into())
 }
 
