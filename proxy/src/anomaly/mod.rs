@@ -11,25 +11,36 @@
 //!   and the lookup fails), `soa` whether the authority section carried an SOA (a
 //!   well-formed NODATA) or nothing (an upstream misbehaving). An AAAA NODATA while the A of
 //!   the same name has data is ordinary (IPv4-only names): counted, not an anomaly.
-//! - **Parallel A/AAAA**: A and AAAA for one name from one client socket within 50 ms
-//!   (`dnslens_parallel_queries_total`, pairs). A pair where one query is asked again
-//!   by the client — its twin was answered, this one presumably lost on the way (the
-//!   conntrack insertion race) — is `dnslens_parallel_query_race_suspected_total`; so is,
-//!   seen from dnslens's side of a lossy path, an A or AAAA whose twin never arrived and then
-//!   arrives alone on the same socket 0.5-12 s later (a resolver timeout). That memory is
-//!   bounded (4096 entries, oldest evicted: `dnslens_anomaly_state_evicted_total`).
-//! - **Client retries**: the same client socket sending the same question with the same
-//!   message ID again within 12 s (a retransmission; across lookups, as a 5 s resolver
-//!   timeout outlasts a lookup), from the same bounded memory: `dnslens_client_retries_total{qtype}` and the gap,
-//!   `dnslens_client_retry_gap_seconds` (buckets that make 1, 2 and 5 s resolver
-//!   timeouts stand out).
+//! - **Parallel A/AAAA**: A and AAAA for one name from one client socket, the later one
+//!   received before the first was answered (or within 100 µs of it: both already queued)
+//!   and within 50 ms (`dnslens_parallel_queries_total`, pairs). A resolver asking one type
+//!   after the other (`single-request`, dnspython) needs the first answer before it asks
+//!   again: not a pair; neither are Go's A and AAAA from two sockets. A suspected race
+//!   (`dnslens_parallel_query_race_suspected_total`, kind `parallel_race`): seen from
+//!   dnslens's side of a lossy path, an A or AAAA whose twin never came with it and then
+//!   arrives alone on the same socket 0.25-12 s after the first one's answer (a resolver
+//!   timeout: glibc re-sends after `timeout`, musl after `timeout/attempts`) — within one
+//!   lookup or across two; or a question of a pair that dnslens had not answered (withheld
+//!   or lost upstream) when the client asked again, while its twin was answered. An answer
+//!   lost on its way back to the client is a retry, not a race (no query was lost). That
+//!   memory is bounded (4096 entries, oldest evicted: `dnslens_anomaly_state_evicted_total`).
+//! - **Client retries**: the same client address sending the same question with the same
+//!   message ID again within 12 s (a retransmission, from the same socket or a reopened
+//!   one; across lookups, as a 5 s resolver timeout outlasts a lookup), from the same
+//!   bounded memory: `dnslens_client_retries_total{qtype}` and the gap,
+//!   `dnslens_client_retry_gap_seconds` (buckets that make 1, 2 and 5 s resolver timeouts
+//!   stand out). The retransmissions are marked on the record: a record of nothing else is
+//!   the *tail* of a lookup that had ended — not counted as a lookup, and the kinds its
+//!   lookup was already counted for are not counted again.
 //! - **Search noise**: `dnslens_search_expansion_queries_total{outcome}` (nxdomain / nodata /
 //!   answer / servfail: expected noise of a search walk), `dnslens_lookups_total{outcome}`
 //!   and `dnslens_lookup_attempts` (queries per lookup), so the share of traffic that is
 //!   search noise is one PromQL expression and a genuine NXDOMAIN (of the absolute name,
 //!   `dnslens_lookups_total{outcome="nxdomain"}`) is told apart from expected ones.
-//! - **Upstream faults**: a lookup with an upstream timeout, SERVFAIL or REFUSED (per
-//!   upstream counts are `dnslens_upstream_requests_total{outcome}` in `forward`).
+//! - **Upstream faults**: a lookup with an upstream timeout (`upstream_timeout`), SERVFAIL
+//!   or REFUSED, or a SERVFAIL of dnslens's own because every upstream was put aside
+//!   (`upstream_error`); per upstream counts are `dnslens_upstream_requests_total{outcome}`
+//!   in `forward`.
 //! - **ndots hint** (a note, not an anomaly): a lookup that walked the search list and was
 //!   answered by the absolute name — evidence for lowering ndots or writing the name with a
 //!   trailing dot. `dnslens_ndots_hints_total`, and the journal's per-name tally of hints

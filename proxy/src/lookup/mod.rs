@@ -23,12 +23,16 @@
 //!   the end, a query that **rewinds** the walk (a position of the search list visited
 //!   before, other than the current one: the next `getaddrinfo` starting over) or **asks a
 //!   question again** under another message ID (a new call by a resolver that asks one
-//!   question per step). Evidence per resolver, from the namespace tests: glibc sends A and
-//!   AAAA together from one socket per step and a new socket per step; musl both from one
-//!   socket per lookup; Go both from two sockets per step (a new socket per query);
-//!   dnspython one question at a time, a new socket per query, one type per call. Back to
-//!   back, each next call starts at its first position again, or repeats a question under a
-//!   new ID: one lookup each.
+//!   question per step). Evidence per resolver, from `tests/integration/resolvers.rs`:
+//!   glibc sends A and AAAA together from one socket, a new socket per search step; musl
+//!   the same (one `res_msend` socket per step); Go both at once from two sockets (a new
+//!   socket per query); dnspython one question at a time, a new socket per query, one type
+//!   per call. Back to back, each next call starts at its first position again, or repeats
+//!   a question under a new ID: one lookup each. What this cannot tell apart: Go re-asks
+//!   after a timeout with a new ID from a new socket, exactly as a new call would (a second
+//!   lookup). Re-asks that come after their lookup was reported (its answers are traced
+//!   when answered, so a slow answer can come after a quick final one) form a record of
+//!   their own that the detectors recognise as that lookup's tail.
 //! - **Close**: a lookup with its final answer is reported after `linger` (100 ms) of quiet
 //!   (a missing twin's grace, and retransmissions of a lost answer); any lookup `lookup.window`
 //!   after its last query.

@@ -1,20 +1,27 @@
 //! Trace export: one OpenTelemetry trace per lookup, sent over OTLP (gRPC or HTTP/protobuf).
 //!
-//! Span model (attribute names follow the OpenTelemetry semantic conventions where one
-//! exists):
+//! Span model (attribute names follow the OpenTelemetry conventions where one exists —
+//! `dns.question.name`, `dns.answers`, `error.type`, `client.*`, `server.*`,
+//! `network.transport` — and everything else is under `dnslens.`):
 //! - `dns.lookup` (root): `dns.question.name` (the base name), `client.address`,
-//!   `dns.lookup.attempts`, `dns.lookup.outcome` (answered / nxdomain / nodata / servfail /
-//!   timeout), `dns.lookup.answered_by` (the suffix that answered, or `absolute`); status
-//!   Error for servfail and timeout.
-//! - `dns.query` (one per query received): `dns.question.name`, `dns.question.type`,
-//!   `dns.search.suffix` (or `absolute`), `dns.search.index` (-1 for absolute),
-//!   `dns.response_code` and `dns.answer.count` (as the upstream or cache answered),
-//!   `dns.cache.hit`, `network.transport`, `client.address`, `client.port`; when a
-//!   mitigation acted: `dns.cache.stale` (served stale), `dnslens.rewrite`
-//!   (`empty_noerror_to_nxdomain`: the client got NXDOMAIN), `dnslens.autopath.name` (the
-//!   client got a CNAME to this name).
+//!   `dns.answers` (up to 8 addresses), `error.type` when it got none (`host_not_found`,
+//!   `no_data`, `server_failure`, `timeout`), `dnslens.lookup.attempts` (questions, less
+//!   retransmissions), `dnslens.lookup.outcome` (answered / nxdomain / nodata / servfail /
+//!   timeout), `dnslens.lookup.answered_by` (the suffix that answered, or `absolute`),
+//!   `dnslens.anomaly`, `dnslens.lookup.waited_ms` (the client's wait before asking again),
+//!   `dnslens.lookup.tail` (only re-asks of an ended lookup), `dnslens.lookup.evicted`;
+//!   status Error for servfail and timeout.
+//! - `dns.query` (one per query received): `dns.question.name`, `dns.answers` (up to 4),
+//!   `dnslens.question.type`, `dnslens.search.suffix` (or `absolute`),
+//!   `dnslens.search.index` (-1 for absolute), `dnslens.response_code` and
+//!   `dnslens.answer.count` (as the upstream or cache answered), `dnslens.offset_ms` (from
+//!   the lookup's start), `dnslens.retransmission`, `dnslens.cache.hit`,
+//!   `network.transport`, `client.address`, `client.port`; when a mitigation acted:
+//!   `dnslens.cache.stale` (served stale), `dnslens.rewrite` (`empty_noerror_to_nxdomain`:
+//!   the client got NXDOMAIN), `dnslens.autopath.name` (the client got a CNAME to this name).
 //! - `dns.upstream` (one per upstream try): `server.address`, `server.port`,
-//!   `network.transport`, `dns.upstream.try`, `dns.upstream.outcome`.
+//!   `network.transport`, `dnslens.upstream.try`, `dnslens.upstream.outcome`; `error.type`
+//!   and status Error when the try brought no answer.
 //!
 //! Timestamps are the real receive/send instants, so a 5-second client retry shows as a gap.
 //!
@@ -24,7 +31,7 @@
 //! exporter directly — the SDK's `SpanExporter` is the only OpenTelemetry piece used. With
 //! tracing off (no endpoint) none of this runs.
 //!
-//! Sampling: every lookup with a timeout, SERVFAIL or anomaly (`dns.anomaly` on the root,
+//! Sampling: every lookup with a timeout, SERVFAIL or anomaly (`dnslens.anomaly` on the root,
 //! see `anomaly`) is exported, up to `keep_anomalous_per_second` [100] such lookups a second
 //! and `keep_anomalous_per_name_per_second` [1] for any one base name (0: no per-name limit),
 //! so a flood of one broken name yields an example trace a second, not a copy of the flood;
