@@ -142,7 +142,8 @@ pub struct Scene {
     pub window: &'static str,
     /// Appended to dnslens's config.
     pub yaml: String,
-    /// Shell run once dnslens answers, before the steps (e.g. iptables rules).
+    /// Shell run once dnslens answers, before the steps (e.g. iptables rules); what it
+    /// asks dnslens has ended before the first step's metrics are read.
     pub setup: String,
     /// Shell snippets run one after the other; /metrics is read after each, once its
     /// lookups have ended. Step `i`'s output (stdout and stderr) is `Run::outputs[i]`.
@@ -173,6 +174,10 @@ pub fn run_scene(scene: &Scene) -> Run {
         format!("lookup:\n  window: {}\n{}", scene.window, scene.yaml),
     )
     .unwrap();
+    let wait = humantime::parse_duration(scene.window)
+        .unwrap()
+        .as_secs_f64()
+        + 1.0;
     let steps_script: String = scene
         .steps
         .iter()
@@ -219,8 +224,8 @@ for i in $(seq 100); do
   sleep 0.05
 done
 sleep 1   # the readiness probes' own lookup ends before the client starts
-dump_metrics metrics0.txt
 {setup}
+dump_metrics metrics0.txt
 {steps_script}"{dnslens}" anomalies --addr 127.0.0.1:9253 --since 10m >anomalies.txt 2>&1 || true
 "{dnslens}" anomalies --addr 127.0.0.1:9253 --hints >hints.txt 2>&1 || true
 exec 3<>/dev/tcp/127.0.0.1/9253
@@ -231,7 +236,12 @@ kill $proxy $sink $knot
 wait $proxy $sink $knot 2>/dev/null || true
 "#,
         d = d.display(),
-        setup = scene.setup,
+        setup = if scene.setup.is_empty() {
+            String::new()
+        } else {
+            // What the setup asked has ended and reached the detectors before the first step.
+            format!("{}\nsleep {wait}\nsettle", scene.setup)
+        },
         sink = otlp_sink().display(),
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
     );

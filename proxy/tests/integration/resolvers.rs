@@ -316,6 +316,30 @@ fn a_clean_workload_of_four_resolvers_leaves_the_journal_empty() {
     assert!(run.hints.contains("github.com"), "{}", run.hints);
 }
 
+/// The lookups of `base` as their traces show them, for failure messages.
+fn describe(spans: &[ReceivedSpan], base: &str) -> String {
+    let mut out = String::new();
+    for (root, queries) in lookups_of(spans, base) {
+        out.push_str(&format!("lookup {:?}\n", root.attributes));
+        for q in queries {
+            out.push_str(&format!(
+                "  +{} ms {} {} {} port {}{}\n",
+                q.attr("dnslens.offset_ms"),
+                q.attr("dnslens.question.type"),
+                q.attr("dns.question.name"),
+                q.attr("dnslens.response_code"),
+                q.attr("client.port"),
+                if q.attr("dnslens.retransmission") == "true" {
+                    " resent"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    out
+}
+
 const RACE_RESOLV_CONF: &str = "nameserver 127.0.0.1\n\
 search default.svc.cluster.local svc.cluster.local cluster.local\n\
 options ndots:5 timeout:1 attempts:2\n";
@@ -452,7 +476,8 @@ fn the_empty_noerror_trap_is_named_for_every_resolver() {
         assert_eq!(
             delta("dnslens_lookup_attempts_sum"),
             queries,
-            "{resolver:?}"
+            "{resolver:?}\n{}",
+            describe(&run.spans, "alauda.cn")
         );
     }
     assert_eq!(journal(&run).len(), 4, "{}", run.journal);
@@ -590,5 +615,55 @@ fn retries_and_upstream_faults_are_named_for_each_resolver() {
         let failed = step_delta(&run, i, "dnslens_lookups_total{outcome=\"timeout\"}")
             + step_delta(&run, i, "dnslens_lookups_total{outcome=\"servfail\"}");
         assert_eq!(failed, 1.0, "{resolver:?}: one failed lookup");
+    }
+}
+
+#[test]
+fn an_upstream_put_aside_is_upstream_error_for_each_resolver() {
+    let clients = Clients::build();
+    let resolvers = [Resolver::Glibc, Resolver::Musl, Resolver::Python];
+    let run = run_scene(&Scene {
+        resolv_conf: RACE_RESOLV_CONF.into(),
+        window: "2s",
+        // One failure puts the only upstream aside for a minute: every query after that is
+        // answered SERVFAIL at once, without asking anyone.
+        yaml: "forward:\n  failure_threshold: 1\n  backoff_min: 1m\n  backoff_max: 1m\n".into(),
+        setup: format!("{UPSTREAM_DEAD}\ndig @127.0.0.1 +time=5 +tries=1 example.org A || true"),
+        steps: resolvers
+            .iter()
+            .map(|r| clients.resolve(*r, &["web"]))
+            .collect(),
+    });
+    assert_eq!(
+        series_value(
+            &run.snapshots[0],
+            "dnslens_upstream_healthy{upstream=\"127.0.0.1:5300\"}"
+        ),
+        0.0,
+        "the setup put the upstream aside"
+    );
+    for (i, resolver) in resolvers.iter().enumerate() {
+        assert_eq!(
+            results(&run.outputs[i]),
+            (0, 1),
+            "{resolver:?}: {}",
+            run.outputs[i]
+        );
+        let delta = |series: &str| step_delta(&run, i, series);
+        assert_eq!(
+            delta("dnslens_lookups_total{outcome=\"servfail\"}"),
+            1.0,
+            "{resolver:?}"
+        );
+        assert_eq!(
+            delta("dnslens_anomalies_total{kind=\"upstream_error\"}"),
+            1.0,
+            "{resolver:?}"
+        );
+        assert_eq!(
+            delta("dnslens_anomalies_total{kind=\"upstream_timeout\"}"),
+            0.0,
+            "{resolver:?}"
+        );
     }
 }
