@@ -9,6 +9,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 
 use super::detect::{abs_diff, sent_together, PARALLEL_WINDOW};
+use crate::metrics::Transport;
 use crate::record::{Attempt, Kind, LookupRecord};
 use crate::wire::{self, Rcode};
 
@@ -42,6 +43,9 @@ struct Asked {
     port: u16,
     /// When dnslens answered it with a real answer (not SERVFAIL), if it did.
     answered: Option<std::time::Instant>,
+    /// Asked over UDP: the same question again over TCP is the fallback after a truncated
+    /// answer, not a retry.
+    udp: bool,
     /// The kinds already counted for the lookup that asked it ([`kind_mask`]): a tail of
     /// re-asks does not count them again.
     kinds: u8,
@@ -108,6 +112,7 @@ impl Recent {
             id: a.query.id,
             port: a.query.client.port(),
             answered: (a.query.rcode != Rcode::SERVFAIL).then_some(a.query.answered),
+            udp: a.query.transport == Transport::Udp,
             kinds,
         };
         self.seen.insert(key, value);
@@ -209,11 +214,9 @@ impl Memory {
             let mut inherited = 0;
             // A retransmission repeats the message ID; a new question with another ID from a
             // long-lived socket (a load generator, a caching stub) is not a retry.
-            if let Some((gap, first)) = self
-                .asked
-                .take(a, a.query.qtype)
-                .filter(|(_, first)| first.id == a.query.id)
-            {
+            if let Some((gap, first)) = self.asked.take(a, a.query.qtype).filter(|(_, first)| {
+                first.id == a.query.id && (a.query.transport == Transport::Udp || !first.udp)
+            }) {
                 found.kinds.push(Kind::ClientRetry);
                 found.retransmissions.push(index);
                 found.counted_before |= first.kinds;

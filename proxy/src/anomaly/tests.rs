@@ -631,3 +631,14 @@ fn a_tail_does_not_count_again_what_its_lookup_was_counted_for() {
     let timeouts = &d.anomalies[Kind::UpstreamTimeout as usize];
     assert_eq!(timeouts.get().0, 1);
 }
+
+#[test]
+fn the_same_question_over_tcp_after_udp_is_the_truncation_fallback_not_a_retry() {
+    let mut l = lookup(&[
+        q(0, 7, "big", None, 16, 0, 1, false),
+        q(3, 7, "big", None, 16, 0, 8, false),
+    ]);
+    l.attempts[1].query.transport = Transport::Tcp;
+    let mut d = detectors();
+    assert_eq!(see(&mut d, l).anomalies, Vec::<Kind>::new());
+}
