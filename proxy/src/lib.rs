@@ -124,8 +124,11 @@ impl Proxy {
         )));
         let model = SearchModel::build(&config.search_settings(), &config.resolv_conf);
         let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers);
-        let trace_sink =
-            Some(tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone()));
+        let trace_sink = Some(
+            tracker
+                .spawn(config.lookup.queue, &lookup_metrics, stop_all.clone())
+                .keeping_addresses(export.is_some()),
+        );
         let listen_metrics = Arc::new(ListenMetrics::register(&mut registry, trace_sink.clone()));
         let tasks = TaskTracker::new();
         let forwarder = Forwarder::build(

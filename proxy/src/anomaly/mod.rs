@@ -293,18 +293,18 @@ impl LookupObserver for Detectors {
     }
 
     fn observe(&mut self, lookup: &LookupRecord) {
-        let found = lookup.anomalies.clone();
-        // The lookup's trace id rides along as an OpenMetrics exemplar: a dashboard jumps
-        // from the counter to the trace (anomalous lookups are always exported, see
-        // `telemetry`).
-        let exemplar = TraceLabels {
-            trace_id: format!("{:032x}", lookup.trace_id),
-        };
-        for kind in &found {
-            self.anomalies[*kind as usize].inc_by(1, Some(exemplar.clone()), None);
-        }
+        let found = &lookup.anomalies;
         if !found.is_empty() {
-            self.journal.record(lookup, &found, &self.clock);
+            // The lookup's trace id rides along as an OpenMetrics exemplar: a dashboard jumps
+            // from the counter to the trace (anomalous lookups are always exported, see
+            // `telemetry`).
+            let exemplar = TraceLabels {
+                trace_id: format!("{:032x}", lookup.trace_id),
+            };
+            for kind in found {
+                self.anomalies[*kind as usize].inc_by(1, Some(exemplar.clone()), None);
+            }
+            self.journal.record(lookup, found, &self.clock);
         }
         self.count_queries(lookup);
         // Retries and races are counted in `annotate`: the memory across lookups sees a

@@ -317,6 +317,8 @@ fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
         lookup_tree(spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
     assert_eq!(root.attr("dnslens.lookup.outcome"), "answered");
     assert_eq!(root.attr("dnslens.lookup.answered_by"), "absolute");
+    assert_eq!(root.attr("dns.answers"), "203.0.113.10");
+    assert_eq!(root.attr("error.type"), "", "an answered lookup has no error.type");
     assert_eq!(
         root.attr("dnslens.anomaly"),
         "empty_noerror_search",
@@ -386,6 +388,7 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
     let (root, queries, _) =
         lookup_tree(spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
     assert_eq!(root.attr("dnslens.lookup.outcome"), "nodata");
+    assert_eq!(root.attr("error.type"), "no_data");
     assert_eq!(root.attr("dnslens.anomaly"), "empty_noerror_search");
     let mut got = walk(&queries);
     got.sort();
