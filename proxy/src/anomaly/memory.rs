@@ -20,14 +20,14 @@ use crate::wire::{self, Rcode};
 /// entries older than `RECENT_WINDOW` no longer match.
 type QuestionKey = (std::net::SocketAddr, u64, u16);
 
-/// Questions asked are remembered per client address (port 0): a retransmission may come
-/// from a reopened socket (glibc `single-request-reopen`). Lonely twins per socket: the
-/// race is a property of one 5-tuple.
-fn question_key(a: &Attempt, qtype: u16, per_socket: bool) -> QuestionKey {
+/// Both memories are per socket: across lookups, the same question with the same ID from
+/// another socket of the same address is too often a coincidence (a pod asking one name a
+/// hundred times in 12 s from new sockets, random 16-bit IDs: a 7% chance of a collision; a
+/// load generator's sequential IDs: many). Within a lookup the tracker finds re-asks from a
+/// new socket (`original_in`). The race is a property of one 5-tuple anyway.
+fn question_key(a: &Attempt, qtype: u16) -> QuestionKey {
     use std::hash::BuildHasher;
-    let port = if per_socket { a.query.client.port() } else { 0 };
-    let client = std::net::SocketAddr::new(a.query.client.ip(), port);
-    (client, NAME_HASH.hash_one(a.qname.as_str()), qtype)
+    (a.query.client, NAME_HASH.hash_one(a.qname.as_str()), qtype)
 }
 
 /// A fixed-seed hasher, so equal names hash equally across lookups.
@@ -51,6 +51,34 @@ struct Asked {
     kinds: u8,
 }
 
+impl Asked {
+    fn of(a: &Attempt, at: std::time::Instant, kinds: u8) -> Asked {
+        Asked {
+            at,
+            id: a.query.id,
+            port: a.query.client.port(),
+            answered: (a.query.rcode != Rcode::SERVFAIL).then_some(a.query.answered),
+            udp: a.query.transport == Transport::Udp,
+            kinds,
+        }
+    }
+}
+
+/// The attempt of `lookup` that its attempt `index` re-asks, when the tracker found it a
+/// retransmission (same client address, ID and question).
+fn original_in(lookup: &LookupRecord, index: usize) -> Option<&Attempt> {
+    let a = &lookup.attempts[index];
+    if !a.retransmission {
+        return None;
+    }
+    lookup.attempts[..index].iter().find(|o| {
+        !o.retransmission
+            && o.query.id == a.query.id
+            && o.query.qtype == a.query.qtype
+            && o.qname == a.qname
+    })
+}
+
 /// A set of kinds as bits.
 pub(super) fn kind_mask(kinds: &[Kind]) -> u8 {
     kinds.iter().fold(0, |mask, k| mask | 1 << (*k as u8))
@@ -58,8 +86,6 @@ pub(super) fn kind_mask(kinds: &[Kind]) -> u8 {
 
 struct Recent {
     seen: HashMap<QuestionKey, Asked, foldhash::fast::RandomState>,
-    /// Lonely twins per socket; questions asked per client address.
-    per_socket: bool,
     order: std::collections::VecDeque<(QuestionKey, Asked)>,
     evicted: Counter,
 }
@@ -72,10 +98,9 @@ const RECENT_WINDOW: Duration = Duration::from_secs(12);
 const LATE_TWIN: Duration = Duration::from_millis(250);
 
 impl Recent {
-    fn new(evicted: Counter, per_socket: bool) -> Recent {
+    fn new(evicted: Counter) -> Recent {
         Recent {
             seen: HashMap::default(),
-            per_socket,
             order: std::collections::VecDeque::new(),
             evicted,
         }
@@ -84,20 +109,20 @@ impl Recent {
     /// Forgets and returns how long before `a` arrived `qtype` for its client and name was
     /// remembered (and what was remembered), if within the window.
     fn take(&mut self, a: &Attempt, qtype: u16) -> Option<(Duration, Asked)> {
-        let key = question_key(a, qtype, self.per_socket);
+        let key = question_key(a, qtype);
         let asked = self.seen.remove(&key)?;
         let gap = a.query.received.saturating_duration_since(asked.at);
         (gap <= RECENT_WINDOW).then_some((gap, asked))
     }
 
     fn get(&self, a: &Attempt, qtype: u16) -> Option<&Asked> {
-        self.seen.get(&question_key(a, qtype, self.per_socket))
+        self.seen.get(&question_key(a, qtype))
     }
 
     /// Remembers `qtype` for `a`'s client and name, as of `at`, asked by a lookup whose
     /// `kinds` were counted.
     fn remember(&mut self, a: &Attempt, qtype: u16, at: std::time::Instant, kinds: u8) {
-        let key = question_key(a, qtype, self.per_socket);
+        let key = question_key(a, qtype);
         if self.seen.len() >= RECENT_CAP && !self.seen.contains_key(&key) {
             while let Some((old, at)) = self.order.pop_front() {
                 if self.seen.get(&old) == Some(&at) {
@@ -107,14 +132,7 @@ impl Recent {
                 }
             }
         }
-        let value = Asked {
-            at,
-            id: a.query.id,
-            port: a.query.client.port(),
-            answered: (a.query.rcode != Rcode::SERVFAIL).then_some(a.query.answered),
-            udp: a.query.transport == Transport::Udp,
-            kinds,
-        };
+        let value = Asked::of(a, at, kinds);
         self.seen.insert(key, value);
         self.order.push_back((key, value));
         if self.order.len() > 2 * RECENT_CAP {
@@ -177,7 +195,7 @@ fn twin_beside(a: &Attempt, lookup: &LookupRecord, also: impl Fn(&Attempt) -> bo
 
 /// The bounded memory of recent questions.
 pub(super) struct Memory {
-    /// Every question asked, per client address, for retries.
+    /// Every question asked, per socket, for retries.
     asked: Recent,
     /// A/AAAA questions whose twin did not come with them, per socket, keyed by the missing
     /// qtype and remembered as of the partner's answer.
@@ -187,8 +205,8 @@ pub(super) struct Memory {
 impl Memory {
     pub(super) fn new(evicted: Counter) -> Memory {
         Memory {
-            asked: Recent::new(evicted.clone(), false),
-            lonely: Recent::new(evicted, true),
+            asked: Recent::new(evicted.clone()),
+            lonely: Recent::new(evicted),
         }
     }
 
@@ -212,11 +230,21 @@ impl Memory {
         for (index, a) in lookup.attempts.iter().enumerate() {
             let mut raced = None;
             let mut inherited = 0;
-            // A retransmission repeats the message ID; a new question with another ID from a
-            // long-lived socket (a load generator, a caching stub) is not a retry.
-            if let Some((gap, first)) = self.asked.take(a, a.query.qtype).filter(|(_, first)| {
+            // A retransmission repeats the message ID from the same socket; a new question
+            // with another ID from a long-lived socket (a load generator, a caching stub) is
+            // not a retry. Within a lookup the tracker also knows re-asks from a new socket
+            // (dnspython, glibc's reopen): the original is then in the lookup.
+            let remembered = self.asked.take(a, a.query.qtype).filter(|(_, first)| {
                 first.id == a.query.id && (a.query.transport == Transport::Udp || !first.udp)
-            }) {
+            });
+            let original = original_in(lookup, index);
+            let retry = remembered.or_else(|| {
+                original.map(|o| {
+                    let gap = a.query.received.saturating_duration_since(o.query.received);
+                    (gap, Asked::of(o, o.query.received, 0))
+                })
+            });
+            if let Some((gap, first)) = retry {
                 found.kinds.push(Kind::ClientRetry);
                 found.retransmissions.push(index);
                 found.counted_before |= first.kinds;
@@ -236,9 +264,12 @@ impl Memory {
                 if let (true, Some(first_at), Some(twin)) =
                     (unanswered, first_at, wire::address_twin(a.query.qtype))
                 {
-                    let twin_was_beside = self.asked.get(a, twin).is_some_and(|t| {
-                        t.port == first.port && abs_diff(t.at, first_at) <= PARALLEL_WINDOW
-                    });
+                    let twin_was_beside = match original {
+                        Some(o) => twin_beside(o, lookup, |_| true),
+                        None => self.asked.get(a, twin).is_some_and(|t| {
+                            t.port == first.port && abs_diff(t.at, first_at) <= PARALLEL_WINDOW
+                        }),
+                    };
                     if twin_was_beside && !twin_beside(a, lookup, |_| true) {
                         raced = Some(gap);
                     }
@@ -274,7 +305,7 @@ impl Memory {
     /// tail of re-asks of them does not count those kinds again.
     pub(super) fn counted(&mut self, lookup: &LookupRecord, kinds: u8) {
         for a in &lookup.attempts {
-            let key = question_key(a, a.query.qtype, self.asked.per_socket);
+            let key = question_key(a, a.query.qtype);
             if let Some(asked) = self.asked.seen.get_mut(&key) {
                 asked.kinds |= kinds;
             }

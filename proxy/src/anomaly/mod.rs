@@ -24,9 +24,10 @@
 //!   or lost upstream) when the client asked again, while its twin was answered. An answer
 //!   lost on its way back to the client is a retry, not a race (no query was lost). That
 //!   memory is bounded (4096 entries, oldest evicted: `dnslens_anomaly_state_evicted_total`).
-//! - **Client retries**: the same client address sending the same question with the same
-//!   message ID again within 12 s (a retransmission, from the same socket or a reopened
-//!   one; across lookups, as a 5 s resolver timeout outlasts a lookup), from the same
+//! - **Client retries**: the same client socket sending the same question with the same
+//!   message ID again within 12 s (a retransmission; across lookups, as a 5 s resolver
+//!   timeout outlasts a lookup; within one lookup also from a new socket of the same
+//!   address, as dnspython and glibc's `single-request-reopen` re-ask), from the same
 //!   bounded memory: `dnslens_client_retries_total{qtype}` and the gap,
 //!   `dnslens_client_retry_gap_seconds` (buckets that make 1, 2 and 5 s resolver timeouts
 //!   stand out). The retransmissions are marked on the record: a record of nothing else is

@@ -318,7 +318,11 @@ fn glibc_walks_past_empty_noerror_and_the_whole_walk_is_one_trace() {
     assert_eq!(root.attr("dnslens.lookup.outcome"), "answered");
     assert_eq!(root.attr("dnslens.lookup.answered_by"), "absolute");
     assert_eq!(root.attr("dns.answers"), "203.0.113.10");
-    assert_eq!(root.attr("error.type"), "", "an answered lookup has no error.type");
+    assert_eq!(
+        root.attr("error.type"),
+        "",
+        "an answered lookup has no error.type"
+    );
     assert_eq!(
         root.attr("dnslens.anomaly"),
         "empty_noerror_search",
