@@ -318,6 +318,7 @@ impl LookupOutcome {
         matches!(self, LookupOutcome::ServFail | LookupOutcome::Timeout)
     }
 
+    /// In declaration order: counters are indexed by `outcome as usize`.
     pub const ALL: [LookupOutcome; 5] = [
         LookupOutcome::Answered,
         LookupOutcome::NxDomain,

@@ -126,8 +126,10 @@ pub struct Detectors {
     /// Recent questions, for retries and late twins.
     memory: Memory,
     empty_noerror: CounterTable<EmptyNoerrorLabels>,
-    search_expansion: Family<OutcomeLabels, Counter>,
-    lookups: Family<OutcomeLabels, Counter>,
+    /// By [`query_outcome`] index.
+    search_expansion: [Counter; 4],
+    /// By `LookupOutcome` (in `LookupOutcome::ALL` order).
+    lookups: [Counter; 5],
     attempts: Histogram,
     retries: CounterTable<QtypeLabels>,
     retry_gap: Histogram,
@@ -214,15 +216,20 @@ impl Detectors {
                     .clone()
             })
             .collect();
-        // The series dashboards and alerts read exist at 0 from the start too.
-        for outcome in LookupOutcome::ALL {
-            let _ = lookups.get_or_create(&OutcomeLabels {
-                outcome: outcome.as_str(),
-            });
-        }
-        for outcome in ["answer", "nodata", "nxdomain", "servfail"] {
-            let _ = search_expansion.get_or_create(&OutcomeLabels { outcome });
-        }
+        // The series dashboards and alerts read exist at 0 from the start too, resolved
+        // once (no label hashing per lookup).
+        let lookups = LookupOutcome::ALL.map(|outcome| {
+            lookups
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.as_str(),
+                })
+                .clone()
+        });
+        let search_expansion = QUERY_OUTCOMES.map(|outcome| {
+            search_expansion
+                .get_or_create(&OutcomeLabels { outcome })
+                .clone()
+        });
         let empty_noerror = CounterTable::new(empty_noerror, QtypeLabel::COUNT * 4);
         let retries = CounterTable::new(retries, QtypeLabel::COUNT);
         for qtype in [QTYPE_A, QTYPE_AAAA].map(QtypeLabel::from_qtype) {
@@ -249,12 +256,16 @@ impl Detectors {
     }
 }
 
-fn query_outcome(a: &Attempt) -> &'static str {
+/// The `outcome` labels of `dnslens_search_expansion_queries_total`.
+const QUERY_OUTCOMES: [&str; 4] = ["answer", "nodata", "nxdomain", "servfail"];
+
+/// A query's outcome, as an index into [`QUERY_OUTCOMES`].
+fn query_outcome(a: &Attempt) -> usize {
     match a.query.rcode {
-        Rcode::NOERROR if a.query.answers > 0 => "answer",
-        Rcode::NOERROR => "nodata",
-        Rcode::NXDOMAIN => "nxdomain",
-        _ => "servfail",
+        Rcode::NOERROR if a.query.answers > 0 => 0,
+        Rcode::NOERROR => 1,
+        Rcode::NXDOMAIN => 2,
+        _ => 3,
     }
 }
 
@@ -318,11 +329,7 @@ impl LookupObserver for Detectors {
             self.ndots_hints.inc();
             self.journal.note_hint(&lookup.base, lookup.questions());
         }
-        self.lookups
-            .get_or_create(&OutcomeLabels {
-                outcome: lookup.outcome.as_str(),
-            })
-            .inc();
+        self.lookups[lookup.outcome as usize].inc();
         self.attempts.observe(lookup.questions() as f64);
         self.parallel.inc_by(parallel_pairs(lookup).len() as u64);
     }
@@ -333,11 +340,7 @@ impl Detectors {
     fn count_queries(&self, lookup: &LookupRecord) {
         for a in &lookup.attempts {
             if a.suffix.is_some() {
-                self.search_expansion
-                    .get_or_create(&OutcomeLabels {
-                        outcome: query_outcome(a),
-                    })
-                    .inc();
+                self.search_expansion[query_outcome(a)].inc();
             }
             if is_empty_noerror(a) {
                 let qtype = QtypeLabel::from_qtype(a.query.qtype);

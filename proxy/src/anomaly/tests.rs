@@ -597,10 +597,11 @@ fn a_lookup_of_nothing_but_re_asks_is_the_tail_of_the_last_one() {
     let tail = see(&mut d, tail);
     assert!(tail.attempts[0].retransmission && tail.is_tail());
     assert_eq!(tail.anomalies, [Kind::ClientRetry]);
-    let answered = OutcomeLabels {
-        outcome: "answered",
-    };
-    assert_eq!(d.lookups.get_or_create(&answered).get(), 1, "one lookup");
+    assert_eq!(
+        d.lookups[LookupOutcome::Answered as usize].get(),
+        1,
+        "one lookup"
+    );
     let retries = d
         .retries
         .get(QtypeLabel::from_qtype(QTYPE_A).index(), || unreachable!());

@@ -49,6 +49,7 @@ pub mod console;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -170,7 +171,7 @@ fn close(open: OpenLookup, evicted: bool) -> LookupRecord {
     };
     LookupRecord {
         client,
-        base,
+        base: base.to_string(),
         attempts,
         outcome,
         start,
@@ -194,7 +195,7 @@ pub trait LookupObserver: Send {
 
 struct OpenLookup {
     client: IpAddr,
-    base: String,
+    base: Arc<str>,
     attempts: Vec<Attempt>,
     last_activity: Instant,
     /// The attempt that gave the final answer (data, or the absolute name answered).
@@ -295,7 +296,9 @@ impl OpenLookup {
     }
 }
 
-type Key = (IpAddr, String);
+/// A base name is allocated once per lookup and shared by the map, the eviction order and
+/// the lookup itself.
+type Key = (IpAddr, Arc<str>);
 
 /// foldhash instead of SipHash: the keys are client addresses and names, and the profile
 /// showed SipHash at ~1% of the process with tracing on. HashDoS is bounded by `max_entries`.
@@ -304,7 +307,7 @@ pub(crate) type FastHash = foldhash::fast::RandomState;
 /// Open lookups by client, then base name: probing with a borrowed name allocates nothing.
 #[derive(Default)]
 struct OpenMap {
-    by_client: HashMap<IpAddr, HashMap<String, OpenLookup, FastHash>, FastHash>,
+    by_client: HashMap<IpAddr, HashMap<Arc<str>, OpenLookup, FastHash>, FastHash>,
     len: usize,
 }
 
@@ -341,7 +344,7 @@ impl OpenMap {
 
     fn remove(&mut self, (client, base): &Key) -> Option<OpenLookup> {
         let names = self.by_client.get_mut(client)?;
-        let removed = names.remove(base.as_str())?;
+        let removed = names.remove(&**base)?;
         if names.is_empty() {
             self.by_client.remove(client);
         }
@@ -506,7 +509,7 @@ impl Tracker {
         let retransmission = match place {
             Some(Place::Joins { retransmission }) => retransmission,
             Some(Place::OpensNext) | None => {
-                let key = (client, base.to_string());
+                let key: Key = (client, base.into());
                 if let Some(closed) = self.open.remove(&key) {
                     self.report(close(closed, false));
                 }

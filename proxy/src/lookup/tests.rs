@@ -541,3 +541,10 @@ fn a_missing_twin_gets_its_linger_and_then_the_next_query_is_a_new_lookup() {
     t.expire(t0 + Duration::from_millis(500));
     assert_eq!(shapes(&collect), [(2, "answered"), (1, "answered")]);
 }
+
+#[test]
+fn outcomes_are_listed_in_declaration_order() {
+    for (i, outcome) in LookupOutcome::ALL.iter().enumerate() {
+        assert_eq!(*outcome as usize, i, "{outcome:?}");
+    }
+}
