@@ -2,19 +2,24 @@
 //! neighbours cannot read it unless the operator says so):
 //! - `GET /metrics`: every dnslens metric in the Prometheus/OpenMetrics text format;
 //! - `GET /healthz`: 200 while the process serves HTTP at all;
-//! - `GET /readyz`: 200 when the DNS listeners are bound and at least one upstream is in
-//!   service, 503 otherwise;
+//! - `GET /readyz`: 200 once the DNS listeners are bound and the config loaded, 503 while
+//!   shutting down (the lameduck period after SIGTERM). Never upstream health: a cluster
+//!   DNS outage must not take every pod's readiness (and every Service's endpoints) with
+//!   it. `?verbose` adds one line per upstream (in service / put aside);
 //! - `GET /debug/anomalies?since=10m&kind=K`: the anomaly journal as JSON, newest first
 //!   (`since` a duration, default 10m, or `from=`/`to=` in RFC 3339 or unix seconds; `kind`
 //!   one of `record::Kind`); `?hints=1` gives the tuning hints instead (base names that
 //!   walked the whole search list, most queries first); bad parameters get 400 with a
-//!   one-line reason.
+//!   one-line reason. `/debug/*` shows query names and client addresses: it answers
+//!   loopback clients and `admin.debug_allow` (CIDRs) only; others get 403.
 //!
 //! Anything else is 404; the server reads no request body.
+//!
+//! Config: `admin: {debug_allow}` — networks that may read `/debug/*` besides loopback [none].
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -26,13 +31,45 @@ use tokio_util::sync::CancellationToken;
 
 use crate::anomaly::journal::{Journal, Window};
 use crate::forward::Forwarder;
+use crate::listen::Acl;
 use crate::record::Kind;
 
+/// The `admin:` section.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Client networks that may read `/debug/*`, besides loopback.
+    pub debug_allow: Vec<ipnet::IpNet>,
+}
+
+impl AdminConfig {
+    /// Who may read `/debug/*`: loopback, and `debug_allow`.
+    pub fn debug_acl(&self) -> Acl {
+        let mut allowed = self.debug_allow.clone();
+        allowed.extend(
+            ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| n.parse::<ipnet::IpNet>().ok()),
+        );
+        Acl::new(&allowed)
+    }
+}
+
+/// What the endpoints read.
 #[derive(Clone)]
-struct AdminState {
-    registry: Arc<Registry>,
-    forwarder: Arc<Forwarder>,
-    journal: Journal,
+pub struct AdminState {
+    pub registry: Arc<Registry>,
+    pub forwarder: Arc<Forwarder>,
+    pub journal: Journal,
+    /// Who may read `/debug/*`.
+    pub debug: Acl,
+    /// Cancelled when shutdown begins: `/readyz` turns 503.
+    pub draining: CancellationToken,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadyParams {
+    verbose: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,9 +87,7 @@ const HINTS_SERVED: usize = 50;
 /// Serves the endpoints on an already-bound listener until `stop`.
 pub async fn serve(
     listener: TcpListener,
-    registry: Arc<Registry>,
-    forwarder: Arc<Forwarder>,
-    journal: Journal,
+    state: AdminState,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -60,14 +95,13 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/debug/anomalies", get(anomalies))
-        .with_state(AdminState {
-            registry,
-            forwarder,
-            journal,
-        });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+        .with_state(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -90,18 +124,43 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.forwarder.ready() {
-        (StatusCode::OK, "ready\n")
+async fn readyz(
+    State(state): State<AdminState>,
+    Query(params): Query<ReadyParams>,
+) -> impl IntoResponse {
+    let (status, mut body) = if state.draining.is_cancelled() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_string(),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no upstream in service\n")
+        (StatusCode::OK, "ready\n".to_string())
+    };
+    if params.verbose.is_some() {
+        for (upstream, in_service) in state.forwarder.upstream_states() {
+            let health = if in_service {
+                "in service"
+            } else {
+                "put aside"
+            };
+            body.push_str(&format!("upstream {upstream}: {health}\n"));
+        }
     }
+    (status, body)
 }
 
 async fn anomalies(
     State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(params): Query<AnomalyParams>,
 ) -> impl IntoResponse {
+    if !state.debug.allows(peer.ip()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "/debug answers loopback clients only; allow others with admin.debug_allow\n",
+        )
+            .into_response();
+    }
     if params
         .hints
         .as_deref()

@@ -16,6 +16,9 @@
 //! - `metrics_listen`: `ADDR:PORT` of /metrics, /healthz, /readyz [`127.0.0.1:9253`]
 //! - `upstream_timeout`: per-try timeout [2s]; `attempts`: tries per query over all upstreams [2]
 //! - `shutdown_grace`: how long in-flight queries may take after SIGTERM [5s]
+//! - `lameduck`: how long DNS is still answered after SIGTERM while `/readyz` says 503
+//!   [node-local: 5s; sidecar: 0s, the kubelet stops sidecars last]
+//! - `admin:` `debug_allow`: CIDRs that may read `/debug/*` [loopback only] (see `admin`)
 //! - `listener:` `udp_workers` [0 = one per core], `tcp_max_connections` [1024],
 //!   `tcp_idle_timeout` [10s], `tcp_max_inflight_per_connection` [64], `allow`: client CIDRs
 //!   answered, others REFUSED [sidecar: loopback; node-local: required, the pod CIDRs]
@@ -42,6 +45,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::admin::AdminConfig;
 pub use crate::anomaly::journal::JournalConfig;
 pub use crate::cache::CacheConfig;
 pub use crate::forward::ForwardConfig;
@@ -137,6 +141,10 @@ pub struct Config {
     pub attempts: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Unset: by mode (see [`Config::lameduck`]).
+    #[serde(with = "humantime_serde")]
+    pub lameduck: Option<Duration>,
+    pub admin: AdminConfig,
     pub listener: ListenerConfig,
     pub forward: ForwardConfig,
     /// Search domains: the pod's list (sidecar) or host domains after the Kubernetes ones
@@ -164,6 +172,8 @@ impl Default for Config {
             upstream_timeout: Duration::from_secs(2),
             attempts: 2,
             shutdown_grace: Duration::from_secs(5),
+            lameduck: None,
+            admin: AdminConfig::default(),
             listener: ListenerConfig::default(),
             forward: ForwardConfig::default(),
             search: Vec::new(),
@@ -195,6 +205,16 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// How long DNS is still answered after SIGTERM: the `lameduck` key, else 5 s in
+    /// node-local mode (clients are switched away by iptables/endpoint updates that take a
+    /// moment) and none in a sidecar (the kubelet stops sidecars after the app).
+    pub fn lameduck(&self) -> Duration {
+        self.lameduck.unwrap_or(match self.mode {
+            Mode::NodeLocal => Duration::from_secs(5),
+            Mode::Sidecar => Duration::ZERO,
+        })
+    }
+
     /// Reads and parses a YAML file. Unknown keys are errors.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {

@@ -85,6 +85,10 @@ pub struct Proxy {
     pub journal: anomaly::journal::Journal,
     forwarder: Arc<Forwarder>,
     grace: std::time::Duration,
+    /// How long DNS is still served after SIGTERM, with `/readyz` at 503.
+    lameduck: std::time::Duration,
+    /// Cancelled when the lameduck period begins.
+    draining: CancellationToken,
     stop_listening: CancellationToken,
     stop_all: CancellationToken,
     listeners: JoinSet<()>,
@@ -189,15 +193,18 @@ impl Proxy {
             stop_listening.clone(),
             &mut listener_tasks,
         );
+        let draining = CancellationToken::new();
         let admin = tokio::spawn({
-            let registry = Arc::new(registry);
-            let forwarder = forwarder.clone();
-            let journal = journal.clone();
+            let state = admin::AdminState {
+                registry: Arc::new(registry),
+                forwarder: forwarder.clone(),
+                journal: journal.clone(),
+                debug: config.admin.debug_acl(),
+                draining: draining.clone(),
+            };
             let stop = stop_all.clone();
             async move {
-                if let Err(e) =
-                    admin::serve(admin_listener, registry, forwarder, journal, stop).await
-                {
+                if let Err(e) = admin::serve(admin_listener, state, stop).await {
                     tracing::error!(error = %e, "metrics server failed");
                 }
             }
@@ -220,6 +227,8 @@ impl Proxy {
             metrics_addr,
             forwarder,
             grace: config.shutdown_grace,
+            lameduck: config.lameduck(),
+            draining,
             stop_listening,
             stop_all,
             listeners: listener_tasks,
@@ -228,9 +237,22 @@ impl Proxy {
         })
     }
 
+    /// The stop after SIGTERM: `/readyz` turns 503 at once while DNS is still served for
+    /// the lameduck period (endpoints and iptables rules catch up meanwhile), then
+    /// [`Proxy::shutdown`].
+    pub async fn stop_after_lameduck(self) {
+        self.draining.cancel();
+        if !self.lameduck.is_zero() {
+            info!(lameduck = ?self.lameduck, "not ready; still answering for the lameduck period");
+            tokio::time::sleep(self.lameduck).await;
+        }
+        self.shutdown().await;
+    }
+
     /// Graceful stop: no new queries, in-flight ones answered and every task the data
     /// path spawned finished (within the grace period), then every task ends.
     pub async fn shutdown(mut self) {
+        self.draining.cancel();
         self.stop_listening.cancel();
         self.tasks.close();
         let drained = async {
@@ -257,7 +279,7 @@ pub async fn serve_until_signal(config: &Config) -> Result<(), StartError> {
     let proxy = Proxy::start(config).await?;
     wait_for_signal().await;
     info!("shutting down");
-    proxy.shutdown().await;
+    proxy.stop_after_lameduck().await;
     Ok(())
 }
 

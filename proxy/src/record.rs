@@ -437,9 +437,7 @@ impl Kind {
                 "the client asked the same question again: it timed out waiting for an answer"
             }
             Kind::UpstreamTimeout => "an upstream did not answer in time; dnslens retried another",
-            Kind::UpstreamError => {
-                "an upstream answered SERVFAIL or REFUSED, or none could be asked (all put aside as dead): dnslens answered SERVFAIL"
-            }
+            Kind::UpstreamError => "an upstream answered SERVFAIL or REFUSED",
         }
     }
 

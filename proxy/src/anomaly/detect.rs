@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::record::{Attempt, CacheUse, Kind, LookupOutcome, LookupRecord, Outcome};
+use crate::record::{Attempt, Kind, LookupOutcome, LookupRecord, Outcome};
 use crate::wire::{Rcode, QTYPE_A, QTYPE_AAAA};
 
 /// A and AAAA of one name from one socket this close together may be "sent in parallel".
@@ -85,13 +85,6 @@ pub fn kinds(lookup: &LookupRecord) -> Vec<Kind> {
                 Outcome::ServFail | Outcome::Refused => kinds.push(Kind::UpstreamError),
                 _ => {}
             }
-        }
-        // SERVFAIL without asking anyone: every upstream was put aside as dead.
-        if a.query.rcode == Rcode::SERVFAIL
-            && a.query.tries.is_empty()
-            && a.query.cache == CacheUse::Miss
-        {
-            kinds.push(Kind::UpstreamError);
         }
     }
     kinds.sort();

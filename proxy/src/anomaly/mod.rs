@@ -39,9 +39,9 @@
 //!   search noise is one PromQL expression and a genuine NXDOMAIN (of the absolute name,
 //!   `dnslens_lookups_total{outcome="nxdomain"}`) is told apart from expected ones.
 //! - **Upstream faults**: a lookup with an upstream timeout (`upstream_timeout`), SERVFAIL
-//!   or REFUSED, or a SERVFAIL of dnslens's own because every upstream was put aside
-//!   (`upstream_error`); per upstream counts are `dnslens_upstream_requests_total{outcome}`
-//!   in `forward`.
+//!   or REFUSED (`upstream_error`); per upstream counts are
+//!   `dnslens_upstream_requests_total{outcome}` in `forward`. An upstream put aside is still
+//!   asked when it is the only choice (see `forward`), so a dead one shows as timeouts.
 //! - **ndots hint** (a note, not an anomaly): a lookup that walked the search list and was
 //!   answered by the absolute name — evidence for lowering ndots or writing the name with a
 //!   trailing dot. `dnslens_ndots_hints_total`, and the journal's per-name tally of hints

@@ -21,8 +21,9 @@
 //!   again, and the upstream's health is unchanged.
 //! - **Health**: `forward.failure_threshold` consecutive failures put an upstream aside for
 //!   a back-off (`forward.backoff_min`, doubling up to `forward.backoff_max`); the first
-//!   query after the back-off probes it. With every upstream aside, clients get SERVFAIL at
-//!   once instead of waiting out timeouts.
+//!   query after the back-off probes it. With every upstream aside, queries still go to the
+//!   one due back first (as CoreDNS's `forward`): a dead cluster DNS costs its timeouts,
+//!   and DNS is back with the first query after the upstream is.
 //! - **Bounds**: at most `forward.max_inflight` queries wait on upstreams, over UDP and TCP
 //!   (TC re-fetches and `force_tcp` included); beyond that, SERVFAIL. TCP fetches run as
 //!   tasks of the shared tracker, so shutdown waits for them.
@@ -45,7 +46,7 @@
 //!   (spoofing); `upstream` is the configured upstream the datagram came from, or `other`
 //!   (any other source: never a free-form address as a label).
 //! - `dnslens_forward_failures_total{reason}`: queries answered SERVFAIL by dnslens:
-//!   `exhausted` (every try failed), `no_upstream` (all put aside), `overload` (inflight cap).
+//!   `exhausted` (every try failed), `overload` (inflight cap or a full pending map).
 //! - `dnslens_inflight_queries`: queries waiting on an upstream.
 
 mod tcp_pool;
@@ -159,7 +160,7 @@ const RESPONSE_DROP_REASONS: &[&str] = &[
     "wrong_source",
     "question_mismatch",
 ];
-const FAILURE_REASONS: &[&str] = &["exhausted", "no_upstream", "overload"];
+const FAILURE_REASONS: &[&str] = &["exhausted", "overload"];
 
 /// Settings the forwarder reads on every query.
 #[derive(Debug, Clone)]
@@ -356,10 +357,13 @@ impl Forwarder {
         tokio::spawn(self.clone().sweep(stop));
     }
 
-    /// True while at least one upstream is in service (or due for a probe).
-    pub fn ready(&self) -> bool {
+    /// Each upstream and whether it is in service (or due for a probe) now.
+    pub fn upstream_states(&self) -> Vec<(SocketAddr, bool)> {
         let now = Instant::now();
-        self.upstreams.iter().any(|u| u.available(now))
+        self.upstreams
+            .iter()
+            .map(|u| (u.addr, u.available(now)))
+            .collect()
     }
 
     /// Queries waiting on an upstream.
@@ -380,7 +384,8 @@ impl Forwarder {
             return;
         }
         let Some(index) = self.pick_upstream(tried) else {
-            self.failures.inc("no_upstream");
+            // No upstream configured at all (config validation prevents it).
+            self.failures.inc("exhausted");
             request.respond_error(Rcode::ServFail);
             return;
         };
@@ -450,14 +455,16 @@ impl Forwarder {
     }
 
     /// The next upstream in rotation that is available, preferring ones not yet tried for
-    /// this query. `None` when every upstream is put aside.
+    /// this query. With every upstream put aside, still one of them — the one due back
+    /// first, untried ones first — as CoreDNS's `forward` does: DNS comes back with the
+    /// first query after the upstream does, instead of after its back-off.
     fn pick_upstream(&self, tried: u64) -> Option<usize> {
         let n = self.upstreams.len();
         let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let candidates = (0..n).map(|i| (start + i) % n);
         let mut fallback = None;
-        for i in candidates {
+        for i in candidates.clone() {
             if !self.upstreams[i].available(now) {
                 continue;
             }
@@ -466,7 +473,9 @@ impl Forwarder {
             }
             fallback.get_or_insert(i);
         }
-        fallback
+        fallback.or_else(|| {
+            candidates.min_by_key(|i| (tried & bit(*i) != 0, self.upstreams[*i].back_at()))
+        })
     }
 
     async fn receive_udp(self: Arc<Self>, socket: Arc<PoolSocket>, stop: CancellationToken) {

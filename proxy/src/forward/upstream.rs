@@ -137,6 +137,11 @@ impl Upstream {
         self.health.down_until().is_none_or(|until| until <= now)
     }
 
+    /// When it is due back in service (`None`: in service now).
+    pub fn back_at(&self) -> Option<Instant> {
+        self.health.down_until()
+    }
+
     /// Records how a try ended, its duration (for answers) and what it says about health:
     /// nothing, for a local error (the query never left).
     pub fn record(&self, transport: Transport, outcome: Outcome, elapsed: Duration) {

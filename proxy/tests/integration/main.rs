@@ -17,6 +17,7 @@ mod differential;
 mod forwarding;
 mod knot;
 mod kubernetes;
+mod lifecycle;
 mod module_graph;
 mod namespaces;
 mod prometheus;

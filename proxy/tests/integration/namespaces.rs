@@ -184,7 +184,7 @@ pub fn run_scene(scene: &Scene) -> Run {
         .enumerate()
         .map(|(i, step)| {
             format!(
-                "( {step} ) >client{i}.out 2>&1 || true\n\
+                "( {step}\n) >client{i}.out 2>&1 || true\n\
                  sleep {wait} # the last lookup ends (its window) and its spans are exported\n\
                  settle # and every lookup has reached the detectors, however loaded the machine\n\
                  dump_metrics metrics{next}.txt\n",

@@ -71,8 +71,10 @@ async fn black_hole() -> (UdpSocket, SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_upstreams_give_servfail_then_fast_servfail_once_put_aside() {
-    let (_hole, dead) = black_hole().await;
+async fn an_upstream_put_aside_is_still_asked_and_dns_is_back_with_the_first_query() {
+    let upstream = DelayedUpstream::start(Duration::ZERO).await;
+    upstream.on.store(false, Ordering::Relaxed);
+    let dead = upstream.addr;
     let mut config = test_config(&[dead]);
     config.upstream_timeout = Duration::from_millis(200);
     config.attempts = 2;
@@ -81,7 +83,6 @@ async fn dead_upstreams_give_servfail_then_fast_servfail_once_put_aside() {
     config.forward.backoff_max = Duration::from_secs(30);
     let proxy = dnslens::Proxy::start(&config).await.unwrap();
     let dns = proxy.dns_addrs[0];
-    assert_eq!(http_get(proxy.metrics_addr, "/readyz").await.0, 200);
 
     let started = Instant::now();
     let answer = ask_udp(dns, "example.org.", RecordType::A, None).await;
@@ -93,38 +94,37 @@ async fn dead_upstreams_give_servfail_then_fast_servfail_once_put_aside() {
     );
     let series = format!("dnslens_upstream_requests_total{{upstream=\"{dead}\",transport=\"udp\",outcome=\"timeout\"}}");
     assert_eq!(metric(proxy.metrics_addr, &series).await, 2.0);
-    assert_eq!(
-        metric(
-            proxy.metrics_addr,
-            "dnslens_forward_failures_total{reason=\"exhausted\"}"
-        )
-        .await,
-        1.0
-    );
+    let exhausted = "dnslens_forward_failures_total{reason=\"exhausted\"}";
+    assert_eq!(metric(proxy.metrics_addr, exhausted).await, 1.0);
 
-    // Two consecutive failures put it aside: the next query fails at once.
+    // Two consecutive failures put it aside for 30 s; readiness does not follow it (a
+    // cluster DNS outage must not empty every Service), /readyz?verbose says it.
     let healthy = format!("dnslens_upstream_healthy{{upstream=\"{dead}\"}}");
     assert_eq!(metric(proxy.metrics_addr, &healthy).await, 0.0);
-    assert_eq!(http_get(proxy.metrics_addr, "/readyz").await.0, 503);
-    let started = Instant::now();
+    assert_eq!(http_get(proxy.metrics_addr, "/readyz").await.0, 200);
+    let (status, body) = http_get(proxy.metrics_addr, "/readyz?verbose").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.ends_with(&format!("ready\nupstream {dead}: put aside\n")),
+        "{body}"
+    );
+    // Still asked while aside (CoreDNS's forward does the same): a query waits out its
+    // tries instead of getting SERVFAIL without anyone being asked...
     let answer = ask_udp(dns, "example.org.", RecordType::A, None).await;
     assert_eq!(answer.metadata.response_code.low(), 2);
+    assert_eq!(metric(proxy.metrics_addr, &series).await, 4.0);
+    // ...so the first query after the upstream is back gets its answer, 30 s early.
+    upstream.on.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let answer = ask_udp(dns, "example.org.", RecordType::A, None).await;
+    assert_eq!(answer.metadata.response_code.low(), 0, "NOERROR");
     assert!(
         started.elapsed() < Duration::from_millis(150),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(
-        metric(
-            proxy.metrics_addr,
-            "dnslens_forward_failures_total{reason=\"no_upstream\"}"
-        )
-        .await,
-        1.0
-    );
-    // TCP clients too.
-    let answer = ask_tcp(dns, "example.org.", RecordType::A).await;
-    assert_eq!(answer.metadata.response_code.low(), 2);
+    assert_eq!(metric(proxy.metrics_addr, &healthy).await, 1.0);
+    assert_eq!(metric(proxy.metrics_addr, exhausted).await, 2.0);
     proxy.shutdown().await;
 }
 
