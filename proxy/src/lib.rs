@@ -109,11 +109,16 @@ impl Proxy {
         config: &Config,
         mut observers: Vec<Box<dyn LookupObserver>>,
     ) -> Result<Proxy, StartError> {
-        let mut registry = Registry::with_prefix("dnslens");
+        // The root holds the standard process_* metrics; everything of dnslens's own is
+        // under the `dnslens` prefix.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(metrics::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("dnslens");
+        metrics::register_build_info(registry);
         let stop_all = CancellationToken::new();
         let env = |key: &str| std::env::var(key).ok();
-        let lookup_metrics = LookupMetrics::register(&mut registry);
-        let telemetry_metrics = TelemetryMetrics::register(&mut registry);
+        let lookup_metrics = LookupMetrics::register(registry);
+        let telemetry_metrics = TelemetryMetrics::register(registry);
         let export = telemetry::ExportSettings::resolve(&config.tracing, env);
         if let Some(settings) = &export {
             let resource = telemetry::resource(env);
@@ -123,7 +128,7 @@ impl Proxy {
         // The anomaly detectors always observe lookups, so correlation always runs.
         let journal = anomaly::journal::Journal::new(config.journal.entries);
         observers.push(Box::new(anomaly::Detectors::register(
-            &mut registry,
+            registry,
             journal.clone(),
         )));
         let model = SearchModel::build(&config.search_settings(), &config.resolv_conf);
@@ -133,7 +138,7 @@ impl Proxy {
                 .spawn(config.lookup.queue, &lookup_metrics, stop_all.clone())
                 .keeping_addresses(export.is_some()),
         );
-        let listen_metrics = Arc::new(ListenMetrics::register(&mut registry, trace_sink.clone()));
+        let listen_metrics = Arc::new(ListenMetrics::register(registry, trace_sink.clone()));
         let tasks = TaskTracker::new();
         let forwarder = Forwarder::build(
             &config.forward,
@@ -143,7 +148,7 @@ impl Proxy {
                 attempts: config.attempts,
                 tasks: tasks.clone(),
             },
-            &mut registry,
+            registry,
         )
         .map_err(StartError::Upstream)?;
         let pipeline = Pipeline::build(
@@ -156,7 +161,7 @@ impl Proxy {
                 trace_sink,
                 tasks: tasks.clone(),
             },
-            &mut registry,
+            registry,
         );
         let listen_error = |source| StartError::Listen {
             addr: config
@@ -196,7 +201,7 @@ impl Proxy {
         let draining = CancellationToken::new();
         let admin = tokio::spawn({
             let state = admin::AdminState {
-                registry: Arc::new(registry),
+                registry: Arc::new(root),
                 forwarder: forwarder.clone(),
                 journal: journal.clone(),
                 debug: config.admin.debug_acl(),

@@ -46,7 +46,9 @@ use crate::invalid::{check, Invalid};
 use crate::metrics::{ReasonCounters, ReasonLabels};
 use crate::pipeline::Pipeline;
 use crate::record::TraceSink;
-use crate::request::{Arrival, Replies, ReplyTo, RequestLabels, TcpReply, UdpReply};
+use crate::request::{
+    Arrival, Replies, ReplyTo, RequestDurations, RequestLabels, TcpReply, UdpReply,
+};
 use crate::wire::{self, QueryInfo, Rcode};
 use serde::Deserialize;
 
@@ -141,7 +143,13 @@ impl ListenMetrics {
         let dropped = ReasonCounters::new(&dropped, DROP_REASONS);
         let send_failed = dropped.handle("send_failed");
         ListenMetrics {
-            replies: Arc::new(Replies::new(requests, truncated, send_failed, trace_sink)),
+            replies: Arc::new(Replies::new(
+                requests,
+                RequestDurations::register(registry),
+                truncated,
+                send_failed,
+                trace_sink,
+            )),
             dropped,
             acl_refused,
         }

@@ -178,3 +178,101 @@ impl ReasonCounters {
         self.reasons.iter().position(|r| *r == reason).unwrap_or(0)
     }
 }
+
+/// The standard `process_*` metrics (as every Prometheus client library exports them:
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
+/// `process_start_time_seconds`, `process_threads`), read from `/proc/self` at each scrape.
+/// prometheus-client has no such collector; `procfs` reads the files. Unprefixed: registered
+/// on the root registry, beside the `dnslens` sub-registry. A file that cannot be read
+/// leaves its series out of that scrape.
+#[derive(Debug, Default)]
+pub struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use procfs::WithCurrentSystemInfo;
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let mut gauge = |name: &str, help: &str, value: f64| -> Result<(), std::fmt::Error> {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                stat.rss_bytes().get() as f64,
+            )?;
+            gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                stat.vsize as f64,
+            )?;
+            gauge(
+                "process_threads",
+                "Number of OS threads in the process.",
+                stat.num_threads as f64,
+            )?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                gauge(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds.",
+                    boot as f64 + stat.starttime as f64 / ticks,
+                )?;
+            }
+            let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
+            cpu.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds.",
+                None,
+                cpu.metric_type(),
+            )?)?;
+        }
+        let mut gauge = |name: &str, help: &str, value: f64| -> Result<(), std::fmt::Error> {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+        };
+        if let Ok(fds) = me.fd_count() {
+            gauge(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                fds as f64,
+            )?;
+        }
+        if let Ok(limits) = me.limits() {
+            if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
+                gauge(
+                    "process_max_fds",
+                    "Maximum number of open file descriptors.",
+                    max as f64,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// `dnslens_build_info{version}` 1: which build runs where.
+pub fn register_build_info(registry: &mut prometheus_client::registry::Registry) {
+    let info = Family::<BuildLabels, prometheus_client::metrics::gauge::Gauge>::default();
+    info.get_or_create(&BuildLabels {
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .set(1);
+    registry.register("build_info", "The running build (value 1)", info);
+}

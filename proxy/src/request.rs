@@ -11,6 +11,9 @@
 //!
 //! Metrics (registered by `listen`, which owns the sockets; counted here):
 //! - `dnslens_requests_total{transport,qtype,rcode}`: queries answered, by the RCODE sent.
+//! - `dnslens_request_duration_seconds{transport,cache}`: from receipt to the answer's send,
+//!   the latency clients see (`cache`: `hit` for answers from the cache, stale included,
+//!   else `miss`); CoreDNS's `coredns_dns_request_duration_seconds` counterpart.
 //! - `dnslens_udp_truncated_total`: UDP answers truncated to the client's payload size.
 //! - `dnslens_requests_dropped_total{reason="send_failed"}`: answers the socket refused.
 
@@ -21,6 +24,8 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::debug;
@@ -205,9 +210,58 @@ pub struct RequestLabels {
     rcode: RcodeLabel,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DurationLabels {
+    transport: Transport,
+    cache: &'static str,
+}
+
+/// Buckets of `dnslens_request_duration_seconds`: a local cache hit (tens of µs) to a
+/// client's 5 s timeout.
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The `dnslens_request_duration_seconds` histograms, resolved once: [transport][hit].
+pub struct RequestDurations([[Histogram; 2]; 2]);
+
+impl RequestDurations {
+    pub fn register(registry: &mut Registry) -> RequestDurations {
+        let family = Family::<DurationLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a query's receipt to its answer's send (the latency clients see), by transport and whether the cache answered",
+            prometheus_client::registry::Unit::Seconds,
+            family.clone(),
+        );
+        let get = |transport: Transport, cache: &'static str| {
+            family
+                .get_or_create(&DurationLabels { transport, cache })
+                .clone()
+        };
+        RequestDurations([
+            [get(Transport::Udp, "miss"), get(Transport::Udp, "hit")],
+            [get(Transport::Tcp, "miss"), get(Transport::Tcp, "hit")],
+        ])
+    }
+
+    fn observe(&self, trace: &QueryTrace) {
+        let hit = trace.cache != crate::record::CacheUse::Miss;
+        let transport = usize::from(trace.transport == Transport::Tcp);
+        let seconds = trace
+            .answered
+            .saturating_duration_since(trace.received)
+            .as_secs_f64();
+        self.0[transport][usize::from(hit)].observe(seconds);
+    }
+}
+
 /// What the answering side counts, and where traces go once answered.
 pub struct Replies {
     requests: CounterTable<RequestLabels>,
+    durations: RequestDurations,
     truncated: Counter,
     send_failed: Counter,
     trace_sink: Option<TraceSink>,
@@ -216,6 +270,7 @@ pub struct Replies {
 impl Replies {
     pub fn new(
         requests: Family<RequestLabels, Counter>,
+        durations: RequestDurations,
         truncated: Counter,
         send_failed: Counter,
         trace_sink: Option<TraceSink>,
@@ -225,6 +280,7 @@ impl Replies {
                 requests,
                 Transport::ALL.len() * QtypeLabel::COUNT * RcodeLabel::COUNT,
             ),
+            durations,
             truncated,
             send_failed,
             trace_sink,
@@ -233,9 +289,12 @@ impl Replies {
 
     /// Hands an answered query's trace to the tracker, stamped with the moment it was sent.
     fn hand_over(&self, trace: Option<Box<QueryTrace>>) {
-        if let (Some(mut trace), Some(sink)) = (trace, &self.trace_sink) {
+        if let Some(mut trace) = trace {
             trace.answered = Instant::now();
-            sink.send(*trace);
+            self.durations.observe(&trace);
+            if let Some(sink) = &self.trace_sink {
+                sink.send(*trace);
+            }
         }
     }
 

@@ -26,6 +26,48 @@ async fn endpoints_answer_and_metrics_name_every_family() {
         assert!(body.contains(family), "{family} missing from /metrics");
     }
     assert!(body.contains("# EOF"), "OpenMetrics text ends with # EOF");
+    // The latency clients saw: one UDP miss, well under a second.
+    let udp_miss = "{transport=\"udp\",cache=\"miss\"}";
+    assert_eq!(
+        series_value(
+            &body,
+            &format!("dnslens_request_duration_seconds_count{udp_miss}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        series_value(
+            &body,
+            "dnslens_request_duration_seconds_bucket{le=\"1.0\",transport=\"udp\",cache=\"miss\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        series_value(
+            &body,
+            &format!(
+                "dnslens_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+    // The standard process metrics, unprefixed, as every exporter names them.
+    let rss = series_value(&body, "process_resident_memory_bytes");
+    assert!(rss > 1e6 && rss < 1e9, "{rss}");
+    assert!(series_value(&body, "process_open_fds") >= 3.0);
+    assert!(series_value(&body, "process_max_fds") >= series_value(&body, "process_open_fds"));
+    assert!(series_value(&body, "process_threads") >= 1.0);
+    assert!(series_value(&body, "process_cpu_seconds_total") >= 0.0);
+    let started = series_value(&body, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - started < 3600.0 && now >= started - 2.0,
+        "{started} vs {now}"
+    );
     world.stop().await;
 }
 
