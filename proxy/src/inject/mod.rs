@@ -10,8 +10,10 @@
 //!   `NET_BIND_SERVICE`, read-only root filesystem, no privilege escalation, seccomp
 //!   RuntimeDefault). On Kubernetes 1.29+ (`kube_version`) it is a native sidecar: an init
 //!   container with `restartPolicy: Always`, started before and stopped after the app.
-//!   The image must carry the file capability `cap_net_bind_service+ep` on the binary, as
-//!   a non-root container gets no effective capabilities otherwise.
+//! - the pod sysctl `net.ipv4.ip_unprivileged_port_start: "53"` (merged with its own): a
+//!   strict runtime gives a non-root container no effective capability from `add`, and
+//!   `no_new_privs` voids file capabilities, so this is what lets the sidecar bind :53
+//!   (tested with the image under runc in `tests/integration/image.rs`).
 //! - `dnsPolicy: None` and a `dnsConfig` reproducing what `ClusterFirst` gives —
 //!   nameserver 127.0.0.1, searches `<ns>.svc.<cluster_domain> svc.<cluster_domain>
 //!   <cluster_domain>`, `ndots:5` — plus whatever `dnsConfig` the pod already had (its
@@ -270,6 +272,7 @@ fn inject_template(
     containers.insert(0, sidecar);
     spec.insert("dnsPolicy".into(), json!("None"));
     spec.insert("dnsConfig".into(), dns.to_value());
+    allow_unprivileged_port_53(spec)?;
     let metadata = pod
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
@@ -284,6 +287,41 @@ fn inject_template(
             .insert(ANNOTATION_INJECTED.into(), json!("true"));
     }
     Ok(Outcome::Injected)
+}
+
+/// The pod's sysctl that lets the non-root sidecar bind :53 without any capability:
+/// `net.ipv4.ip_unprivileged_port_start` (namespaced, one of Kubernetes' "safe" sysctls,
+/// allowed under the restricted Pod Security standard). Needed where the runtime gives a
+/// non-root process no effective capability from `capabilities.add` (containerd 1.7,
+/// CRI-O) and `no_new_privs` voids file capabilities. Merged into the pod's own sysctls;
+/// a lower value the pod already sets is kept.
+fn allow_unprivileged_port_53(spec: &mut Map<String, Value>) -> Result<(), String> {
+    const SYSCTL: &str = "net.ipv4.ip_unprivileged_port_start";
+    let sysctls = spec
+        .entry("securityContext")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or("securityContext is not a map")?
+        .entry("sysctls")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .ok_or("securityContext.sysctls is not a list")?;
+    match sysctls
+        .iter_mut()
+        .find(|s| s.get("name").and_then(Value::as_str) == Some(SYSCTL))
+    {
+        Some(existing) => {
+            let value = existing.get("value").and_then(Value::as_str);
+            if value
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_none_or(|v| v > 53)
+            {
+                existing["value"] = json!("53");
+            }
+        }
+        None => sysctls.push(json!({"name": SYSCTL, "value": "53"})),
+    }
+    Ok(())
 }
 
 fn has_sidecar(spec: &Map<String, Value>) -> bool {

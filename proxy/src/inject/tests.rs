@@ -350,3 +350,30 @@ fn the_webhook_never_blocks_unless_asked_to_fail_closed() {
     assert_eq!(answer["response"]["allowed"], true);
     assert!(answer["response"].get("patch").is_none());
 }
+
+#[test]
+fn the_pod_may_bind_port_53_unprivileged_and_keeps_its_own_sysctls() {
+    let sysctls_after = |own: Value| {
+        let mut spec = app_spec();
+        spec["securityContext"] = json!({"sysctls": own});
+        let mut p = pod(spec);
+        assert_eq!(
+            inject(&mut p, "team-a", &config()).unwrap(),
+            Outcome::Injected
+        );
+        p["spec"]["securityContext"]["sysctls"].clone()
+    };
+    let port = |value: &str| json!({"name": "net.ipv4.ip_unprivileged_port_start", "value": value});
+    let somaxconn = json!({"name": "net.core.somaxconn", "value": "1024"});
+    assert_eq!(
+        sysctls_after(json!([somaxconn.clone()])),
+        json!([somaxconn, port("53")])
+    );
+    // A pod that already allows lower ports keeps its value; a higher one is lowered.
+    assert_eq!(sysctls_after(json!([port("0")])), json!([port("0")]));
+    assert_eq!(sysctls_after(json!([port("1024")])), json!([port("53")]));
+    // And a pod without any gets it.
+    let mut p = pod(app_spec());
+    inject(&mut p, "team-a", &config()).unwrap();
+    assert_eq!(p["spec"]["securityContext"]["sysctls"], json!([port("53")]));
+}

@@ -4,6 +4,7 @@
 //! Only loopback addresses are ever queried.
 
 mod harness;
+mod image;
 mod otlp_receiver;
 
 mod admin;

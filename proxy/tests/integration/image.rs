@@ -1,0 +1,154 @@
+//! The container image as shipped: `scripts/build-image.sh` builds it without a daemon
+//! (buildah), and Debian's `runc` runs it the way a strict runtime runs the injected
+//! sidecar — user 65532, `no_new_privs`, no effective capability (containerd 1.7 gives a
+//! non-root process none of `capabilities.add`), a read-only root filesystem — inside a
+//! network namespace of the test's own with Knot as the upstream. What makes :53 bindable
+//! there is the pod's namespaced sysctl `net.ipv4.ip_unprivileged_port_start`, which the
+//! injector sets: with it the image answers, without it the bind is refused.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// Builds the image from the test build's binary and unpacks it into an OCI bundle at
+/// `dir/bundle`, with the container's process set as the injected sidecar runs.
+fn bundle(dir: &Path) {
+    let archive = dir.join("dnslens-oci.tar");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = Command::new(repo.join("scripts/build-image.sh"))
+        .arg(env!("CARGO_BIN_EXE_dnslens"))
+        .arg(&archive)
+        .output()
+        .expect("scripts/build-image.sh runs");
+    assert!(
+        built.status.success(),
+        "build-image.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let oci = format!("oci:{}:latest", dir.join("oci").display());
+    let copied = Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(&oci)
+        .status()
+        .expect("skopeo is needed (scripts/test.sh installs it)");
+    assert!(copied.success());
+    let unpacked = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", dir.join("oci").display()))
+        .arg(dir.join("bundle"))
+        .output()
+        .expect("umoci is needed (scripts/test.sh installs it)");
+    assert!(unpacked.status.success());
+    let path = dir.join("bundle/config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // The image's own user and entrypoint, as built.
+    assert_eq!(config["process"]["user"]["uid"], 65532);
+    assert_eq!(config["process"]["args"][0], "/dnslens");
+    let process = &mut config["process"];
+    process["args"] = json!([
+        "/dnslens",
+        "serve",
+        "--listen",
+        "127.0.0.1:53",
+        "--upstream",
+        "127.0.0.1:5300",
+        "--metrics-listen",
+        "127.0.0.1:9253",
+        "--search",
+        "default.svc.cluster.local"
+    ]);
+    process["terminal"] = json!(false);
+    process["noNewPrivileges"] = json!(true);
+    // A non-root process under a strict runtime: `add: [NET_BIND_SERVICE]` reaches the
+    // bounding set only.
+    process["capabilities"] = json!({
+        "bounding": ["CAP_NET_BIND_SERVICE"],
+        "effective": [], "permitted": [], "inheritable": [], "ambient": []
+    });
+    config["root"]["readonly"] = json!(true);
+    // The pod's network namespace is the test's; cgroups are the runtime's business.
+    let linux = config["linux"].as_object_mut().unwrap();
+    linux.remove("resources");
+    let namespaces = linux["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|n| n["type"] != "network");
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+/// Runs the bundle in a fresh network namespace with `ip_unprivileged_port_start` set to
+/// `port_start`; returns (dig's answer, the process's /proc status lines, the log).
+fn run_bundle(dir: &Path, port_start: u16) -> (String, String, String) {
+    let d = dir.display();
+    let state = dir.join(format!("runc-{port_start}"));
+    let id = format!("dnslens-image-test-{}-{port_start}", std::process::id());
+    knot_config(dir, 5300);
+    let script = format!(
+        r#"set -u
+cd "{d}"
+ip link set lo up
+knotd -c knot.conf >knot.log 2>&1 & knot=$!
+sysctl -qw net.ipv4.ip_unprivileged_port_start={port_start}
+runc --root "{state}" run -d --bundle bundle {id} >container.log 2>&1
+for i in $(seq 50); do
+  dig @127.0.0.1 +time=1 +tries=1 +short web.default.svc.cluster.local A >answer.txt 2>/dev/null && grep -q . answer.txt && break
+  sleep 0.1
+done
+pid=$(runc --root "{state}" state {id} 2>/dev/null | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
+[ -n "$pid" ] && [ "$pid" != 0 ] && grep -E '^(Uid|CapEff|CapPrm|NoNewPrivs)' /proc/$pid/status >status.txt
+runc --root "{state}" kill {id} TERM 2>/dev/null
+sleep 0.3
+runc --root "{state}" delete -f {id} 2>/dev/null
+kill $knot
+wait $knot 2>/dev/null
+true
+"#,
+        state = state.display(),
+    );
+    let status = Command::new("unshare")
+        .args([
+            "-n",
+            "-m",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            &script,
+        ])
+        .status()
+        .expect("unshare (util-linux) is needed, as root");
+    assert!(status.success());
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    (
+        read("answer.txt"),
+        read("status.txt"),
+        read("container.log"),
+    )
+}
+
+#[test]
+fn the_image_serves_port_53_as_the_injected_sidecar_runs_it() {
+    let dir = TempDir::new("image");
+    bundle(&dir.0);
+    // As injected: the pod's sysctl lets an unprivileged process bind :53.
+    let (answer, status, log) = run_bundle(&dir.0, 53);
+    assert_eq!(answer.trim(), "10.96.12.34", "container log:\n{log}");
+    for line in [
+        "Uid:\t65532\t65532\t65532\t65532",
+        "CapPrm:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ] {
+        assert!(status.contains(line), "{line} in\n{status}");
+    }
+    // Without it — what a strict runtime gives the old securityContext — the bind fails,
+    // with a one-line reason: the failure the sysctl exists for.
+    let (answer, _, log) = run_bundle(&dir.0, 1024);
+    assert!(!answer.contains("10.96.12.34"), "{answer}");
+    assert!(
+        log.contains("cannot listen on 127.0.0.1:53: Permission denied"),
+        "{log}"
+    );
+}
