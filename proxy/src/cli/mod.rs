@@ -122,7 +122,13 @@ pub struct InjectArgs {
 }
 
 impl InjectArgs {
-    pub fn load(&self) -> anyhow::Result<crate::inject::InjectConfig> {
+    /// The injection config; with no upstream anywhere, the nameservers of
+    /// `upstreams_from` (the webhook's own resolv.conf: the cluster DNS, as its pod runs
+    /// with `ClusterFirst`), else an error saying how to find the address.
+    pub fn load(
+        &self,
+        upstreams_from: Option<&Path>,
+    ) -> anyhow::Result<crate::inject::InjectConfig> {
         use anyhow::Context;
         let mut config: crate::inject::InjectConfig = match &self.config {
             Some(path) => {
@@ -166,6 +172,18 @@ impl InjectArgs {
             }
         }
         config.native_sidecar()?;
+        if config.upstreams.is_empty() {
+            let Some(path) = upstreams_from else {
+                anyhow::bail!(
+                    "upstream: none given: pass --upstream with the cluster DNS Service's IP \
+                     (kubectl -n kube-system get service kube-dns -o jsonpath='{{.spec.clusterIP}}')"
+                );
+            };
+            config.upstreams = crate::config::upstreams_from_resolv_conf(path, &[])?
+                .iter()
+                .map(|u| u.0.ip().to_string())
+                .collect();
+        }
         for upstream in &config.upstreams {
             upstream
                 .parse::<UpstreamAddr>()
@@ -307,7 +325,7 @@ pub fn run(cli: Cli) -> ExitCode {
             listen,
             settings,
         } => {
-            let config = match settings.load() {
+            let config = match settings.load(Some(Path::new("/etc/resolv.conf"))) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("dnslens: config error: {e:#}");
@@ -326,7 +344,7 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn inject(file: &Path, namespace: &str, settings: &InjectArgs) -> ExitCode {
     use std::io::Read;
-    let config = match settings.load() {
+    let config = match settings.load(None) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dnslens: config error: {e:#}");

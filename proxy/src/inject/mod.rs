@@ -29,7 +29,9 @@
 //! `dnslens.io/musl-shield`, `dnslens.io/autopath` (`"true"`/`"false"`).
 //!
 //! Config keys ([`InjectConfig`], YAML for `--config`, or flags): `image`,
-//! `image_pull_policy`, `upstreams`, `cluster_domain`, `kube_version`, `tracing_endpoint`,
+//! `image_pull_policy`, `upstreams` (the cluster DNS Service's IP — never guessed:
+//! `dnslens inject` requires it, `dnslens webhook` falls back to its own pod's resolv.conf,
+//! which is the cluster DNS under `ClusterFirst`), `cluster_domain`, `kube_version`, `tracing_endpoint`,
 //! `sample_ratio`, `cache`, `musl_shield`, `autopath`, `metrics_port`, `run_as_user`,
 //! `resources`. No metrics (the webhook's are in [`webhook`]).
 
@@ -118,7 +120,8 @@ impl Default for InjectConfig {
         InjectConfig {
             image: concat!("ghcr.io/dnslens/dnslens:", env!("CARGO_PKG_VERSION")).into(),
             image_pull_policy: "IfNotPresent".into(),
-            upstreams: vec!["10.96.0.10".into()],
+            // No guess: `dnslens inject` requires it, the webhook reads its own resolv.conf.
+            upstreams: Vec::new(),
             cluster_domain: "cluster.local".into(),
             kube_version: "1.31".into(),
             tracing_endpoint: None,
@@ -256,6 +259,10 @@ fn inject_template(
         }
     }
     let config = config.for_pod(&annotations);
+    if config.upstreams.is_empty() {
+        // Without one the sidecar would read the pod's resolv.conf: itself.
+        return Err("no upstream configured (the cluster DNS Service's IP)".into());
+    }
     let native = config.native_sidecar().map_err(|e| e.to_string())?;
     let dns = pod_dns_config(spec, namespace, &config.cluster_domain);
     let sidecar = sidecar_container(&config, &dns, native);

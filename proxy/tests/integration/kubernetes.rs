@@ -438,7 +438,10 @@ fn the_injector_output_on_the_example_workloads_is_valid_kubernetes() {
         );
         validate_manifests(&out, kube);
         // Injecting the output again changes nothing.
-        let (again, _) = inject_cli(&out, &["--kube-version", &kube[..4]]);
+        let (again, _) = inject_cli(
+            &out,
+            &["--upstream", "10.96.0.10", "--kube-version", &kube[..4]],
+        );
         assert_eq!(again, out);
     }
 }
@@ -583,7 +586,10 @@ async fn the_webhook_serves_admission_reviews_over_https() {
         tls_cert: cert_file,
         tls_key: key_file,
     };
-    let config = dnslens::inject::InjectConfig::default();
+    let config = dnslens::inject::InjectConfig {
+        upstreams: vec!["10.96.0.10".into()],
+        ..Default::default()
+    };
     tokio::spawn(dnslens::inject::webhook::serve(
         settings,
         config,
@@ -653,7 +659,10 @@ async fn the_webhook_serves_admission_reviews_over_https() {
         let request = axum::http::Request::post("/mutate")
             .body(axum::body::Body::from(vec![b'x'; 4 << 20]))
             .unwrap();
-        let router = dnslens::inject::webhook::router(dnslens::inject::InjectConfig::default());
+        let router = dnslens::inject::webhook::router(dnslens::inject::InjectConfig {
+            upstreams: vec!["10.96.0.10".into()],
+            ..Default::default()
+        });
         let response = router.oneshot(request).await.unwrap();
         assert_eq!(response.status(), 413);
     }
