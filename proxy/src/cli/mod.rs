@@ -20,8 +20,23 @@ use crate::config::{Config, ConfigError, Mode, Overrides, UpstreamAddr};
     about = "A DNS forwarder for Kubernetes that makes DNS visible"
 )]
 pub struct Cli {
+    /// Log lines as `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "DNSLENS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,7 +285,7 @@ pub const EXIT_CONFIG: u8 = 2;
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    init_logging();
+    init_logging(cli.log_format);
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve(args) => {
@@ -508,13 +523,17 @@ where
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
-    // Colour only on a terminal: a cluster's log pipeline gets plain lines.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        // Colour only on a terminal: a cluster's log pipeline gets plain lines.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }

@@ -189,3 +189,50 @@ fn inject_requires_the_cluster_dns_address_instead_of_guessing() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// The first log line `serve` writes to a pipe, with `format` (None: the default).
+fn first_log_line(format: Option<&str>) -> String {
+    use std::io::BufRead;
+    let port = free_port();
+    let mut cmd = dnslens();
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--upstream",
+        "127.0.0.1:9",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--search",
+        "svc.cluster.local",
+    ])
+    .stderr(Stdio::piped());
+    if let Some(format) = format {
+        cmd.env("DNSLENS_LOG_FORMAT", format);
+    }
+    let mut child = Child(cmd.spawn().unwrap());
+    let stderr = child.0.stderr.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stderr)
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_on_request() {
+    let text = first_log_line(None);
+    assert!(
+        text.contains("INFO") && text.contains("dnslens serving"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes in a pipe: {text:?}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&first_log_line(Some("json"))).expect("one JSON object per line");
+    assert_eq!(json["level"], "INFO");
+    assert_eq!(json["fields"]["message"], "dnslens serving");
+    assert_eq!(json["fields"]["mode"], "sidecar");
+}
