@@ -62,3 +62,37 @@ seccompProfile:
 - name: NODE_NAME
   valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
 {{- end -}}
+
+{{- /* Placement and pull secrets of a pod spec (DaemonSet and webhook Deployment);
+       `defaultTolerations` applies when the tolerations value is empty. */ -}}
+{{- define "dnslens.podPlacement" -}}
+{{- $v := .root.Values }}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($v.tolerations | default .defaultTolerations) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- /* The user's extra pod labels and annotations (podLabels, podAnnotations). */ -}}
+{{- define "dnslens.podLabels" -}}
+{{- with .Values.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+{{- define "dnslens.podAnnotations" -}}
+{{- with .Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}

@@ -314,11 +314,61 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
 }
 
 #[test]
+fn only_mode_set_renders_valid_manifests_in_both_modes_with_placement_values() {
+    for mode in ["sidecar", "node-local"] {
+        let docs = render(&["--set", &format!("mode={mode}")]);
+        let workload = docs
+            .iter()
+            .find(|d| d["kind"] == "DaemonSet" || d["kind"] == "Deployment")
+            .unwrap_or_else(|| panic!("{mode}: no workload"));
+        let spec = &workload["spec"]["template"]["spec"];
+        assert_eq!(spec["nodeSelector"]["kubernetes.io/os"], "linux", "{mode}");
+        if mode == "node-local" {
+            assert_eq!(spec["tolerations"][0]["operator"], "Exists", "every node");
+            let config = find(&docs, "ConfigMap", "dns")["data"]["dnslens.yaml"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                config.contains("- 10.0.0.0/8") && config.contains("- fc00::/7"),
+                "{config}"
+            );
+        }
+    }
+    // The usual pod values reach the pod, and the PodMonitor carries the labels its
+    // Prometheus selects on.
+    let docs = render(&[
+        "--set", "mode=node-local",
+        "--set", "podLabels.team=dns",
+        "--set", "podAnnotations.owner=platform",
+        "--set", "imagePullSecrets[0].name=regcred",
+        "--set", "tolerations[0].key=dedicated",
+        "--set", "tolerations[0].operator=Exists",
+        "--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=pool",
+        "--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+        "--set", "metrics.podMonitor.enabled=true",
+        "--set", "metrics.podMonitor.labels.release=kube-prometheus-stack",
+        "--api-versions", "monitoring.coreos.com/v1",
+    ]);
+    let pod = &find(&docs, "DaemonSet", "dns")["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["team"], "dns");
+    assert_eq!(pod["metadata"]["annotations"]["owner"], "platform");
+    assert_eq!(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(pod["spec"]["tolerations"][0]["key"], "dedicated");
+    assert!(pod["spec"]["affinity"]["nodeAffinity"].is_object());
+    let monitor = find(&docs, "PodMonitor", "dns");
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+}
+
+#[test]
 fn bad_values_fail_at_install_with_a_clear_message() {
     let chart = repo().join("helm/dnslens");
     for (set, expect) in [
         ("mode=nodelocal", "mode"),
-        ("mode=node-local", "clientCIDRs"),
+        ("nodeLocal.clientCIDRs[0]=everyone", "clientCIDRs"),
         ("tracing.sampleRatio=2", "sampleRatio"),
         ("nodeLocal.exposure=hostPort", "exposure"),
         ("cache.maxTTL=forever", "maxTTL"),
