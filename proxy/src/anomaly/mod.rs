@@ -12,7 +12,7 @@
 //!   well-formed NODATA) or nothing (an upstream misbehaving). An AAAA NODATA while the A of
 //!   the same name has data is ordinary (IPv4-only names): counted, not an anomaly.
 //! - **Parallel A/AAAA**: A and AAAA for one name from one client socket, the later one
-//!   received before the first was answered (or within 100 µs of it: both already queued)
+//!   received before the first was answered (or within 5 ms of it: both already queued)
 //!   and within 50 ms (`dnslens_parallel_queries_total`, pairs). A resolver asking one type
 //!   after the other (`single-request`, dnspython) needs the first answer before it asks
 //!   again: not a pair; neither are Go's A and AAAA from two sockets. A suspected race
