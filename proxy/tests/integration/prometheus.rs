@@ -1,5 +1,6 @@
 //! A real Prometheus server scrapes dnslens, evaluates config/alerts.yaml, and the empty
-//! NOERROR alert fires after a musl client falls into the trap.
+//! NOERROR alert becomes active after a musl client falls into the trap (pending: it fires
+//! after its `for: 5m`, which the promtool tests cover with simulated time).
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use dnslens::demo::{NDOTS, SEARCH};
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_dnslens_and_the_empty_noerror_alert_fires() {
+async fn prometheus_scrapes_dnslens_and_the_empty_noerror_alert_becomes_active() {
     let world = World::start_with(|c| {
         c.search = SEARCH.iter().map(|s| s.to_string()).collect();
         c.ndots = Some(NDOTS as u32);
@@ -61,7 +62,7 @@ async fn prometheus_scrapes_dnslens_and_the_empty_noerror_alert_fires() {
 
     wait_until(Duration::from_secs(30), || async {
         let (_, body) = http_get(api, "/api/v1/alerts").await;
-        body.contains("DNSEmptyNoerrorOnSearchExpansion") && body.contains("\"state\":\"firing\"")
+        body.contains("DNSEmptyNoerrorOnSearchExpansion") && body.contains("\"state\":\"pending\"")
     })
     .await;
     world.stop().await;
