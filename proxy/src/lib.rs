@@ -54,20 +54,18 @@ use pipeline::{Pipeline, PipelineParts};
 use search::SearchModel;
 use telemetry::TelemetryMetrics;
 
-/// Why the proxy could not start.
+/// Why the proxy could not start. Each message carries its cause itself (one line, printed
+/// once): the I/O errors are fields, not `#[source]`s an error chain would print again.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
     #[error("cannot open upstream sockets: {0}")]
     Upstream(std::io::Error),
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}: {error}")]
     Metrics {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Config(#[from] config::ConfigError),
@@ -163,28 +161,28 @@ impl Proxy {
             },
             registry,
         );
-        let listen_error = |source| StartError::Listen {
+        let listen_error = |error| StartError::Listen {
             addr: config
                 .listen
                 .iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            source,
+            error,
         };
         let listeners = listen::bind(&config.listen, &config.listener, &listen_metrics.replies)
             .map_err(listen_error)?;
         let admin_listener = tokio::net::TcpListener::bind(config.metrics_listen)
             .await
-            .map_err(|source| StartError::Metrics {
+            .map_err(|error| StartError::Metrics {
                 addr: config.metrics_listen,
-                source,
+                error,
             })?;
         let metrics_addr = admin_listener
             .local_addr()
-            .map_err(|source| StartError::Metrics {
+            .map_err(|error| StartError::Metrics {
                 addr: config.metrics_listen,
-                source,
+                error,
             })?;
         let dns_addrs = listeners.local_addrs.clone();
 

@@ -151,4 +151,9 @@ fn the_image_serves_port_53_as_the_injected_sidecar_runs_it() {
         log.contains("cannot listen on 127.0.0.1:53: Permission denied"),
         "{log}"
     );
+    assert_eq!(
+        log.matches("Permission denied").count(),
+        1,
+        "said once: {log}"
+    );
 }
