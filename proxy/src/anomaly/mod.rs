@@ -53,7 +53,7 @@
 //! `upstream_error`), each increment carrying the lookup's trace id as an OpenMetrics
 //! exemplar; it is what the alert rules use. The detectors write each lookup's kinds on its
 //! record before any observer reads it (`LookupObserver::annotate`), so the kinds that only
-//! memory across lookups reveals (a retry, a late twin) reach its trace as `dns.anomaly`
+//! memory across lookups reveals (a retry, a late twin) reach its trace as `dnslens.anomaly`
 //! too, and a lookup with any kind is always exported (see `telemetry`).
 
 mod detect;

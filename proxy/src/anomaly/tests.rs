@@ -308,7 +308,7 @@ fn a_twin_arriving_alone_a_timeout_later_is_a_suspected_race() {
     let late = see(&mut d, late);
     assert_eq!(d.race_suspected.get(), 1);
     // Only memory across lookups sees it, and it is written on the record, so the lookup's
-    // trace carries it as dns.anomaly (the exporter reads the record after the detectors).
+    // trace carries it as dnslens.anomaly (the exporter reads the record after the detectors).
     assert!(kinds(&late).is_empty());
     assert_eq!(late.anomalies, vec![Kind::ParallelRace]);
     // From another socket, or too soon, it is not.

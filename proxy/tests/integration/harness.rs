@@ -555,3 +555,17 @@ fn series_matching_is_exact() {
     let missing = std::panic::catch_unwind(|| series_value(body, "dnslens_y_total"));
     assert!(missing.is_err(), "a missing series is an error, not 0");
 }
+
+/// Runs `cmd` with `input` on its stdin; its output.
+pub fn output_with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}

@@ -6,7 +6,7 @@
 //! webhook answers real AdmissionReviews over HTTPS.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -406,22 +406,12 @@ fn the_rendered_alert_rules_pass_promtool() {
 
 /// Runs the `dnslens inject` binary on `input`; (stdout, stderr).
 fn inject_cli(input: &str, args: &[&str]) -> (String, String) {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dnslens"))
-        .arg("inject")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_dnslens"))
+            .arg("inject")
+            .args(args),
+        input.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "{}",
