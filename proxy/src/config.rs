@@ -108,6 +108,14 @@ impl FromStr for UpstreamAddr {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(UpstreamAddr(addr));
         }
+        if s.starts_with("$(") && s.ends_with(')') {
+            // Kubernetes leaves `$(VAR)` as it is when the variable does not exist: a service
+            // variable exists only in the Service's own namespace.
+            return Err(format!(
+                "'{s}' is a Kubernetes variable that was not set: its Service is not in this \
+                 pod's namespace; give the address itself (the chart value clusterDNS)"
+            ));
+        }
         let bare = s.trim_start_matches('[').trim_end_matches(']');
         bare.parse::<IpAddr>()
             .map(|ip| UpstreamAddr(SocketAddr::new(ip, DNS_PORT)))

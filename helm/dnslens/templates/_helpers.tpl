@@ -30,6 +30,34 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The cluster DNS Service's address: the value clusterDNS, else the ClusterIP of the
+     Service clusterDNSService looked up at install time; empty when neither is known
+     (`helm template` has no cluster to look in). */}}
+{{- define "dnslens.clusterDNS" -}}
+{{- if .Values.clusterDNS -}}
+{{ .Values.clusterDNS }}
+{{- else -}}
+{{- $svc := lookup "v1" "Service" .Values.clusterDNSService.namespace .Values.clusterDNSService.name -}}
+{{- if and $svc $svc.spec $svc.spec.clusterIP -}}
+{{ $svc.spec.clusterIP }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Node-local's upstream: the cluster DNS address, or — rendered without a cluster and
+     installed in the Service's own namespace — its service variable, which Kubernetes
+     expands in the container's arguments. Fails with the way out otherwise. */}}
+{{- define "dnslens.nodeLocalUpstream" -}}
+{{- $addr := include "dnslens.clusterDNS" . -}}
+{{- if $addr -}}
+{{ $addr }}
+{{- else if eq .Release.Namespace .Values.clusterDNSService.namespace -}}
+$({{ .Values.clusterDNSService.name | upper | replace "-" "_" }}_SERVICE_HOST)
+{{- else -}}
+{{- fail (printf "clusterDNS is not set and the Service %s/%s was not found: set clusterDNS to your cluster DNS Service's ClusterIP (kubectl -n %s get service %s -o jsonpath='{.spec.clusterIP}'), or install node-local into %s" .Values.clusterDNSService.namespace .Values.clusterDNSService.name .Values.clusterDNSService.namespace .Values.clusterDNSService.name .Values.clusterDNSService.namespace) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Whether TLS comes from cert-manager. */}}
 {{- define "dnslens.certManager" -}}
 {{- $mode := toString .Values.sidecar.tls.certManager -}}
@@ -41,7 +69,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The securityContext every dnslens container runs with. */}}
 {{- define "dnslens.securityContext" -}}
-runAsNonRoot: true
+runAsNonRoot: {{ ne (int .runAsUser) 0 }}
 runAsUser: {{ .runAsUser }}
 runAsGroup: {{ .runAsUser }}
 allowPrivilegeEscalation: false
@@ -95,4 +123,9 @@ imagePullSecrets:
 {{- with .Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* The kube-dns address node-local binds when it intercepts it: needed at render time. */}}
+{{- define "dnslens.interceptAddress" -}}
+{{- include "dnslens.clusterDNS" . | required "nodeLocal.linkLocal.interceptClusterDNS binds the cluster DNS address on every node: set clusterDNS (kubectl -n kube-system get service kube-dns -o jsonpath='{.spec.clusterIP}')" -}}
 {{- end -}}

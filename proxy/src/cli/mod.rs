@@ -351,6 +351,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 listen,
                 tls_cert,
                 tls_key,
+                cert_check_every: crate::inject::webhook::CERT_CHECK_EVERY,
             };
             run_async(crate::inject::webhook::serve(settings, config, None))
         }

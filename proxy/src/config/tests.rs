@@ -48,6 +48,15 @@ fn upstream_port_defaults_to_53() {
 }
 
 #[test]
+fn an_unset_kubernetes_variable_says_so() {
+    let e = "$(KUBE_DNS_SERVICE_HOST)"
+        .parse::<UpstreamAddr>()
+        .unwrap_err();
+    assert!(e.contains("Kubernetes variable that was not set"), "{e}");
+    assert!(e.contains("clusterDNS"), "{e}");
+}
+
+#[test]
 fn errors_are_one_line_and_name_the_culprit() {
     let cases = [
         ("listne: [127.0.0.1:53]", "listne"),

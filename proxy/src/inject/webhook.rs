@@ -12,12 +12,19 @@
 //! Flags: `--tls-cert`, `--tls-key` (PEM), `--listen` [0.0.0.0:8443], `--config` (the
 //! [`super::InjectConfig`] YAML, from the chart's ConfigMap).
 //!
+//! A rotated certificate (the Secret volume updated by cert-manager or a `helm upgrade`) is
+//! picked up without a restart: the files are read again every [`CERT_CHECK_EVERY`] and a
+//! changed pair is loaded for new connections; a pair that does not load (half-written,
+//! mismatched) is refused and the previous one keeps serving.
+//!
 //! Metrics: `dnslens_webhook_requests_total{result}`: `injected`, `unchanged` (already
-//! injected, skipped on purpose, not a pod), `error` (allowed unchanged, or denied when fail-closed).
+//! injected, skipped on purpose, not a pod), `error` (allowed unchanged, or denied when
+//! fail-closed); `dnslens_webhook_certificate_reloads_total{result}`: `ok`, `error`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -164,8 +171,38 @@ struct MutateParams {
 /// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
 const MAX_BODY: usize = 3 << 20;
 
+/// How often the webhook reads its certificate files again, looking for a rotation.
+pub const CERT_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// `dnslens_webhook_certificate_reloads_total`, by result.
+#[derive(Clone)]
+struct CertReloads {
+    ok: Counter,
+    error: Counter,
+}
+
+/// The webhook's routes (without TLS: the tests drive it directly too).
 pub fn router(config: InjectConfig) -> Router {
+    build(config).0
+}
+
+fn build(config: InjectConfig) -> (Router, CertReloads) {
     let mut registry = Registry::with_prefix("dnslens");
+    let reload_family = Family::<ResultLabels, Counter>::default();
+    registry.register(
+        "webhook_certificate_reloads",
+        "Rotated TLS certificates loaded (ok) or refused (error)",
+        reload_family.clone(),
+    );
+    // One statement each: get_or_create's read guard lives to the end of its statement,
+    // and a second get_or_create in the same one would wait for it forever.
+    let ok = reload_family
+        .get_or_create(&ResultLabels { result: "ok" })
+        .clone();
+    let error = reload_family
+        .get_or_create(&ResultLabels { result: "error" })
+        .clone();
+    let reloads = CertReloads { ok, error };
     let family = Family::<ResultLabels, Counter>::default();
     registry.register(
         "webhook_requests",
@@ -189,12 +226,54 @@ pub fn router(config: InjectConfig) -> Router {
         results,
         registry,
     });
-    Router::new()
+    let router = Router::new()
         .route("/mutate", post(mutate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(state);
+    (router, reloads)
+}
+
+/// Reads the certificate and key files again every `every`, and loads a changed pair into
+/// `tls` (new connections use it; open ones keep theirs).
+async fn watch_certificate(
+    tls: axum_server::tls_rustls::RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    every: Duration,
+    reloads: CertReloads,
+) {
+    async fn read_pair(cert: &Path, key: &Path) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+        Ok((tokio::fs::read(cert).await?, tokio::fs::read(key).await?))
+    }
+    let mut loaded = read_pair(&cert, &key).await.ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        // A file missing for a moment (the volume's symlink swap) is looked at next time.
+        let Ok(pair) = read_pair(&cert, &key).await else {
+            continue;
+        };
+        if loaded.as_ref() == Some(&pair) {
+            continue;
+        }
+        match tls.reload_from_pem(pair.0.clone(), pair.1.clone()).await {
+            Ok(()) => {
+                tracing::info!(cert = %cert.display(), "webhook certificate reloaded");
+                reloads.ok.inc();
+            }
+            Err(e) => {
+                tracing::warn!(cert = %cert.display(), error = %e,
+                    "rotated webhook certificate refused; the previous one keeps serving");
+                reloads.error.inc();
+            }
+        }
+        // Tried once per change: a broken pair is not retried (and counted) every tick.
+        loaded = Some(pair);
+    }
 }
 
 async fn mutate(
@@ -232,6 +311,8 @@ pub struct WebhookSettings {
     pub listen: SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// How often to look for a rotated certificate ([`CERT_CHECK_EVERY`]).
+    pub cert_check_every: Duration,
 }
 
 /// Serves until SIGTERM/SIGINT. `bound` receives the address once listening (tests).
@@ -268,9 +349,17 @@ pub async fn serve(
             }
         }
     });
+    let (router, reloads) = build(config);
+    tokio::spawn(watch_certificate(
+        tls.clone(),
+        settings.tls_cert.clone(),
+        settings.tls_key.clone(),
+        settings.cert_check_every,
+        reloads,
+    ));
     axum_server::bind_rustls(settings.listen, tls)
         .handle(handle)
-        .serve(router(config).into_make_service())
+        .serve(router.into_make_service())
         .await
         .with_context(|| format!("webhook on {}", settings.listen))
 }

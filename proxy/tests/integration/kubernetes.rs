@@ -34,11 +34,18 @@ fn helm_template() -> PathBuf {
     tool
 }
 
-/// Runs helm-template on `chart` with `args`; (exit success, stdout, stderr).
+/// Runs helm-template on `chart` with `args` (namespace dnslens-system unless they name
+/// one); (exit success, stdout, stderr).
 fn run_helm_template(chart: &Path, args: &[&str]) -> (bool, String, String) {
+    let namespace = if args.contains(&"--namespace") {
+        &[][..]
+    } else {
+        &["--namespace", "dnslens-system"][..]
+    };
     let out = Command::new(helm_template())
         .arg(chart)
-        .args(["--release", "dns", "--namespace", "dnslens-system"])
+        .args(["--release", "dns"])
+        .args(namespace)
         .args(args)
         .output()
         .expect("helm-template runs");
@@ -160,7 +167,10 @@ fn sidecar_mode_renders_the_webhook_with_cert_manager() {
     let inject: dnslens::inject::InjectConfig =
         serde_yaml_ng::from_str(config["data"]["inject.yaml"].as_str().unwrap())
             .expect("inject.yaml is an InjectConfig");
-    assert_eq!(inject.upstreams, ["10.96.0.10"]);
+    assert!(
+        inject.upstreams.is_empty(),
+        "no clusterDNS and no cluster to look it up in: the webhook's own nameserver"
+    );
     assert_eq!(inject.kube_version, "1.31");
     assert!(inject.native_sidecar().unwrap());
     // The alert rules are config/alerts.yaml, not a copy.
@@ -212,7 +222,7 @@ fn sidecar_mode_without_cert_manager_makes_its_own_certificate() {
 fn node_local_service_mode_never_leaves_a_node_without_dns() {
     let docs = render(&[
         "--set",
-        "mode=node-local,nodeLocal.clientCIDRs={10.244.0.0/16},nodeLocal.service.clusterIP=10.96.0.11",
+        "mode=node-local,nodeLocal.clientCIDRs={10.244.0.0/16},nodeLocal.service.clusterIP=10.96.0.11,clusterDNS=10.96.0.10",
     ]);
     let ds = find(&docs, "DaemonSet", "dns");
     let strategy = &ds["spec"]["updateStrategy"]["rollingUpdate"];
@@ -223,6 +233,21 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
     assert!(pod.get("hostNetwork").is_none());
     let container = &pod["containers"][0];
     assert_locked_down(container);
+    assert_eq!(
+        pod["securityContext"]["sysctls"],
+        json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "53"}]),
+        "non-root binds :53 without a capability"
+    );
+    assert_eq!(
+        container["args"],
+        json!([
+            "serve",
+            "--config",
+            "/etc/dnslens/dnslens.yaml",
+            "--upstream",
+            "10.96.0.10"
+        ])
+    );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     let env = container["env"].to_string();
@@ -240,8 +265,12 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
     // The proxy's configuration loads as dnslens reads it.
     let config = find(&docs, "ConfigMap", "dns");
     let text = config["data"]["dnslens.yaml"].as_str().unwrap();
-    let parsed = dnslens::config::Config::from_yaml(text).expect("dnslens.yaml parses");
-    parsed.validate().expect("dnslens.yaml is valid");
+    let mut parsed = dnslens::config::Config::from_yaml(text).expect("dnslens.yaml parses");
+    assert!(parsed.upstreams.is_empty(), "the upstream comes as a flag");
+    parsed.upstreams = vec!["10.96.0.10".parse().unwrap()];
+    parsed
+        .validate()
+        .expect("dnslens.yaml with the flag is valid");
     assert_eq!(parsed.listen, ["0.0.0.0:53".parse().unwrap()]);
     assert_eq!(parsed.listener.allow.len(), 2, "the pod CIDR and loopback");
     assert!(parsed.cache.enabled && parsed.mitigations.musl_shield);
@@ -253,7 +282,7 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
     let values = dir.0.join("values.yaml");
     std::fs::write(
         &values,
-        "mode: node-local\nnodeLocal:\n  exposure: linkLocal\n  clientCIDRs: [10.244.0.0/16, 192.168.0.0/24]\n  linkLocal:\n    interceptClusterDNS: true\ntracing:\n  endpoint: http://otel.observability:4317\n",
+        "mode: node-local\nnodeLocal:\n  exposure: linkLocal\n  clientCIDRs: [10.244.0.0/16, 192.168.0.0/24]\n  linkLocal:\n    interceptClusterDNS: true\nclusterDNS: 10.96.0.10\ntracing:\n  endpoint: http://otel.observability:4317\n",
     )
     .unwrap();
     let docs = render(&["-f", values.to_str().unwrap()]);
@@ -276,6 +305,20 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
         assert!(script.contains(line), "{line} in\n{script}");
     }
     assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"], 0);
+    // On the host's network: root with NET_BIND_SERVICE as its only capability.
+    let sc = &pod["containers"][0]["securityContext"];
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["runAsNonRoot"], false);
+    assert_eq!(
+        sc["capabilities"],
+        json!({"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]})
+    );
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert!(
+        pod["securityContext"].get("sysctls").is_none(),
+        "not on hostNetwork"
+    );
     let args = pod["containers"][0]["args"].to_string();
     assert!(args.contains("$(DNS_UPSTREAM_SERVICE_HOST)"), "{args}");
     let upstream = find(&docs, "Service", "dns-upstream");
@@ -315,8 +358,10 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
 
 #[test]
 fn only_mode_set_renders_valid_manifests_in_both_modes_with_placement_values() {
-    for mode in ["sidecar", "node-local"] {
-        let docs = render(&["--set", &format!("mode={mode}")]);
+    // Node-local goes where kube-dns is (as NodeLocal DNSCache); rendered without a cluster
+    // it forwards to kube-dns's service variable, which Kubernetes expands there.
+    for (mode, namespace) in [("sidecar", "dnslens-system"), ("node-local", "kube-system")] {
+        let docs = render(&["--set", &format!("mode={mode}"), "--namespace", namespace]);
         let workload = docs
             .iter()
             .find(|d| d["kind"] == "DaemonSet" || d["kind"] == "Deployment")
@@ -333,12 +378,14 @@ fn only_mode_set_renders_valid_manifests_in_both_modes_with_placement_values() {
                 config.contains("- 10.0.0.0/8") && config.contains("- fc00::/7"),
                 "{config}"
             );
+            let args = &spec["containers"][0]["args"];
+            assert_eq!(args[4], "$(KUBE_DNS_SERVICE_HOST)", "{args}");
         }
     }
     // The usual pod values reach the pod, and the PodMonitor carries the labels its
     // Prometheus selects on.
     let docs = render(&[
-        "--set", "mode=node-local",
+        "--set", "mode=node-local,clusterDNS=10.96.0.10",
         "--set", "podLabels.team=dns",
         "--set", "podAnnotations.owner=platform",
         "--set", "imagePullSecrets[0].name=regcred",
@@ -373,6 +420,13 @@ fn bad_values_fail_at_install_with_a_clear_message() {
         ("nodeLocal.exposure=hostPort", "exposure"),
         ("cache.maxTTL=forever", "maxTTL"),
         ("sidecar.webhook.failurePolicy=Maybe", "failurePolicy"),
+        ("clusterDNS=kube-dns", "clusterDNS"),
+        // Node-local away from kube-dns, with no address and no cluster to look it up in.
+        ("mode=node-local", "set clusterDNS to your cluster DNS Service's ClusterIP"),
+        (
+            "mode=node-local,nodeLocal.exposure=linkLocal,nodeLocal.linkLocal.interceptClusterDNS=true",
+            "interceptClusterDNS binds the cluster DNS address",
+        ),
     ] {
         let (ok, _, stderr) = run_helm_template(&chart, &["--set", set]);
         assert!(!ok, "{set} must fail");
@@ -579,6 +633,15 @@ async fn https_request(
     ca: &rcgen::Certificate,
     request: String,
 ) -> (u16, String) {
+    try_https(addr, ca, request).await.expect("TLS handshake")
+}
+
+/// One HTTPS request, or the handshake's error.
+async fn try_https(
+    addr: std::net::SocketAddr,
+    ca: &rcgen::Certificate,
+    request: String,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
@@ -589,7 +652,7 @@ async fn https_request(
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut tls = connector.connect(name, tcp).await?;
     tls.write_all(request.as_bytes()).await.unwrap();
     // Read until the server closes, or until a response has sat complete for a while (a
     // server refusing a body it did not read may keep the connection open).
@@ -603,7 +666,7 @@ async fn https_request(
         }
         response.extend_from_slice(&chunk[..n]);
     }
-    http_status_and_body(&response)
+    Ok(http_status_and_body(&response))
 }
 
 fn post(path: &str, body: &str) -> String {
@@ -623,8 +686,9 @@ async fn the_webhook_serves_admission_reviews_over_https() {
     let (bound, listening) = tokio::sync::oneshot::channel();
     let settings = dnslens::inject::webhook::WebhookSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: cert_file,
-        tls_key: key_file,
+        tls_cert: cert_file.clone(),
+        tls_key: key_file.clone(),
+        cert_check_every: std::time::Duration::from_millis(100),
     };
     let config = dnslens::inject::InjectConfig {
         upstreams: vec!["10.96.0.10".into()],
@@ -721,4 +785,38 @@ async fn the_webhook_serves_admission_reviews_over_https() {
         metrics.contains("dnslens_webhook_requests_total{result=\"error\"} 2"),
         "{metrics}"
     );
+
+    // A rotation: a broken pair is refused (the old certificate keeps serving), then a new
+    // valid pair is served without a restart.
+    std::fs::write(&key_file, "not a key").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, _) = https_request(addr, &certified.cert, get_healthz()).await;
+    assert_eq!(status, 200, "the previous certificate still serves");
+    let rotated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(&cert_file, rotated.cert.pem()).unwrap();
+    std::fs::write(&key_file, rotated.signing_key.serialize_pem()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, metrics) = https_request(
+        addr,
+        &rotated.cert,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await;
+    assert_eq!(status, 200, "the rotated certificate serves");
+    for series in [
+        "dnslens_webhook_certificate_reloads_total{result=\"ok\"} 1",
+        "dnslens_webhook_certificate_reloads_total{result=\"error\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    assert!(
+        try_https(addr, &certified.cert, get_healthz())
+            .await
+            .is_err(),
+        "the old certificate is no longer presented"
+    );
+}
+
+fn get_healthz() -> String {
+    "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into()
 }
