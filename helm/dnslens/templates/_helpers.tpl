@@ -129,3 +129,20 @@ imagePullSecrets:
 {{- define "dnslens.interceptAddress" -}}
 {{- include "dnslens.clusterDNS" . | required "nodeLocal.linkLocal.interceptClusterDNS binds the cluster DNS address on every node: set clusterDNS (kubectl -n kube-system get service kube-dns -o jsonpath='{.spec.clusterIP}')" -}}
 {{- end -}}
+
+{{- /* Every series gets `workload`: the Deployment, StatefulSet, DaemonSet or CronJob that
+       owns the pod (the pod's name for a bare pod), so the alerts aggregate a fleet of
+       sidecars into one alert per workload. */ -}}
+{{- define "dnslens.workloadRelabelings" -}}
+- sourceLabels: [__meta_kubernetes_pod_name]
+  targetLabel: workload
+- sourceLabels: [__meta_kubernetes_pod_controller_name]
+  regex: (.+)
+  targetLabel: workload
+- sourceLabels: [__meta_kubernetes_pod_controller_kind, __meta_kubernetes_pod_controller_name]
+  regex: ReplicaSet;(.+)-[a-z0-9]+
+  targetLabel: workload
+- sourceLabels: [__meta_kubernetes_pod_controller_kind, __meta_kubernetes_pod_controller_name]
+  regex: Job;(.+)-[0-9]+
+  targetLabel: workload
+{{- end -}}

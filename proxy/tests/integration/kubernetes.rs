@@ -120,6 +120,23 @@ fn sidecar_mode_renders_the_webhook_with_cert_manager() {
         monitor["spec"]["podMetricsEndpoints"][0]["port"],
         "dnslens-metrics"
     );
+    // `workload` (the alerts aggregate by it): a ReplicaSet's pods are their Deployment.
+    let relabel = &monitor["spec"]["podMetricsEndpoints"][0]["relabelings"];
+    assert!(
+        relabel
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["regex"] == "ReplicaSet;(.+)-[a-z0-9]+" && r["targetLabel"] == "workload"),
+        "{relabel}"
+    );
+    // The injector is scraped too, over HTTPS against its own CA.
+    let webhook = &find(&docs, "PodMonitor", "dns-webhook")["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(webhook["scheme"], "https");
+    assert_eq!(
+        webhook["tlsConfig"]["ca"]["secret"]["name"],
+        "dns-webhook-tls"
+    );
     let kinds = kinds(&docs);
     assert!(
         !kinds
@@ -559,6 +576,15 @@ fn referenced_families(text: &str) -> std::collections::BTreeSet<String> {
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
+        // Part of a longer name (kube-state-metrics' label_dnslens_io_inject) is not ours.
+        if rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            rest = &tail[end..];
+            continue;
+        }
         let mut name = &tail[..end];
         for suffix in ["_total", "_bucket", "_count", "_sum", "_created"] {
             name = name.strip_suffix(suffix).unwrap_or(name);
