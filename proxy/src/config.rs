@@ -33,7 +33,8 @@
 //! - `lookup:` `window` [2s], `max_entries` [10000], `queue` [16384] (see `lookup`)
 //! - `tracing:` `endpoint`, `protocol` (`grpc` | `http/protobuf`), `sample_ratio` [0.01],
 //!   `keep_anomalous_per_second` [100], `keep_anomalous_per_name_per_second` [1; 0 = no limit],
-//!   `queue` [8192], `export_timeout` [5s] (see `telemetry`)
+//!   `queue` [8192], `export_timeout` [5s], `ca_file` (PEM CAs for an `https://` endpoint,
+//!   besides the system's) (see `telemetry`)
 //! - `journal:` `entries` [10000] (see `anomaly::journal`)
 //!
 //! Every error is one line naming the key or value at fault; the binary exits 2 on it.

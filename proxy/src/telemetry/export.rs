@@ -90,29 +90,43 @@ pub(super) fn spawn_exporter(
 fn build_exporter(
     settings: &ExportSettings,
 ) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
     let error = |e: &dyn std::fmt::Display| TelemetryError::Exporter {
         endpoint: settings.endpoint.clone(),
         message: e.to_string(),
     };
+    let https = settings.endpoint.starts_with("https://");
+    let extra_ca = match &settings.ca_file {
+        Some(path) => Some(super::tls::read_ca_file(path).map_err(|e| error(&e))?),
+        None => None,
+    };
     match settings.protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.export_timeout)
-            .build()
-            .map_err(|e| error(&e)),
+        OtlpProtocol::Grpc => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(settings.endpoint.clone())
+                .with_timeout(settings.export_timeout);
+            if https {
+                builder = builder.with_tls_config(super::tls::grpc_tls(extra_ca.as_deref()));
+            }
+            builder.build().map_err(|e| error(&e))
+        }
         OtlpProtocol::HttpProtobuf => {
             let mut url = settings.endpoint.trim_end_matches('/').to_string();
             if !url.ends_with("/v1/traces") {
                 url.push_str("/v1/traces");
             }
-            opentelemetry_otlp::SpanExporter::builder()
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(url)
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(settings.export_timeout)
-                .build()
-                .map_err(|e| error(&e))
+                .with_timeout(settings.export_timeout);
+            if https {
+                let client = super::tls::https_client(extra_ca.as_deref(), settings.export_timeout)
+                    .map_err(|e| error(&e))?;
+                builder = builder.with_http_client(client);
+            }
+            builder.build().map_err(|e| error(&e))
         }
     }
 }

@@ -44,6 +44,8 @@
 //! `OTEL_TRACES_SAMPLER_ARG` (`tracing.sample_ratio`), `OTEL_SERVICE_NAME` [dnslens],
 //! `OTEL_RESOURCE_ATTRIBUTES`; `k8s.pod.name`, `k8s.namespace.name`, `k8s.node.name` from
 //! `POD_NAME`, `POD_NAMESPACE`, `NODE_NAME` (the chart sets them from the downward API).
+//! An `https://` endpoint is TLS (both protocols), checked against the system's roots and
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE` (`tracing.ca_file`, PEM), see `tls`.
 //! `tracing.queue` bounds the spans waiting for export; `tracing.export_timeout` bounds one
 //! export call. A slow or absent collector costs dropped spans, never DNS latency. Kept
 //! lookups go to the export thread (`dnslens-otlp`, under SCHED_IDLE) as records; spans are
@@ -55,12 +57,14 @@
 //!
 //! Parts: `settings` (config + `OTEL_*` → [`ExportSettings`], the resource), `sampling`
 //! (the [`OtlpObserver`] in the tracker thread: which lookups are kept), `spans` (a record
-//! as `SpanData`), `export` (the export thread: batches, pacing, the OTLP exporter).
+//! as `SpanData`), `export` (the export thread: batches, pacing, the OTLP exporter), `tls`
+//! (trusted roots for https endpoints).
 
 mod export;
 mod sampling;
 mod settings;
 mod spans;
+mod tls;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The effective export settings: `tracing:` from the config, overridden by the `OTEL_*`
 //! environment, and the service's resource.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::invalid::{check, Invalid};
@@ -36,6 +37,8 @@ pub struct TracingConfig {
     pub queue: usize,
     #[serde(with = "humantime_serde")]
     pub export_timeout: Duration,
+    /// CA certificates (PEM) trusted for an `https://` endpoint, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for TracingConfig {
@@ -48,6 +51,7 @@ impl Default for TracingConfig {
             keep_anomalous_per_name_per_second: 1,
             queue: 8_192,
             export_timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct ExportSettings {
     pub keep_anomalous_per_name_per_second: u32,
     pub queue: usize,
     pub export_timeout: Duration,
+    /// Extra CA certificates for an `https://` endpoint.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ExportSettings {
@@ -112,6 +118,11 @@ impl ExportSettings {
             keep_anomalous_per_name_per_second: config.keep_anomalous_per_name_per_second,
             queue: config.queue,
             export_timeout: config.export_timeout,
+            ca_file: env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE"))
+                .filter(|f| !f.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| config.ca_file.clone()),
         })
     }
 }

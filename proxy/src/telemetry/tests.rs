@@ -41,6 +41,7 @@ fn environment_wins_over_config() {
         endpoint: Some("http://collector:4317".into()),
         protocol: Some(OtlpProtocol::Grpc),
         sample_ratio: Some(0.5),
+        ca_file: Some("/etc/dnslens/ca.pem".into()),
         ..TracingConfig::default()
     };
     let s = ExportSettings::resolve(&config, env(&[])).unwrap();
@@ -48,6 +49,13 @@ fn environment_wins_over_config() {
         (s.endpoint.as_str(), s.protocol, s.sample_ratio),
         ("http://collector:4317", OtlpProtocol::Grpc, 0.5)
     );
+    assert_eq!(s.ca_file, Some("/etc/dnslens/ca.pem".into()));
+    let s = ExportSettings::resolve(
+        &config,
+        env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/var/run/otel/ca.crt")]),
+    )
+    .unwrap();
+    assert_eq!(s.ca_file, Some("/var/run/otel/ca.crt".into()));
 
     let s = ExportSettings::resolve(
         &config,

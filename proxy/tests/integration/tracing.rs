@@ -243,3 +243,99 @@ async fn a_collector_that_is_down_never_slows_dns() {
     }
     world.stop().await;
 }
+
+/// A collector behind TLS: a CA made for the test signs a certificate for 127.0.0.1 and
+/// localhost; connections are decrypted and relayed to `backend` (the plain receiver).
+/// ALPN says `h2` for gRPC. Returns the front's address and the CA as PEM.
+async fn tls_front(backend: std::net::SocketAddr, alpn: &[u8]) -> (std::net::SocketAddr, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    (addr, ca_cert.pem())
+}
+
+/// OTLP over TLS, both protocols: an `https://` endpoint whose certificate a private CA
+/// signed receives the traces when `tracing.ca_file` names that CA, and nothing (the
+/// spans are counted as failed exports; DNS is answered as ever) when it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_behind_a_private_ca_receives_traces_over_both_protocols() {
+    let dir = TempDir::new("otlp-tls");
+    for (protocol, alpn) in [
+        (OtlpProtocol::Grpc, &b"h2"[..]),
+        (OtlpProtocol::HttpProtobuf, &b"http/1.1"[..]),
+    ] {
+        for trusted in [true, false] {
+            let receiver = Receiver::start().await;
+            let backend = match protocol {
+                OtlpProtocol::Grpc => receiver.grpc,
+                OtlpProtocol::HttpProtobuf => receiver.http,
+            };
+            let (front, ca_pem) = tls_front(backend, alpn).await;
+            let ca_file = dir.0.join("ca.pem");
+            std::fs::write(&ca_file, &ca_pem).unwrap();
+            let world = World::start_with(|c| {
+                traced(c, format!("https://{front}"), protocol, 1.0);
+                c.tracing.ca_file = trusted.then(|| ca_file.clone());
+            })
+            .await;
+            let answer = ask_udp(world.dns(), "alauda.cn.", RecordType::A, None).await;
+            assert_eq!(answer.answers.len(), 1, "{protocol:?}: DNS answered");
+            let m = world.proxy.metrics_addr;
+            if trusted {
+                receiver
+                    .wait_for(Duration::from_secs(10), |s| {
+                        s.iter().any(|s| {
+                            s.name == "dns.lookup" && s.attr("dns.question.name") == "alauda.cn"
+                        })
+                    })
+                    .await;
+                metric_at_least(m, "dnslens_spans_exported_total", 3.0).await;
+            } else {
+                metric_at_least(
+                    m,
+                    "dnslens_spans_dropped_total{reason=\"export_failed\"}",
+                    3.0,
+                )
+                .await;
+                assert!(
+                    receiver.spans().is_empty(),
+                    "{protocol:?}: an untrusted collector got spans"
+                );
+            }
+            world.stop().await;
+        }
+    }
+}
