@@ -846,3 +846,42 @@ async fn the_webhook_serves_admission_reviews_over_https() {
 fn get_healthz() -> String {
     "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into()
 }
+
+/// The chart's README lists every value (a leaf of values.yaml, or a whole `resources` or
+/// `nodeSelector` map), so a new value cannot go undocumented.
+#[test]
+fn the_chart_readme_documents_every_value() {
+    let chart = repo().join("helm/dnslens");
+    let values: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap())
+            .unwrap();
+    let readme = std::fs::read_to_string(chart.join("README.md")).unwrap();
+    fn leaves(value: &Value, path: &str, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map)
+                if !map.is_empty() && !path.ends_with("resources") && path != "nodeSelector" =>
+            {
+                for (key, child) in map {
+                    let child_path = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    leaves(child, &child_path, out);
+                }
+            }
+            _ => out.push(path.to_string()),
+        }
+    }
+    let mut paths = Vec::new();
+    leaves(&values, "", &mut paths);
+    assert!(paths.len() > 50, "{paths:?}");
+    let missing: Vec<&String> = paths
+        .iter()
+        .filter(|p| !readme.contains(&format!("| `{p}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values missing from helm/dnslens/README.md: {missing:?}"
+    );
+}
