@@ -13,6 +13,12 @@
 //! - `listen`: list of `ADDR:PORT`, UDP and TCP on each [sidecar: `127.0.0.1:53`,
 //!   node-local: `169.254.20.10:53`]
 //! - `upstreams`: list of `ADDR[:PORT]`, port 53 by default [from /etc/resolv.conf]
+//! - `forward_zones`: list of `{zone, upstreams, force_tcp}`: names under a zone go to its
+//!   upstreams, the longest zone winning (see `forward::zones`) [none]
+//! - `cluster_dns`: `ADDR[:PORT]` of the cluster DNS Service. In node-local mode it gives
+//!   NodeLocal DNSCache's layout: `<cluster_domain>`, `in-addr.arpa` and `ip6.arpa` to it
+//!   over TCP (each unless `forward_zones` lists that zone itself), everything else to
+//!   `upstreams` (by default the node's resolv.conf nameservers) [none]
 //! - `metrics_listen`: `ADDR:PORT` of /metrics, /healthz, /readyz [`127.0.0.1:9253`]
 //! - `upstream_timeout`: per-try timeout [2s]; `attempts`: tries per query over all upstreams [2]
 //! - `shutdown_grace`: how long in-flight queries may take after SIGTERM [5s]
@@ -49,6 +55,7 @@ use serde::{Deserialize, Deserializer};
 pub use crate::admin::AdminConfig;
 pub use crate::anomaly::journal::JournalConfig;
 pub use crate::cache::CacheConfig;
+pub use crate::forward::zones::ForwardZone;
 pub use crate::forward::ForwardConfig;
 use crate::invalid::Invalid;
 pub use crate::listen::ListenerConfig;
@@ -144,6 +151,8 @@ pub struct Config {
     pub mode: Mode,
     pub listen: Vec<SocketAddr>,
     pub upstreams: Vec<UpstreamAddr>,
+    pub forward_zones: Vec<ForwardZone>,
+    pub cluster_dns: Option<UpstreamAddr>,
     pub metrics_listen: SocketAddr,
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
@@ -177,6 +186,8 @@ impl Default for Config {
             mode: Mode::Sidecar,
             listen: Vec::new(),
             upstreams: Vec::new(),
+            forward_zones: Vec::new(),
+            cluster_dns: None,
             metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9253),
             upstream_timeout: Duration::from_secs(2),
             attempts: 2,
@@ -204,6 +215,7 @@ pub struct Overrides {
     pub mode: Option<Mode>,
     pub listen: Vec<SocketAddr>,
     pub upstreams: Vec<UpstreamAddr>,
+    pub cluster_dns: Option<UpstreamAddr>,
     pub metrics_listen: Option<SocketAddr>,
     pub upstream_timeout: Option<Duration>,
     pub attempts: Option<u32>,
@@ -255,6 +267,9 @@ impl Config {
         if !o.upstreams.is_empty() {
             self.upstreams = o.upstreams;
         }
+        if o.cluster_dns.is_some() {
+            self.cluster_dns = o.cluster_dns;
+        }
         if let Some(addr) = o.metrics_listen {
             self.metrics_listen = addr;
         }
@@ -287,8 +302,30 @@ impl Config {
         if self.upstreams.is_empty() {
             self.upstreams = upstreams_from_resolv_conf(&self.resolv_conf, &self.listen)?;
         }
+        if let (Mode::NodeLocal, Some(cluster_dns)) = (self.mode, self.cluster_dns) {
+            for zone in node_local_zones(&self.cluster_domain, cluster_dns) {
+                let listed = self
+                    .forward_zones
+                    .iter()
+                    .any(|z| crate::forward::zones::normalize(&z.zone) == zone.zone);
+                if !listed {
+                    self.forward_zones.push(zone);
+                }
+            }
+        }
         self.validate()?;
         Ok(self)
+    }
+
+    /// Every upstream address: the top-level ones, then each zone's.
+    fn all_upstreams(&self) -> impl Iterator<Item = (&'static str, UpstreamAddr)> + '_ {
+        let top = self.upstreams.iter().map(|u| ("upstreams", *u));
+        let zones = self
+            .forward_zones
+            .iter()
+            .flat_map(|z| z.upstreams.iter().map(|u| ("forward_zones", *u)));
+        let cluster = self.cluster_dns.iter().map(|u| ("cluster_dns", *u));
+        top.chain(zones).chain(cluster)
     }
 
     /// Checks a finished configuration: addresses present, and every value workable.
@@ -311,21 +348,34 @@ impl Config {
     /// Checks values that parse but cannot work. Empty `listen`/`upstreams` pass here: at
     /// start they come from the mode and from resolv.conf (`check-config` uses this).
     pub fn check_values(&self) -> Result<(), ConfigError> {
-        for upstream in &self.upstreams {
+        for (key, upstream) in self.all_upstreams() {
             if upstream.0.port() == 0 || upstream.0.ip().is_unspecified() {
                 return Err(ConfigError::invalid(
-                    "upstreams",
+                    key,
                     format!("{upstream} cannot be sent to"),
                 ));
             }
             if let Some(listen) = self.listen.iter().find(|l| is_loop(**l, upstream.0)) {
                 return Err(ConfigError::invalid(
-                    "upstreams",
+                    key,
                     format!(
                         "{upstream} is the proxy's own listen address {listen}: a forwarding loop"
                     ),
                 ));
             }
+        }
+        crate::forward::zones::validate(&self.forward_zones)?;
+        let mut distinct: Vec<SocketAddr> = self.all_upstreams().map(|(_, u)| u.0).collect();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() > MAX_UPSTREAMS {
+            return Err(ConfigError::invalid(
+                "forward_zones",
+                format!(
+                    "{} distinct upstreams; at most {MAX_UPSTREAMS}",
+                    distinct.len()
+                ),
+            ));
         }
         if self.upstream_timeout.is_zero() {
             return Err(ConfigError::invalid(
@@ -390,6 +440,23 @@ impl Config {
             cluster_domain: self.cluster_domain.clone(),
         }
     }
+}
+
+/// Distinct upstream addresses over `upstreams` and every zone (the forwarder tracks which
+/// ones a query tried in a 64-bit set).
+pub const MAX_UPSTREAMS: usize = 64;
+
+/// NodeLocal DNSCache's zones: the cluster domain and the reverse zones to the cluster DNS
+/// over TCP (node-cache's `force_tcp`: no UDP flow for conntrack to race on).
+pub fn node_local_zones(cluster_domain: &str, cluster_dns: UpstreamAddr) -> Vec<ForwardZone> {
+    [cluster_domain, "in-addr.arpa", "ip6.arpa"]
+        .iter()
+        .map(|zone| ForwardZone {
+            zone: crate::forward::zones::normalize(zone),
+            upstreams: vec![cluster_dns],
+            force_tcp: true,
+        })
+        .collect()
 }
 
 /// True when sending to `upstream` would reach the proxy's own listener `listen`.

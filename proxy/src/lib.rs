@@ -142,6 +142,15 @@ impl Proxy {
             &config.forward,
             ForwardParts {
                 upstreams: config.upstreams.iter().map(|u| u.0).collect(),
+                zones: config
+                    .forward_zones
+                    .iter()
+                    .map(|z| forward::ZoneParts {
+                        zone: z.zone.clone(),
+                        upstreams: z.upstreams.iter().map(|u| u.0).collect(),
+                        force_tcp: z.force_tcp,
+                    })
+                    .collect(),
                 timeout: config.upstream_timeout,
                 attempts: config.attempts,
                 tasks: tasks.clone(),
@@ -216,6 +225,16 @@ impl Proxy {
             mode = config.mode.as_str(),
             listen = ?dns_addrs,
             upstreams = ?config.upstreams.iter().map(|u| u.0).collect::<Vec<_>>(),
+            forward_zones = ?config
+                .forward_zones
+                .iter()
+                .map(|z| format!(
+                    "{} -> {}{}",
+                    z.zone,
+                    z.upstreams.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(","),
+                    if z.force_tcp { " (tcp)" } else { "" }
+                ))
+                .collect::<Vec<_>>(),
             metrics = %metrics_addr,
             upstream_timeout = ?config.upstream_timeout,
             attempts = config.attempts,

@@ -113,6 +113,9 @@ pub struct QueryTrace {
     pub rewritten: bool,
     /// Autopath answered with a CNAME to this name.
     pub autopath: Option<String>,
+    /// The `forward_zones` zone whose upstreams it went to (`.`: the top-level ones); set
+    /// only when zones are configured.
+    pub zone: Option<std::sync::Arc<str>>,
     /// The first addresses the answer carried (`dns.answers` on the trace), when
     /// `keep_addresses`.
     pub addresses: AnswerAddresses,
@@ -178,6 +181,7 @@ impl QueryTrace {
             cache: CacheUse::Miss,
             rewritten: false,
             autopath: None,
+            zone: None,
             addresses: AnswerAddresses::default(),
             keep_addresses: true,
         }

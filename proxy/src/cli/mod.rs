@@ -219,6 +219,10 @@ pub struct ServeArgs {
     /// Upstream server ADDR[:PORT] (repeatable; port 53 by default).
     #[arg(long = "upstream", env = "DNSLENS_UPSTREAMS", value_delimiter = ',')]
     pub upstreams: Vec<UpstreamAddr>,
+    /// The cluster DNS Service ADDR[:PORT]: in node-local mode, the cluster domain and the
+    /// reverse zones go to it over TCP (`cluster_dns`).
+    #[arg(long, env = "DNSLENS_CLUSTER_DNS")]
+    pub cluster_dns: Option<UpstreamAddr>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "DNSLENS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -265,6 +269,7 @@ impl ServeArgs {
             mode: self.mode,
             listen: self.listen.clone(),
             upstreams: self.upstreams.clone(),
+            cluster_dns: self.cluster_dns,
             metrics_listen: self.metrics_listen,
             upstream_timeout: self.upstream_timeout,
             attempts: self.attempts,

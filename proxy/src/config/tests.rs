@@ -208,3 +208,107 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn cluster_dns_gives_node_local_the_node_cache_zones() {
+    let dir = tempdir();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.0.0.2\n").unwrap();
+    let node = Config {
+        mode: Mode::NodeLocal,
+        resolv_conf: resolv.clone(),
+        cluster_dns: Some("10.96.0.10".parse().unwrap()),
+        cluster_domain: "corp.cluster.".into(),
+        listener: crate::listen::ListenerConfig {
+            allow: vec!["10.244.0.0/16".parse().unwrap()],
+            ..Default::default()
+        },
+        ..Config::default()
+    }
+    .finish()
+    .unwrap();
+    assert_eq!(
+        node.upstreams,
+        vec!["10.0.0.2".parse().unwrap()],
+        "the node's resolvers"
+    );
+    let zones: Vec<(String, String, bool)> = node
+        .forward_zones
+        .iter()
+        .map(|z| (z.zone.clone(), z.upstreams[0].to_string(), z.force_tcp))
+        .collect();
+    let cluster = |zone: &str| (zone.to_string(), "10.96.0.10:53".to_string(), true);
+    assert_eq!(
+        zones,
+        [
+            cluster("corp.cluster"),
+            cluster("in-addr.arpa"),
+            cluster("ip6.arpa")
+        ]
+    );
+    // A zone listed explicitly wins over its default; the others are still added.
+    let mut own = node.clone();
+    own.forward_zones = vec![crate::config::ForwardZone {
+        zone: "In-Addr.Arpa.".into(),
+        upstreams: vec!["10.0.0.53".parse().unwrap()],
+        force_tcp: false,
+    }];
+    let own = own.finish().unwrap();
+    let zones: Vec<(&str, String)> = own
+        .forward_zones
+        .iter()
+        .map(|z| (z.zone.as_str(), z.upstreams[0].to_string()))
+        .collect();
+    assert_eq!(
+        zones,
+        [
+            ("In-Addr.Arpa.", "10.0.0.53:53".to_string()),
+            ("corp.cluster", "10.96.0.10:53".to_string()),
+            ("ip6.arpa", "10.96.0.10:53".to_string())
+        ]
+    );
+    // A sidecar gets no zones from cluster_dns.
+    let sidecar = Config {
+        resolv_conf: resolv,
+        cluster_dns: Some("10.96.0.10".parse().unwrap()),
+        ..Config::default()
+    }
+    .finish()
+    .unwrap();
+    assert!(sidecar.forward_zones.is_empty());
+}
+
+#[test]
+fn zone_upstreams_are_checked_like_the_others() {
+    let base = "listen: ['127.0.0.1:53']\nupstreams: ['10.96.0.10']\n";
+    for (zones, culprit) in [
+        (
+            "forward_zones: [{zone: cluster.local, upstreams: ['127.0.0.1:53']}]",
+            "forward_zones: 127.0.0.1:53 is the proxy's own listen address",
+        ),
+        (
+            "forward_zones: [{zone: cluster.local, upstreams: ['0.0.0.0']}]",
+            "forward_zones: 0.0.0.0:53 cannot be sent to",
+        ),
+        (
+            "forward_zones: [{zone: a.local, upstreams: [10.0.0.1]}, {zone: A.local., upstreams: [10.0.0.2]}]",
+            "forward_zones: zone 'a.local' is listed twice",
+        ),
+        (
+            "forward_zones: [{zone: cluster.local, upstream: [10.0.0.1]}]",
+            "unknown field `upstream`",
+        ),
+    ] {
+        let e = match parse(&format!("{base}{zones}")) {
+            Ok(c) => c.check_values().unwrap_err().to_string(),
+            Err(e) => e,
+        };
+        assert!(e.contains(culprit), "{zones}: {e}");
+    }
+    let many: Vec<String> = (0..65)
+        .map(|i| format!("{{zone: z{i}.local, upstreams: ['10.1.0.{i}']}}"))
+        .collect();
+    let c = parse(&format!("{base}forward_zones: [{}]", many.join(", "))).unwrap();
+    let e = c.check_values().unwrap_err().to_string();
+    assert!(e.contains("66 distinct upstreams; at most 64"), "{e}");
+}

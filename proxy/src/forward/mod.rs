@@ -24,6 +24,10 @@
 //!   query after the back-off probes it. With every upstream aside, queries still go to the
 //!   one due back first (as CoreDNS's `forward`): a dead cluster DNS costs its timeouts,
 //!   and DNS is back with the first query after the upstream is.
+//! - **Zones** ([`zones`], `forward_zones:`): a name under a configured zone goes to that
+//!   zone's upstreams (the longest zone wins, optionally over TCP), everything else to the
+//!   top-level `upstreams`. An address listed in several places is one upstream (one health,
+//!   one TCP connection, one set of series). Retries stay within the zone's upstreams.
 //! - **Bounds**: at most `forward.max_inflight` queries wait on upstreams, over UDP and TCP
 //!   (TC re-fetches and `force_tcp` included); beyond that, SERVFAIL. TCP fetches run as
 //!   tasks of the shared tracker, so shutdown waits for them.
@@ -48,9 +52,12 @@
 //! - `dnslens_forward_failures_total{reason}`: queries answered SERVFAIL by dnslens:
 //!   `exhausted` (every try failed), `overload` (inflight cap or a full pending map).
 //! - `dnslens_inflight_queries`: queries waiting on an upstream.
+//! - `dnslens_forward_zone_queries_total{zone}`: queries routed to each zone's upstreams
+//!   (`.`: the top-level ones); registered when zones are configured.
 
 mod tcp_pool;
 mod upstream;
+pub mod zones;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -78,6 +85,7 @@ use crate::request::Request;
 use crate::wire::{self, Rcode};
 use serde::Deserialize;
 use upstream::{Upstream, UpstreamFamilies};
+use zones::Pool;
 
 /// Upstream-side tuning.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -174,6 +182,8 @@ struct Settings {
 /// A query waiting for its upstream answer.
 struct Pending {
     request: Request,
+    /// The zone pool it was routed to (retries stay in it).
+    pool: usize,
     upstream: usize,
     sent_at: Instant,
     deadline: Instant,
@@ -194,7 +204,12 @@ struct PoolSocket {
 
 pub struct Forwarder {
     settings: Settings,
+    /// Every distinct upstream address, of the default pool and of every zone.
     upstreams: Vec<Upstream>,
+    /// Pool 0: the top-level upstreams; then one per `forward_zones` entry.
+    pools: Vec<Pool>,
+    /// `dnslens_forward_zone_queries_total`, one per pool (empty without zones).
+    zone_queries: Vec<Counter>,
     /// Current sockets, used round-robin; replaced whole when a socket is rotated.
     slots: Vec<ArcSwap<PoolSocket>>,
     /// Replaced sockets still waiting for answers.
@@ -212,11 +227,26 @@ pub struct Forwarder {
 pub struct ForwardParts {
     /// `upstreams`.
     pub upstreams: Vec<SocketAddr>,
+    /// `forward_zones`.
+    pub zones: Vec<ZoneParts>,
     /// `upstream_timeout`: one try's wait.
     pub timeout: Duration,
     /// `attempts`: tries per query.
     pub attempts: u32,
     pub tasks: TaskTracker,
+}
+
+/// One zone's upstreams, as [`ForwardParts`] carries them.
+#[derive(Debug, Clone)]
+pub struct ZoneParts {
+    pub zone: String,
+    pub upstreams: Vec<SocketAddr>,
+    pub force_tcp: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ZoneLabels {
+    zone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -320,7 +350,50 @@ impl Forwarder {
             inflight.clone(),
         );
 
-        let addrs: Vec<SocketAddr> = parts.upstreams.iter().map(|a| canonical(*a)).collect();
+        // One upstream per distinct address; pools refer to them by index.
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut members_of = |list: &[SocketAddr]| -> Vec<usize> {
+            list.iter()
+                .map(|a| {
+                    let a = canonical(*a);
+                    addrs
+                        .iter()
+                        .position(|known| *known == a)
+                        .unwrap_or_else(|| {
+                            addrs.push(a);
+                            addrs.len() - 1
+                        })
+                })
+                .collect()
+        };
+        let mut pools = vec![Pool::new(".", members_of(&parts.upstreams), false)];
+        for zone in &parts.zones {
+            pools.push(Pool::new(
+                &zone.zone,
+                members_of(&zone.upstreams),
+                zone.force_tcp,
+            ));
+        }
+        let zone_queries = if pools.len() > 1 {
+            let family = Family::<ZoneLabels, Counter>::default();
+            registry.register(
+                "forward_zone_queries",
+                "Queries routed to each zone's upstreams (. is the top-level upstreams)",
+                family.clone(),
+            );
+            pools
+                .iter()
+                .map(|p| {
+                    family
+                        .get_or_create(&ZoneLabels {
+                            zone: p.name.to_string(),
+                        })
+                        .clone()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let upstreams = addrs
             .iter()
             .map(|a| Upstream::new(*a, config, &families))
@@ -337,6 +410,8 @@ impl Forwarder {
                 socket_lifetime: config.socket_lifetime,
             },
             upstreams,
+            pools,
+            zone_queries,
             slots,
             retiring: Mutex::new(Vec::new()),
             next_slot: AtomicUsize::new(0),
@@ -371,19 +446,41 @@ impl Forwarder {
         self.inflight.get()
     }
 
-    /// Forwards a query over the UDP pool. Never blocks: the answer is handed on by the
-    /// receive task.
-    pub fn submit_udp(&self, request: Request) {
-        self.try_udp(request, 0, 0);
+    /// The pool of the zone holding the query's name, counted and marked on its trace.
+    fn route(&self, request: &mut Request) -> usize {
+        if self.pools.len() == 1 {
+            return 0;
+        }
+        let question = request
+            .query
+            .get(wire::HEADER_LEN..request.info.question_end)
+            .unwrap_or(&[]);
+        let pool = zones::route(&self.pools, question);
+        self.zone_queries[pool].inc();
+        if let Some(trace) = &mut request.trace {
+            trace.zone = Some(self.pools[pool].name.clone());
+        }
+        pool
     }
 
-    fn try_udp(&self, mut request: Request, tries: u32, tried: u64) {
+    /// Forwards a query over the UDP pool (or over TCP, for a `force_tcp` zone). Never
+    /// blocks: the answer is handed on by the receive task.
+    pub fn submit_udp(self: &Arc<Self>, mut request: Request) {
+        let pool = self.route(&mut request);
+        if self.pools[pool].force_tcp {
+            self.fetch_over_tcp(request, pool, None);
+        } else {
+            self.try_udp(request, pool, 0, 0);
+        }
+    }
+
+    fn try_udp(&self, mut request: Request, pool: usize, tries: u32, tried: u64) {
         if self.inflight.get() >= self.settings.max_inflight as i64 {
             self.failures.inc("overload");
             request.respond_error(Rcode::ServFail);
             return;
         }
-        let Some(index) = self.pick_upstream(tried) else {
+        let Some(index) = self.pick_upstream(pool, tried) else {
             // No upstream configured at all (config validation prevents it).
             self.failures.inc("exhausted");
             request.respond_error(Rcode::ServFail);
@@ -413,6 +510,7 @@ impl Forwarder {
             let now = Instant::now();
             let entry = Pending {
                 request,
+                pool,
                 upstream: index,
                 sent_at: now,
                 deadline: now + self.settings.timeout,
@@ -441,13 +539,13 @@ impl Forwarder {
                 now,
                 now,
             );
-            self.retry_or_fail(entry.request, entry.tries, entry.tried);
+            self.retry_or_fail(entry.request, entry.pool, entry.tries, entry.tried);
         }
     }
 
-    fn retry_or_fail(&self, request: Request, tries: u32, tried: u64) {
+    fn retry_or_fail(&self, request: Request, pool: usize, tries: u32, tried: u64) {
         if tries < self.settings.attempts {
-            self.try_udp(request, tries, tried);
+            self.try_udp(request, pool, tries, tried);
         } else {
             self.failures.inc("exhausted");
             request.respond_error(Rcode::ServFail);
@@ -458,11 +556,12 @@ impl Forwarder {
     /// this query. With every upstream put aside, still one of them — the one due back
     /// first, untried ones first — as CoreDNS's `forward` does: DNS comes back with the
     /// first query after the upstream does, instead of after its back-off.
-    fn pick_upstream(&self, tried: u64) -> Option<usize> {
-        let n = self.upstreams.len();
+    fn pick_upstream(&self, pool: usize, tried: u64) -> Option<usize> {
+        let members = &self.pools[pool].members;
+        let n = members.len();
         let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let candidates = (0..n).map(|i| (start + i) % n);
+        let candidates = (0..n).map(|i| members[(start + i) % n]);
         let mut fallback = None;
         for i in candidates.clone() {
             if !self.upstreams[i].available(now) {
@@ -550,20 +649,21 @@ impl Forwarder {
             now,
         );
         if info.truncated {
-            self.fetch_over_tcp(entry.request, Some(entry.upstream));
+            self.fetch_over_tcp(entry.request, entry.pool, Some(entry.upstream));
             return;
         }
         entry.request.respond(answer);
     }
 
     /// Forwards a query over TCP (TCP clients, `forward.force_tcp`).
-    pub fn submit_over_tcp(self: &Arc<Self>, request: Request) {
-        self.fetch_over_tcp(request, None);
+    pub fn submit_over_tcp(self: &Arc<Self>, mut request: Request) {
+        let pool = self.route(&mut request);
+        self.fetch_over_tcp(request, pool, None);
     }
 
-    /// Fetches an answer over TCP, from upstream `first` first (the one that truncated),
-    /// in a tracked task; counted in `max_inflight` like a UDP try.
-    fn fetch_over_tcp(self: &Arc<Self>, mut request: Request, first: Option<usize>) {
+    /// Fetches an answer over TCP from the upstreams of `pool`, upstream `first` first (the
+    /// one that truncated), in a tracked task; counted in `max_inflight` like a UDP try.
+    fn fetch_over_tcp(self: &Arc<Self>, mut request: Request, pool: usize, first: Option<usize>) {
         if self.inflight.get() >= self.settings.max_inflight as i64 {
             self.failures.inc("overload");
             request.respond_error(Rcode::ServFail);
@@ -575,7 +675,7 @@ impl Forwarder {
             let question_end = request.info.question_end;
             let mut trace = request.trace.take();
             let fetched = forwarder
-                .exchange_tcp(&mut request.query, question_end, first, &mut trace)
+                .exchange_tcp(&mut request.query, question_end, pool, first, &mut trace)
                 .await;
             forwarder.inflight.dec();
             request.trace = trace;
@@ -594,6 +694,7 @@ impl Forwarder {
         &self,
         query: &mut [u8],
         question_end: usize,
+        pool: usize,
         first: Option<usize>,
         trace: &mut Option<Box<QueryTrace>>,
     ) -> Option<Vec<u8>> {
@@ -601,7 +702,7 @@ impl Forwarder {
         for attempt in 0..self.settings.attempts {
             let index = match (attempt, first) {
                 (0, Some(first)) => first,
-                _ => self.pick_upstream(tried)?,
+                _ => self.pick_upstream(pool, tried)?,
             };
             tried |= bit(index);
             let upstream = &self.upstreams[index];
@@ -665,7 +766,7 @@ impl Forwarder {
                         p.sent_at,
                         now,
                     );
-                    self.retry_or_fail(p.request, p.tries, p.tried);
+                    self.retry_or_fail(p.request, p.pool, p.tries, p.tried);
                 }
             }
             self.rotate_sockets(now, &stop);

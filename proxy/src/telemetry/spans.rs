@@ -192,6 +192,9 @@ pub fn lookup_spans(
         if let Some(name) = &q.autopath {
             attributes.push(KeyValue::new("dnslens.autopath.name", name.clone()));
         }
+        if let Some(zone) = &q.zone {
+            attributes.push(KeyValue::new("dnslens.forward.zone", zone.to_string()));
+        }
         spans.push(trace.span(
             (query_id, root_id),
             "dns.query",

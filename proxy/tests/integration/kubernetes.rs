@@ -240,6 +240,8 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
     let docs = render(&[
         "--set",
         "mode=node-local,nodeLocal.clientCIDRs={10.244.0.0/16},nodeLocal.service.clusterIP=10.96.0.11,clusterDNS=10.96.0.10",
+        "--set",
+        "nodeLocal.forwardZones[0].zone=corp.example,nodeLocal.forwardZones[0].upstreams[0]=10.1.0.53,nodeLocal.forwardZones[0].forceTCP=true",
     ]);
     let ds = find(&docs, "DaemonSet", "dns");
     let strategy = &ds["spec"]["updateStrategy"]["rollingUpdate"];
@@ -261,9 +263,13 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
             "serve",
             "--config",
             "/etc/dnslens/dnslens.yaml",
-            "--upstream",
+            "--cluster-dns",
             "10.96.0.10"
         ])
+    );
+    assert_eq!(
+        pod["dnsPolicy"], "Default",
+        "other names: the node's resolvers"
     );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -283,8 +289,21 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
     let config = find(&docs, "ConfigMap", "dns");
     let text = config["data"]["dnslens.yaml"].as_str().unwrap();
     let mut parsed = dnslens::config::Config::from_yaml(text).expect("dnslens.yaml parses");
-    assert!(parsed.upstreams.is_empty(), "the upstream comes as a flag");
-    parsed.upstreams = vec!["10.96.0.10".parse().unwrap()];
+    assert!(
+        parsed.upstreams.is_empty(),
+        "the node's resolvers, read at start"
+    );
+    let zone = &parsed.forward_zones[0];
+    assert_eq!(
+        (
+            zone.zone.as_str(),
+            zone.upstreams[0].to_string(),
+            zone.force_tcp
+        ),
+        ("corp.example", "10.1.0.53:53".to_string(), true)
+    );
+    parsed.upstreams = vec!["10.0.0.2".parse().unwrap()];
+    parsed.cluster_dns = Some("10.96.0.10".parse().unwrap());
     parsed
         .validate()
         .expect("dnslens.yaml with the flag is valid");
@@ -396,6 +415,7 @@ fn only_mode_set_renders_valid_manifests_in_both_modes_with_placement_values() {
                 "{config}"
             );
             let args = &spec["containers"][0]["args"];
+            assert_eq!(args[3], "--cluster-dns", "{args}");
             assert_eq!(args[4], "$(KUBE_DNS_SERVICE_HOST)", "{args}");
         }
     }

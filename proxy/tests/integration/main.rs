@@ -25,3 +25,4 @@ mod prometheus;
 mod resolvers;
 mod tracing;
 mod upstream_faults;
+mod zones;
