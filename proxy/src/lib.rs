@@ -181,9 +181,8 @@ impl Proxy {
         };
         let listeners = listen::bind(&config.listen, &config.listener, &listen_metrics.replies)
             .map_err(listen_error)?;
-        let admin_listener = tokio::net::TcpListener::bind(config.metrics_listen)
-            .await
-            .map_err(|error| StartError::Metrics {
+        let admin_listener =
+            listen::tcp_listener(config.metrics_listen).map_err(|error| StartError::Metrics {
                 addr: config.metrics_listen,
                 error,
             })?;

@@ -15,6 +15,12 @@
 //! `listener.tcp_idle_timeout` without a query. A length prefix below a DNS header closes
 //! the connection.
 //!
+//! Handover: every listening socket (UDP, TCP, and the admin listener, see `lib`) is bound
+//! with SO_REUSEPORT, so a second dnslens — the new pod of a rolling update on the host's
+//! network — binds the same address beside this one. On stop a UDP worker answers what its
+//! socket still holds before closing it, and the TCP listener leaves the group at once
+//! (open connections finish what they read), so new traffic goes to the other process.
+//!
 //! Metrics:
 //! - `dnslens_requests_total{transport,qtype,rcode}`: queries answered, by the RCODE sent.
 //! - `dnslens_requests_dropped_total{reason}`: queries not forwarded: `too_short`,
@@ -265,9 +271,12 @@ fn reuseport_udp(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
-fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A TCP listener that another dnslens may share (SO_REUSEPORT: the new pod of a rolling
+/// update binds beside the old one).
+pub fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -330,7 +339,7 @@ async fn udp_worker(
     loop {
         let (len, peer) = tokio::select! {
             biased;
-            _ = &mut stopped => return,
+            _ = &mut stopped => break,
             received = endpoint.socket.recv_from(&mut buf) => match received {
                 Ok(r) => r,
                 Err(e) => {
@@ -340,21 +349,47 @@ async fn udp_worker(
                 }
             },
         };
-        let received = Instant::now();
-        let packet = &buf[..len];
-        let reply = ReplyTo::Udp(endpoint.clone());
-        match wire::parse_query(packet) {
-            Ok(info) if acl.allows(peer.ip()) => pipeline.handle(
-                packet,
-                info,
-                Arrival {
-                    peer,
-                    received,
-                    reply,
-                },
-            ),
-            parsed => refuse_or_reject(packet, parsed, peer, reply, &metrics),
+        serve_datagram(&endpoint, &buf[..len], peer, &pipeline, &metrics, &acl);
+    }
+    // What the kernel queued on this socket before it closes would be lost: with another
+    // dnslens on the same address (SO_REUSEPORT, a rolling update) new datagrams go to it
+    // once this socket is gone, so answering the queue loses nothing.
+    for _ in 0..UDP_DRAIN_MAX {
+        match endpoint.socket.try_recv_from(&mut buf) {
+            Ok((len, peer)) => {
+                serve_datagram(&endpoint, &buf[..len], peer, &pipeline, &metrics, &acl)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => continue,
         }
+    }
+}
+
+/// Datagrams answered from a socket's queue after the stop, at most.
+const UDP_DRAIN_MAX: usize = 65_536;
+
+/// One received datagram: to the pipeline, or refused / rejected.
+fn serve_datagram(
+    endpoint: &Arc<UdpReply>,
+    packet: &[u8],
+    peer: SocketAddr,
+    pipeline: &Arc<Pipeline>,
+    metrics: &ListenMetrics,
+    acl: &Acl,
+) {
+    let received = Instant::now();
+    let reply = ReplyTo::Udp(endpoint.clone());
+    match wire::parse_query(packet) {
+        Ok(info) if acl.allows(peer.ip()) => pipeline.handle(
+            packet,
+            info,
+            Arrival {
+                peer,
+                received,
+                reply,
+            },
+        ),
+        parsed => refuse_or_reject(packet, parsed, peer, reply, metrics),
     }
 }
 
@@ -444,7 +479,9 @@ async fn tcp_accept(
             }
         });
     }
-    // Let open connections answer what they already read.
+    // Out of the SO_REUSEPORT group at once, so new connections go to another dnslens on
+    // the address (a rolling update) while the open ones answer what they already read.
+    drop(listener);
     while conns.join_next().await.is_some() {}
 }
 

@@ -161,3 +161,142 @@ fn debug_endpoints_answer_loopback_only_unless_allowed() {
         ]
     );
 }
+
+/// Starts `dnslens serve` on `dns` (shared) with its own admin address; waits until ready.
+async fn start_serving(
+    config: &std::path::Path,
+    dns: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) -> Child {
+    let child = Child(
+        Command::new(env!("CARGO_BIN_EXE_dnslens"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &dns.to_string()])
+            .args(["--upstream", &upstream.to_string()])
+            .args(["--metrics-listen", &admin.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(admin).is_err() || http_get(admin, "/readyz").await.0 != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "dnslens on {admin} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+/// A rolling update on one node: a second dnslens binds the same address beside the first
+/// (SO_REUSEPORT, UDP and TCP), the first gets SIGTERM, answers through its lameduck period,
+/// answers what its sockets still hold, and exits — while a steady client (fresh source port
+/// per query, so both processes get queries; every tenth over TCP; no retries) loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_takes_over_the_address_without_a_failed_query() {
+    let upstream = EmbeddedUpstream::start("127.0.0.1:0".parse().unwrap(), &ZONES)
+        .await
+        .unwrap();
+    let dir = TempDir::new("handover");
+    let config = dir.0.join("dnslens.yaml");
+    std::fs::write(
+        &config,
+        "lameduck: 1s\nshutdown_grace: 2s\nlistener: {udp_workers: 2}\n",
+    )
+    .unwrap();
+    let dns: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (old_admin, new_admin) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
+    let mut old = start_serving(&config, dns, upstream.addr, old_admin).await;
+
+    let stop_client = Instant::now() + Duration::from_secs(5);
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut n = 0u32;
+                while Instant::now() < stop_client {
+                    n += 1;
+                    let over_tcp = n % 10 == c;
+                    let answered = if over_tcp {
+                        tokio::time::timeout(
+                            Duration::from_secs(1),
+                            tcp_ask_once(dns, "web.default.svc.cluster.local."),
+                        )
+                        .await
+                        .ok()
+                        .flatten()
+                    } else {
+                        let id = rand::random();
+                        let query =
+                            query_bytes("web.default.svc.cluster.local.", RecordType::A, id, None);
+                        udp_exchange(dns, &query, Duration::from_secs(1)).await
+                    };
+                    match answered {
+                        Some(a) if a.len() > 12 && a[3] & 0x0f == 0 => ok += 1,
+                        _ => failed.push((n, over_tcp)),
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut new = start_serving(&config, dns, upstream.addr, new_admin).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, old_metrics) = http_get(old_admin, "/metrics").await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &old.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let status = loop {
+        if let Some(status) = old.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+
+    let (mut ok, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (o, f) = client.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "failed queries (n, over tcp): {failed:?}"
+    );
+    assert!(ok > 300, "only {ok} queries in 5 s");
+    // Both served: the old one before the handover, the new one after.
+    let (_, new_metrics) = http_get(new_admin, "/metrics").await;
+    for (who, metrics) in [("old", &old_metrics), ("new", &new_metrics)] {
+        let answered = series_sum(metrics, "dnslens_requests_total");
+        assert!(answered > 20.0, "{who} answered {answered}");
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &new.0.id().to_string()])
+        .status();
+    let _ = new.0.wait();
+    upstream.stop().await;
+}
+
+/// One query over a fresh TCP connection; the answer, if any.
+async fn tcp_ask_once(server: std::net::SocketAddr, name: &str) -> Option<Vec<u8>> {
+    let mut stream = tokio::net::TcpStream::connect(server).await.ok()?;
+    let query = query_bytes(name, RecordType::A, rand::random(), None);
+    tcp_send(&mut stream, &query).await;
+    tcp_recv(&mut stream).await
+}
