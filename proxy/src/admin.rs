@@ -59,7 +59,8 @@ impl AdminConfig {
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
-    pub forwarder: Arc<Forwarder>,
+    /// The forwarder serving now (a reload replaces it).
+    pub forwarder: Arc<arc_swap::ArcSwap<Forwarder>>,
     pub journal: Journal,
     /// Who may read `/debug/*`.
     pub debug: Acl,
@@ -137,7 +138,7 @@ async fn readyz(
         (StatusCode::OK, "ready\n".to_string())
     };
     if params.verbose.is_some() {
-        for (upstream, in_service) in state.forwarder.upstream_states() {
+        for (upstream, in_service) in state.forwarder.load().upstream_states() {
             let health = if in_service {
                 "in service"
             } else {

@@ -43,14 +43,15 @@
 //!   besides the system's) (see `telemetry`)
 //! - `journal:` `entries` [10000] (see `anomaly::journal`)
 //!
-//! Every error is one line naming the key or value at fault; the binary exits 2 on it.
+//! Every error is one line naming the key or value at fault; the binary exits 2 on it. A
+//! reload (SIGHUP, a changed file) loads the same way; see `Proxy::reload` for which keys it
+//! applies.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 pub use crate::admin::AdminConfig;
 pub use crate::anomaly::journal::JournalConfig;
@@ -65,7 +66,7 @@ pub use crate::search::{Mode, SearchSettings};
 pub use crate::telemetry::{OtlpProtocol, TracingConfig};
 
 /// Default DNS port for upstreams given without one.
-pub const DNS_PORT: u16 = 53;
+pub use crate::forward::{UpstreamAddr, DNS_PORT};
 
 /// A configuration error: one line, names the key or value at fault.
 #[derive(Debug, thiserror::Error)]
@@ -102,45 +103,6 @@ fn default_listen(mode: Mode) -> SocketAddr {
     match mode {
         Mode::Sidecar => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DNS_PORT),
         Mode::NodeLocal => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 20, 10)), DNS_PORT),
-    }
-}
-
-/// An upstream address: `ADDR[:PORT]`, IPv6 as `[ADDR]:PORT` or bare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamAddr(pub SocketAddr);
-
-impl FromStr for UpstreamAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(UpstreamAddr(addr));
-        }
-        if s.starts_with("$(") && s.ends_with(')') {
-            // Kubernetes leaves `$(VAR)` as it is when the variable does not exist: a service
-            // variable exists only in the Service's own namespace.
-            return Err(format!(
-                "'{s}' is a Kubernetes variable that was not set: its Service is not in this \
-                 pod's namespace; give the address itself (the chart value clusterDNS)"
-            ));
-        }
-        let bare = s.trim_start_matches('[').trim_end_matches(']');
-        bare.parse::<IpAddr>()
-            .map(|ip| UpstreamAddr(SocketAddr::new(ip, DNS_PORT)))
-            .map_err(|_| format!("'{s}' is not an IP address with an optional port"))
-    }
-}
-
-impl<'de> Deserialize<'de> for UpstreamAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::fmt::Display for UpstreamAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
     }
 }
 

@@ -46,11 +46,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use arc_swap::ArcSwap;
 use config::Config;
-use forward::{ForwardParts, Forwarder};
+use forward::{ForwardMetrics, ForwardParts, Forwarder};
 use listen::ListenMetrics;
 use lookup::{LookupMetrics, LookupObserver, Tracker};
-use pipeline::{Pipeline, PipelineParts};
+use pipeline::{Pipeline, PipelineMetrics, PipelineParts};
 use search::SearchModel;
 use telemetry::TelemetryMetrics;
 
@@ -81,18 +82,103 @@ pub struct Proxy {
     pub metrics_addr: SocketAddr,
     /// The anomaly journal.
     pub journal: anomaly::journal::Journal,
-    forwarder: Arc<Forwarder>,
-    grace: std::time::Duration,
-    /// How long DNS is still served after SIGTERM, with `/readyz` at 503.
-    lameduck: std::time::Duration,
+    /// What the running configuration built; a reload replaces it.
+    current: Generation,
+    /// Generations a reload replaced, finishing what they took in.
+    retiring: JoinSet<()>,
+    shared: Shared,
+    /// The forwarder `/readyz?verbose` reports on.
+    forwarder_now: Arc<ArcSwap<Forwarder>>,
     /// Cancelled when the lameduck period begins.
     draining: CancellationToken,
-    stop_listening: CancellationToken,
-    stop_all: CancellationToken,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+/// What a reload rebuilds: the forwarder, the pipeline around it, the listeners in front.
+struct Generation {
+    config: Config,
+    forwarder: Arc<Forwarder>,
+    pipeline: Arc<Pipeline>,
+    dns_addrs: Vec<SocketAddr>,
     listeners: JoinSet<()>,
+    stop_listening: CancellationToken,
+    /// Ends the forwarder's receive tasks and sweeper once nothing waits on it.
+    stop_forwarding: CancellationToken,
+}
+
+/// What lives as long as the process and every generation uses: the metric families, the
+/// lookup tracker's sink, the trace exporter, the task tracker.
+struct Shared {
+    forward_metrics: ForwardMetrics,
+    pipeline_metrics: PipelineMetrics,
+    listen_metrics: Arc<ListenMetrics>,
+    trace_sink: record::TraceSink,
+    trace_export: telemetry::TraceExport,
+    resource: opentelemetry_sdk::Resource,
+    reloads: ReloadMetrics,
     /// Tasks the data path spawned (TCP fetches, autopath, the shield's twin check).
     tasks: TaskTracker,
-    admin: tokio::task::JoinHandle<()>,
+    stop_all: CancellationToken,
+}
+
+/// `dnslens_config_reloads_total{result}` and the time of the last good load.
+#[derive(Clone)]
+struct ReloadMetrics {
+    ok: prometheus_client::metrics::counter::Counter,
+    error: prometheus_client::metrics::counter::Counter,
+    last_success: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+impl ReloadMetrics {
+    fn register(registry: &mut Registry) -> ReloadMetrics {
+        let family = prometheus_client::metrics::family::Family::<
+            ResultLabels,
+            prometheus_client::metrics::counter::Counter,
+        >::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP or a changed file), by result",
+            family.clone(),
+        );
+        let last_success = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the running configuration was loaded (start or reload), unix seconds",
+            last_success.clone(),
+        );
+        let ok = family.get_or_create(&ResultLabels { result: "ok" }).clone();
+        let error = family
+            .get_or_create(&ResultLabels { result: "error" })
+            .clone();
+        let metrics = ReloadMetrics {
+            ok,
+            error,
+            last_success,
+        };
+        metrics.loaded();
+        metrics
+    }
+
+    fn loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_success.set(now);
+    }
+}
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Start(#[from] StartError),
 }
 
 impl Proxy {
@@ -117,12 +203,11 @@ impl Proxy {
         let env = |key: &str| std::env::var(key).ok();
         let lookup_metrics = LookupMetrics::register(registry);
         let telemetry_metrics = TelemetryMetrics::register(registry);
+        let trace_export = telemetry::TraceExport::new(&telemetry_metrics, stop_all.clone());
+        let resource = telemetry::resource(env);
         let export = telemetry::ExportSettings::resolve(&config.tracing, env);
-        if let Some(settings) = &export {
-            let resource = telemetry::resource(env);
-            let otlp = telemetry::start(settings, &resource, &telemetry_metrics, stop_all.clone())?;
-            observers.push(Box::new(otlp));
-        }
+        trace_export.apply(export.as_ref(), &resource)?;
+        observers.push(trace_export.observer());
         // The anomaly detectors always observe lookups, so correlation always runs.
         let journal = anomaly::journal::Journal::new(config.journal.entries);
         observers.push(Box::new(anomaly::Detectors::register(
@@ -131,13 +216,192 @@ impl Proxy {
         )));
         let model = SearchModel::build(&config.search_settings(), &config.resolv_conf);
         let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers);
-        let trace_sink = Some(
-            tracker
-                .spawn(config.lookup.queue, &lookup_metrics, stop_all.clone())
-                .keeping_addresses(export.is_some()),
+        let trace_sink = tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone());
+        let shared = Shared {
+            forward_metrics: ForwardMetrics::register(registry),
+            pipeline_metrics: PipelineMetrics::register(registry),
+            listen_metrics: Arc::new(ListenMetrics::register(registry, Some(trace_sink.clone()))),
+            trace_sink,
+            trace_export,
+            resource,
+            reloads: ReloadMetrics::register(registry),
+            tasks: TaskTracker::new(),
+            stop_all,
+        };
+        let current = Generation::build(config, &shared, None, export.is_some())?;
+        let admin_listener =
+            listen::tcp_listener(config.metrics_listen).map_err(|error| StartError::Metrics {
+                addr: config.metrics_listen,
+                error,
+            })?;
+        let metrics_addr = admin_listener
+            .local_addr()
+            .map_err(|error| StartError::Metrics {
+                addr: config.metrics_listen,
+                error,
+            })?;
+        let forwarder_now = Arc::new(ArcSwap::new(current.forwarder.clone()));
+        let draining = CancellationToken::new();
+        let admin = tokio::spawn({
+            let state = admin::AdminState {
+                registry: Arc::new(root),
+                forwarder: forwarder_now.clone(),
+                journal: journal.clone(),
+                debug: config.admin.debug_acl(),
+                draining: draining.clone(),
+            };
+            let stop = shared.stop_all.clone();
+            async move {
+                if let Err(e) = admin::serve(admin_listener, state, stop).await {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            }
+        });
+        info!(
+            mode = config.mode.as_str(),
+            listen = ?current.dns_addrs,
+            upstreams = ?upstream_list(config),
+            forward_zones = ?zone_list(config),
+            metrics = %metrics_addr,
+            upstream_timeout = ?config.upstream_timeout,
+            attempts = config.attempts,
+            tracing = %export.as_ref().map_or("off".to_string(), |e| {
+                format!("{} ({:?}, sample ratio {})", e.endpoint, e.protocol, e.sample_ratio)
+            }),
+            "dnslens serving"
         );
-        let listen_metrics = Arc::new(ListenMetrics::register(registry, trace_sink.clone()));
-        let tasks = TaskTracker::new();
+        Ok(Proxy {
+            journal,
+            dns_addrs: current.dns_addrs.clone(),
+            metrics_addr,
+            current,
+            retiring: JoinSet::new(),
+            shared,
+            forwarder_now,
+            draining,
+            admin,
+        })
+    }
+
+    /// Applies `config` without dropping a query: a new forwarder, pipeline (the cache kept
+    /// when `cache:` is unchanged) and listeners bound beside the old ones (SO_REUSEPORT;
+    /// the same addresses stay the same ports), then the old listeners stop, answering what
+    /// they hold, and the old forwarder finishes the queries it has. Tracing is restarted
+    /// when its settings changed. Refused, with everything as it was, when `config` is
+    /// invalid or cannot be started. Returns the keys that changed but take effect only at
+    /// the next start (the lookup tracker's and the admin server's).
+    pub async fn reload(&mut self, config: Config) -> Result<Vec<&'static str>, ReloadError> {
+        config.validate()?;
+        let env = |key: &str| std::env::var(key).ok();
+        let export = telemetry::ExportSettings::resolve(&config.tracing, env);
+        let before = telemetry::ExportSettings::resolve(&self.current.config.tracing, env);
+        let resource = &self.shared.resource;
+        let tracing_changed = self
+            .shared
+            .trace_export
+            .apply(export.as_ref(), resource)
+            .map_err(StartError::from)?;
+        let next =
+            match Generation::build(&config, &self.shared, Some(&self.current), export.is_some()) {
+                Ok(next) => next,
+                Err(e) => {
+                    if tracing_changed {
+                        let _ = self.shared.trace_export.apply(before.as_ref(), resource);
+                    }
+                    return Err(e.into());
+                }
+            };
+        let restart_only = restart_only_changes(&self.current.config, &config);
+        let old = std::mem::replace(&mut self.current, next);
+        self.forwarder_now.store(self.current.forwarder.clone());
+        self.shared
+            .forward_metrics
+            .forget(&old.forwarder, &self.current.forwarder);
+        self.dns_addrs = self.current.dns_addrs.clone();
+        self.retiring.spawn(old.retire());
+        self.shared.reloads.loaded();
+        Ok(restart_only)
+    }
+
+    /// [`Proxy::reload`] with its outcome logged and counted
+    /// (`dnslens_config_reloads_total{result}`): one line naming the key at fault when
+    /// refused. `load` is what the running configuration was loaded with.
+    pub async fn reload_from(&mut self, load: impl Fn() -> Result<Config, config::ConfigError>) {
+        let result = match load() {
+            Ok(config) => self.reload(config).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(restart_only) => {
+                self.shared.reloads.ok.inc();
+                if restart_only.is_empty() {
+                    info!(listen = ?self.dns_addrs, "configuration reloaded");
+                } else {
+                    tracing::warn!(keys = ?restart_only,
+                        "configuration reloaded; these keys take effect at the next restart");
+                }
+            }
+            Err(e) => {
+                self.shared.reloads.error.inc();
+                tracing::error!(error = %e, "configuration refused; the running one stays");
+            }
+        }
+    }
+
+    /// The stop after SIGTERM: `/readyz` turns 503 at once while DNS is still served for
+    /// the lameduck period (endpoints and iptables rules catch up meanwhile), then
+    /// [`Proxy::shutdown`].
+    pub async fn stop_after_lameduck(self) {
+        self.draining.cancel();
+        let lameduck = self.current.config.lameduck();
+        if !lameduck.is_zero() {
+            info!(lameduck = ?lameduck, "not ready; still answering for the lameduck period");
+            tokio::time::sleep(lameduck).await;
+        }
+        self.shutdown().await;
+    }
+
+    /// Graceful stop: no new queries, in-flight ones answered and every task the data
+    /// path spawned finished (within the grace period), then every task ends.
+    pub async fn shutdown(mut self) {
+        self.draining.cancel();
+        self.current.stop_listening.cancel();
+        self.shared.tasks.close();
+        let inflight = self.shared.forward_metrics.clone();
+        let tasks = self.shared.tasks.clone();
+        let listeners = &mut self.current.listeners;
+        let drained = async {
+            while listeners.join_next().await.is_some() {}
+            while inflight.inflight() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            tasks.wait().await;
+        };
+        if tokio::time::timeout(self.current.config.shutdown_grace, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                inflight = self.shared.forward_metrics.inflight(),
+                "grace period over; dropping in-flight queries"
+            );
+        }
+        self.shared.stop_all.cancel();
+        self.current.listeners.abort_all();
+        self.retiring.abort_all();
+        let _ = self.admin.await;
+    }
+}
+
+impl Generation {
+    /// Builds and starts what `config` asks for. With `previous`, listen addresses it
+    /// already had keep their bound ports and an unchanged `cache:` keeps its cache.
+    fn build(
+        config: &Config,
+        shared: &Shared,
+        previous: Option<&Generation>,
+        tracing_on: bool,
+    ) -> Result<Generation, StartError> {
         let forwarder = Forwarder::build(
             &config.forward,
             ForwardParts {
@@ -153,11 +417,14 @@ impl Proxy {
                     .collect(),
                 timeout: config.upstream_timeout,
                 attempts: config.attempts,
-                tasks: tasks.clone(),
+                tasks: shared.tasks.clone(),
             },
-            registry,
+            &shared.forward_metrics,
         )
         .map_err(StartError::Upstream)?;
+        let kept_cache = previous
+            .filter(|p| p.config.cache == config.cache)
+            .and_then(|p| p.pipeline.cache());
         let pipeline = Pipeline::build(
             &config.cache,
             &config.mitigations,
@@ -165,140 +432,140 @@ impl Proxy {
             PipelineParts {
                 forwarder: forwarder.clone(),
                 search: SearchModel::build(&config.search_settings(), &config.resolv_conf),
-                trace_sink,
-                tasks: tasks.clone(),
+                trace_sink: Some(shared.trace_sink.clone().keeping_addresses(tracing_on)),
+                tasks: shared.tasks.clone(),
+                cache: kept_cache,
             },
-            registry,
+            &shared.pipeline_metrics,
         );
-        let listen_error = |error| StartError::Listen {
-            addr: config
-                .listen
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            error,
+        let addrs = match previous {
+            Some(p) if p.config.listen == config.listen => p.dns_addrs.clone(),
+            _ => config.listen.clone(),
         };
-        let listeners = listen::bind(&config.listen, &config.listener, &listen_metrics.replies)
-            .map_err(listen_error)?;
-        let admin_listener =
-            listen::tcp_listener(config.metrics_listen).map_err(|error| StartError::Metrics {
-                addr: config.metrics_listen,
-                error,
-            })?;
-        let metrics_addr = admin_listener
-            .local_addr()
-            .map_err(|error| StartError::Metrics {
-                addr: config.metrics_listen,
+        let listeners = listen::bind(&addrs, &config.listener, &shared.listen_metrics.replies)
+            .map_err(|error| StartError::Listen {
+                addr: addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 error,
             })?;
         let dns_addrs = listeners.local_addrs.clone();
-
+        let stop_forwarding = shared.stop_all.child_token();
+        forwarder.spawn(stop_forwarding.clone());
         let stop_listening = CancellationToken::new();
-        forwarder.spawn(stop_all.clone());
         let mut listener_tasks = JoinSet::new();
         listeners.spawn(
             &config.listener,
-            pipeline,
-            listen_metrics,
+            pipeline.clone(),
+            shared.listen_metrics.clone(),
             stop_listening.clone(),
             &mut listener_tasks,
         );
-        let draining = CancellationToken::new();
-        let admin = tokio::spawn({
-            let state = admin::AdminState {
-                registry: Arc::new(root),
-                forwarder: forwarder.clone(),
-                journal: journal.clone(),
-                debug: config.admin.debug_acl(),
-                draining: draining.clone(),
-            };
-            let stop = stop_all.clone();
-            async move {
-                if let Err(e) = admin::serve(admin_listener, state, stop).await {
-                    tracing::error!(error = %e, "metrics server failed");
-                }
-            }
-        });
-        info!(
-            mode = config.mode.as_str(),
-            listen = ?dns_addrs,
-            upstreams = ?config.upstreams.iter().map(|u| u.0).collect::<Vec<_>>(),
-            forward_zones = ?config
-                .forward_zones
-                .iter()
-                .map(|z| format!(
-                    "{} -> {}{}",
-                    z.zone,
-                    z.upstreams.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(","),
-                    if z.force_tcp { " (tcp)" } else { "" }
-                ))
-                .collect::<Vec<_>>(),
-            metrics = %metrics_addr,
-            upstream_timeout = ?config.upstream_timeout,
-            attempts = config.attempts,
-            tracing = %export.as_ref().map_or("off".to_string(), |e| {
-                format!("{} ({:?}, sample ratio {})", e.endpoint, e.protocol, e.sample_ratio)
-            }),
-            "dnslens serving"
-        );
-        Ok(Proxy {
-            journal,
-            dns_addrs,
-            metrics_addr,
+        Ok(Generation {
+            config: config.clone(),
             forwarder,
-            grace: config.shutdown_grace,
-            lameduck: config.lameduck(),
-            draining,
-            stop_listening,
-            stop_all,
+            pipeline,
+            dns_addrs,
             listeners: listener_tasks,
-            tasks,
-            admin,
+            stop_listening,
+            stop_forwarding,
         })
     }
 
-    /// The stop after SIGTERM: `/readyz` turns 503 at once while DNS is still served for
-    /// the lameduck period (endpoints and iptables rules catch up meanwhile), then
-    /// [`Proxy::shutdown`].
-    pub async fn stop_after_lameduck(self) {
-        self.draining.cancel();
-        if !self.lameduck.is_zero() {
-            info!(lameduck = ?self.lameduck, "not ready; still answering for the lameduck period");
-            tokio::time::sleep(self.lameduck).await;
-        }
-        self.shutdown().await;
-    }
-
-    /// Graceful stop: no new queries, in-flight ones answered and every task the data
-    /// path spawned finished (within the grace period), then every task ends.
-    pub async fn shutdown(mut self) {
-        self.draining.cancel();
+    /// Stops listening (the listeners answer what they hold), lets the forwarder finish
+    /// every query it took — each has `attempts` tries of `upstream_timeout` at most — then
+    /// ends its tasks.
+    async fn retire(mut self) {
         self.stop_listening.cancel();
-        self.tasks.close();
-        let drained = async {
-            while self.listeners.join_next().await.is_some() {}
-            while self.forwarder.inflight() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            self.tasks.wait().await;
-        };
-        if tokio::time::timeout(self.grace, drained).await.is_err() {
-            tracing::warn!(
-                inflight = self.forwarder.inflight(),
-                "grace period over; dropping in-flight queries"
-            );
-        }
-        self.stop_all.cancel();
-        self.listeners.abort_all();
-        let _ = self.admin.await;
+        while self.listeners.join_next().await.is_some() {}
+        let last_answer =
+            self.config.upstream_timeout * self.config.attempts + std::time::Duration::from_secs(1);
+        tokio::time::sleep(last_answer).await;
+        self.stop_forwarding.cancel();
     }
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn serve_until_signal(config: &Config) -> Result<(), StartError> {
-    let proxy = Proxy::start(config).await?;
-    wait_for_signal().await;
+/// Changed keys a reload does not apply: the lookup tracker, the journal and the admin
+/// server are built once.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut changed = |key: &'static str, differs: bool| {
+        if differs {
+            keys.push(key);
+        }
+    };
+    changed("mode", old.mode != new.mode);
+    changed("metrics_listen", old.metrics_listen != new.metrics_listen);
+    changed("admin", old.admin != new.admin);
+    changed(
+        "search",
+        old.search != new.search
+            || old.ndots != new.ndots
+            || old.cluster_domain != new.cluster_domain
+            || old.resolv_conf != new.resolv_conf,
+    );
+    changed("lookup", old.lookup != new.lookup);
+    changed("journal", old.journal != new.journal);
+    keys
+}
+
+fn upstream_list(config: &Config) -> Vec<SocketAddr> {
+    config.upstreams.iter().map(|u| u.0).collect()
+}
+
+fn zone_list(config: &Config) -> Vec<String> {
+    config
+        .forward_zones
+        .iter()
+        .map(|z| {
+            let upstreams: Vec<String> = z.upstreams.iter().map(|u| u.to_string()).collect();
+            let tcp = if z.force_tcp { " (tcp)" } else { "" };
+            format!("{} -> {}{tcp}", z.zone, upstreams.join(","))
+        })
+        .collect()
+}
+
+/// How often the config file is read again, looking for a change (a ConfigMap update
+/// swaps the file; reading it is cheaper than watching every way it can be replaced).
+pub const CONFIG_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs the proxy until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP, and a
+/// change of `watch` (the config file), reload the configuration with `load`.
+pub async fn serve_until_signal(
+    load: impl Fn() -> Result<Config, config::ConfigError>,
+    watch: Option<std::path::PathBuf>,
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let config = load()?;
+    let mut proxy = Proxy::start(&config).await?;
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut check = tokio::time::interval(CONFIG_CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let read = |path: &std::path::Path| std::fs::read(path).ok();
+    let mut seen = watch.as_deref().and_then(read);
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                info!("SIGHUP: reloading the configuration");
+                seen = watch.as_deref().and_then(read);
+                proxy.reload_from(&load).await;
+            }
+            _ = check.tick(), if watch.is_some() => {
+                let now = watch.as_deref().and_then(read);
+                // A file missing for a moment (a ConfigMap's symlink swap) is no change.
+                if now.is_some() && now != seen {
+                    info!("the configuration file changed: reloading");
+                    seen = now;
+                    proxy.reload_from(&load).await;
+                }
+            }
+        }
+    }
     info!("shutting down");
     proxy.stop_after_lameduck().await;
     Ok(())

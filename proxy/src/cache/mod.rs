@@ -253,7 +253,10 @@ pub enum Lookup {
     Miss,
 }
 
-struct CacheMetrics {
+/// The cache's series, registered once: a cache built after a reload counts on them.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    evictions: Counter,
     hits: Counter,
     misses: Counter,
     entries: Gauge,
@@ -262,18 +265,8 @@ struct CacheMetrics {
     prefetches: Counter,
 }
 
-pub struct Cache {
-    entries: quick_cache::sync::Cache<CacheKey, Arc<Entry>, Weight, FastHash, Evictions>,
-    min_ttl: Duration,
-    max_ttl: Duration,
-    max_negative_ttl: Duration,
-    serve_stale: bool,
-    prefetch: u32,
-    metrics: CacheMetrics,
-}
-
-impl Cache {
-    pub fn build(config: &CacheConfig, registry: &mut Registry) -> Cache {
+impl CacheMetrics {
+    pub fn register(registry: &mut Registry) -> CacheMetrics {
         let counter = |registry: &mut Registry, name: &str, help: &str| {
             let c = Counter::default();
             registry.register(name, help, c.clone());
@@ -307,27 +300,52 @@ impl Cache {
         );
         let entries = Gauge::default();
         registry.register("cache_entries", "Answers in the cache", entries.clone());
+        CacheMetrics {
+            evictions,
+            hits,
+            misses,
+            entries,
+            stale,
+            coalesced,
+            prefetches,
+        }
+    }
+}
+
+pub struct Cache {
+    entries: quick_cache::sync::Cache<CacheKey, Arc<Entry>, Weight, FastHash, Evictions>,
+    min_ttl: Duration,
+    max_ttl: Duration,
+    max_negative_ttl: Duration,
+    serve_stale: bool,
+    prefetch: u32,
+    metrics: CacheMetrics,
+}
+
+impl Cache {
+    /// A cache with its own series (tests; the proxy registers [`CacheMetrics`] once).
+    pub fn build(config: &CacheConfig, registry: &mut Registry) -> Cache {
+        Cache::new(config, &CacheMetrics::register(registry))
+    }
+
+    /// An empty cache of `config`'s size and rules, counting on `metrics`.
+    pub fn new(config: &CacheConfig, metrics: &CacheMetrics) -> Cache {
+        let metrics = metrics.clone();
+        metrics.entries.set(0);
         Cache {
             entries: quick_cache::sync::Cache::with(
                 config.max_entries,
                 config.max_entries as u64,
                 Weight,
                 FastHash::default(),
-                Evictions(evictions),
+                Evictions(metrics.evictions.clone()),
             ),
             min_ttl: config.min_ttl,
             max_ttl: config.max_ttl,
             max_negative_ttl: config.max_negative_ttl,
             serve_stale: config.serve_stale,
             prefetch: config.prefetch,
-            metrics: CacheMetrics {
-                hits,
-                misses,
-                entries,
-                stale,
-                coalesced,
-                prefetches,
-            },
+            metrics,
         }
     }
 

@@ -294,12 +294,13 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve(args) => {
-            let config = match args.load() {
-                Ok(c) => c,
-                Err(e) => return config_error(&e),
-            };
+            // Checked before the runtime starts: a bad config exits 2 with its one line.
+            if let Err(e) = args.load() {
+                return config_error(&e);
+            }
+            let watch = args.config.clone();
             run_async(async move {
-                crate::serve_until_signal(&config)
+                crate::serve_until_signal(|| args.load(), watch)
                     .await
                     .map_err(anyhow::Error::from)
             })

@@ -53,14 +53,15 @@
 //!   `exhausted` (every try failed), `overload` (inflight cap or a full pending map).
 //! - `dnslens_inflight_queries`: queries waiting on an upstream.
 //! - `dnslens_forward_zone_queries_total{zone}`: queries routed to each zone's upstreams
-//!   (`.`: the top-level ones); registered when zones are configured.
+//!   (`.`: the top-level ones); series exist while zones are configured.
 
 mod tcp_pool;
 mod upstream;
 pub mod zones;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,9 +84,51 @@ use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
 use crate::record::{Outcome, QueryTrace, UpstreamTry};
 use crate::request::Request;
 use crate::wire::{self, Rcode};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use upstream::{Upstream, UpstreamFamilies};
 use zones::Pool;
+
+/// The DNS port: upstreams and listeners without one use it.
+pub const DNS_PORT: u16 = 53;
+
+/// An upstream address: `ADDR[:PORT]`, IPv6 as `[ADDR]:PORT` or bare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamAddr(pub SocketAddr);
+
+impl FromStr for UpstreamAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(UpstreamAddr(addr));
+        }
+        if s.starts_with("$(") && s.ends_with(')') {
+            // Kubernetes leaves `$(VAR)` as it is when the variable does not exist: a service
+            // variable exists only in the Service's own namespace.
+            return Err(format!(
+                "'{s}' is a Kubernetes variable that was not set: its Service is not in this \
+                 pod's namespace; give the address itself (the chart value clusterDNS)"
+            ));
+        }
+        let bare = s.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>()
+            .map(|ip| UpstreamAddr(SocketAddr::new(ip, DNS_PORT)))
+            .map_err(|_| format!("'{s}' is not an IP address with an optional port"))
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Upstream-side tuning.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -301,14 +344,20 @@ impl ResponseDrops {
     }
 }
 
-impl Forwarder {
-    /// Builds the forwarder, binds its UDP sockets and registers its metrics. Call
-    /// [`Forwarder::spawn`] from inside the runtime to start its tasks.
-    pub fn build(
-        config: &ForwardConfig,
-        parts: ForwardParts,
-        registry: &mut Registry,
-    ) -> std::io::Result<Arc<Forwarder>> {
+/// The forwarder's metric families, registered once: every forwarder built from them (a
+/// reload builds a new one) shares them, and series of upstreams and zones no longer
+/// configured are removed ([`ForwardMetrics::forget`]).
+#[derive(Clone)]
+pub struct ForwardMetrics {
+    families: UpstreamFamilies,
+    responses_dropped: Family<DropLabels, Counter>,
+    failures: Family<ReasonLabels, Counter>,
+    inflight: Gauge,
+    zone_queries: Family<ZoneLabels, Counter>,
+}
+
+impl ForwardMetrics {
+    pub fn register(registry: &mut Registry) -> ForwardMetrics {
         let families = UpstreamFamilies {
             tries: Family::default(),
             duration: Family::new_with_constructor(|| {
@@ -349,7 +398,82 @@ impl Forwarder {
             "Queries waiting on an upstream",
             inflight.clone(),
         );
+        let zone_queries = Family::<ZoneLabels, Counter>::default();
+        registry.register(
+            "forward_zone_queries",
+            "Queries routed to each zone's upstreams (. is the top-level upstreams)",
+            zone_queries.clone(),
+        );
+        ForwardMetrics {
+            families,
+            responses_dropped,
+            failures,
+            inflight,
+            zone_queries,
+        }
+    }
 
+    /// Queries waiting on an upstream, over every forwarder built from these metrics.
+    pub fn inflight(&self) -> i64 {
+        self.inflight.get()
+    }
+
+    /// Removes the series of the upstreams and zones `old` had and `new` does not: a
+    /// removed upstream must not stay `dnslens_upstream_healthy 0` (an alert) forever.
+    pub fn forget(&self, old: &Forwarder, new: &Forwarder) {
+        for upstream in &old.upstreams {
+            if new.upstreams.iter().any(|u| u.addr == upstream.addr) {
+                continue;
+            }
+            let name = upstream.addr.to_string();
+            for transport in Transport::ALL {
+                for outcome in Outcome::ALL {
+                    self.families.tries.remove(&upstream::UpstreamTryLabels {
+                        upstream: name.clone(),
+                        transport,
+                        outcome,
+                    });
+                }
+                self.families
+                    .duration
+                    .remove(&upstream::UpstreamTransportLabels {
+                        upstream: name.clone(),
+                        transport,
+                    });
+            }
+            self.families.healthy.remove(&upstream::UpstreamLabels {
+                upstream: name.clone(),
+            });
+            for reason in RESPONSE_DROP_REASONS {
+                self.responses_dropped.remove(&DropLabels {
+                    upstream: name.clone(),
+                    reason,
+                });
+            }
+        }
+        let zones_now: Vec<&str> = if new.pools.len() > 1 {
+            new.pools.iter().map(|p| &*p.name).collect()
+        } else {
+            Vec::new()
+        };
+        for pool in &old.pools {
+            if !zones_now.contains(&&*pool.name) {
+                self.zone_queries.remove(&ZoneLabels {
+                    zone: pool.name.to_string(),
+                });
+            }
+        }
+    }
+}
+
+impl Forwarder {
+    /// Builds the forwarder and binds its UDP sockets; its series come from `metrics`.
+    /// Call [`Forwarder::spawn`] from inside the runtime to start its tasks.
+    pub fn build(
+        config: &ForwardConfig,
+        parts: ForwardParts,
+        metrics: &ForwardMetrics,
+    ) -> std::io::Result<Arc<Forwarder>> {
         // One upstream per distinct address; pools refer to them by index.
         let mut addrs: Vec<SocketAddr> = Vec::new();
         let mut members_of = |list: &[SocketAddr]| -> Vec<usize> {
@@ -375,16 +499,11 @@ impl Forwarder {
             ));
         }
         let zone_queries = if pools.len() > 1 {
-            let family = Family::<ZoneLabels, Counter>::default();
-            registry.register(
-                "forward_zone_queries",
-                "Queries routed to each zone's upstreams (. is the top-level upstreams)",
-                family.clone(),
-            );
             pools
                 .iter()
                 .map(|p| {
-                    family
+                    metrics
+                        .zone_queries
                         .get_or_create(&ZoneLabels {
                             zone: p.name.to_string(),
                         })
@@ -396,7 +515,7 @@ impl Forwarder {
         };
         let upstreams = addrs
             .iter()
-            .map(|a| Upstream::new(*a, config, &families))
+            .map(|a| Upstream::new(*a, config, &metrics.families))
             .collect();
         let v6 = addrs.iter().any(|a| a.is_ipv6());
         let slots = (0..config.udp_sockets)
@@ -416,9 +535,9 @@ impl Forwarder {
             retiring: Mutex::new(Vec::new()),
             next_slot: AtomicUsize::new(0),
             next_upstream: AtomicUsize::new(0),
-            inflight,
-            responses_dropped: ResponseDrops::new(&responses_dropped, addrs),
-            failures: ReasonCounters::new(&failures, FAILURE_REASONS),
+            inflight: metrics.inflight.clone(),
+            responses_dropped: ResponseDrops::new(&metrics.responses_dropped, addrs),
+            failures: ReasonCounters::new(&metrics.failures, FAILURE_REASONS),
             tasks: parts.tasks,
         }))
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::UpstreamAddr;
+use super::UpstreamAddr;
 use crate::invalid::{check, Invalid};
 
 /// One `forward_zones:` entry.

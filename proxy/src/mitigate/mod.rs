@@ -92,6 +92,7 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone)]
 pub struct MitigationMetrics {
     empty_noerror_rewrites: Counter,
     autopath: Vec<Counter>,

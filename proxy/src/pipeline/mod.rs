@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::CacheConfig;
-use crate::cache::{Cache, CacheKey, Coalescer, Join, KeyBuf, Lookup};
+use crate::cache::{Cache, CacheKey, CacheMetrics, Coalescer, Join, KeyBuf, Lookup};
 use crate::forward::Forwarder;
 use crate::metrics::Transport;
 use crate::mitigate::MitigationsConfig;
@@ -42,7 +42,7 @@ use crate::wire::{self, QueryInfo, Rcode, HEADER_LEN};
 
 pub struct Pipeline {
     forwarder: Arc<Forwarder>,
-    cache: Option<Cache>,
+    cache: Option<Arc<Cache>>,
     coalescer: Coalescer<Request>,
     search: SearchModel,
     musl_shield: bool,
@@ -60,30 +60,60 @@ pub struct PipelineParts {
     pub trace_sink: Option<TraceSink>,
     /// Tasks the pipeline spawns (autopath, the shield's twin check), awaited at shutdown.
     pub tasks: TaskTracker,
+    /// A cache to keep (a reload with the same `cache:` section); else one is made when
+    /// `cache.enabled`.
+    pub cache: Option<Arc<Cache>>,
+}
+
+/// The series of the cache and the mitigations, registered once for every pipeline.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    pub cache: CacheMetrics,
+    pub mitigations: MitigationMetrics,
+}
+
+impl PipelineMetrics {
+    pub fn register(registry: &mut Registry) -> PipelineMetrics {
+        PipelineMetrics {
+            cache: CacheMetrics::register(registry),
+            mitigations: MitigationMetrics::register(registry),
+        }
+    }
 }
 
 impl Pipeline {
-    /// Builds the cache and the mitigations around the forwarder and registers their
-    /// metrics. `force_tcp` is `forward.force_tcp`.
+    /// Builds the cache and the mitigations around the forwarder. `force_tcp` is
+    /// `forward.force_tcp`.
     pub fn build(
         cache: &CacheConfig,
         mitigations: &MitigationsConfig,
         force_tcp: bool,
         parts: PipelineParts,
-        registry: &mut Registry,
+        metrics: &PipelineMetrics,
     ) -> Arc<Pipeline> {
+        let cache = match parts.cache {
+            Some(kept) if cache.enabled => Some(kept),
+            _ => cache
+                .enabled
+                .then(|| Arc::new(Cache::new(cache, &metrics.cache))),
+        };
         Arc::new(Pipeline {
             forwarder: parts.forwarder,
-            cache: cache.enabled.then(|| Cache::build(cache, registry)),
+            cache,
             coalescer: Coalescer::default(),
             search: parts.search,
             musl_shield: mitigations.musl_shield,
             autopath: mitigations.autopath,
             force_tcp,
-            metrics: MitigationMetrics::register(registry),
+            metrics: metrics.mitigations.clone(),
             trace_sink: parts.trace_sink,
             tasks: parts.tasks,
         })
+    }
+
+    /// The cache, for the next pipeline to keep.
+    pub fn cache(&self) -> Option<Arc<Cache>> {
+        self.cache.clone()
     }
 
     /// A client query (past the access list) as it came off the socket or connection. A

@@ -67,7 +67,7 @@ mod spans;
 mod tls;
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use opentelemetry_sdk::Resource;
 use prometheus_client::metrics::counter::Counter;
@@ -76,7 +76,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::lookup::LookupObserver;
 use crate::metrics::{ReasonCounters, ReasonLabels};
+use crate::record::LookupRecord;
 pub use sampling::OtlpObserver;
 pub use settings::{resource, ExportSettings, OtlpProtocol, TracingConfig};
 pub use spans::lookup_spans;
@@ -144,6 +146,91 @@ pub fn start(
         stop,
     )?;
     Ok(OtlpObserver::new(settings, tx, queued, metrics.clone()))
+}
+
+/// The trace exporter as the proxy holds it for its whole life: the tracker gets one
+/// observer ([`TraceExport::observer`]) that forwards to whichever exporter runs now, and a
+/// reload starts, replaces or stops that exporter ([`TraceExport::apply`]) without touching
+/// the tracker. The lock is taken once per finished lookup, by the tracker thread alone,
+/// and by a reload only to swap.
+#[derive(Clone)]
+pub struct TraceExport {
+    current: Arc<Mutex<Option<Running>>>,
+    metrics: TelemetryMetrics,
+    stop_all: CancellationToken,
+}
+
+struct Running {
+    settings: ExportSettings,
+    observer: OtlpObserver,
+    /// Ends this exporter's thread (after a last flush).
+    stop: CancellationToken,
+}
+
+impl TraceExport {
+    /// No exporter yet; every exporter started later stops with `stop_all` too.
+    pub fn new(metrics: &TelemetryMetrics, stop_all: CancellationToken) -> TraceExport {
+        TraceExport {
+            current: Arc::new(Mutex::new(None)),
+            metrics: metrics.clone(),
+            stop_all,
+        }
+    }
+
+    /// The observer to give the tracker.
+    pub fn observer(&self) -> Box<dyn LookupObserver> {
+        Box::new(ExportObserver(self.current.clone()))
+    }
+
+    /// Runs the exporter `settings` asks for (`None`: none). The same settings keep the
+    /// running one; new ones start a new exporter first — a failure leaves the old one
+    /// running — then stop the old one. Returns whether anything changed.
+    pub fn apply(
+        &self,
+        settings: Option<&ExportSettings>,
+        resource: &Resource,
+    ) -> Result<bool, TelemetryError> {
+        let same = |running: &Option<Running>| match (running, settings) {
+            (Some(r), Some(s)) => r.settings == *s,
+            (None, None) => true,
+            _ => false,
+        };
+        if same(&lock(&self.current)) {
+            return Ok(false);
+        }
+        let next = match settings {
+            Some(settings) => {
+                let stop = self.stop_all.child_token();
+                let observer = start(settings, resource, &self.metrics, stop.clone())?;
+                Some(Running {
+                    settings: settings.clone(),
+                    observer,
+                    stop,
+                })
+            }
+            None => None,
+        };
+        let previous = std::mem::replace(&mut *lock(&self.current), next);
+        if let Some(previous) = previous {
+            previous.stop.cancel();
+        }
+        Ok(true)
+    }
+}
+
+/// The tracker's side of [`TraceExport`].
+struct ExportObserver(Arc<Mutex<Option<Running>>>);
+
+impl LookupObserver for ExportObserver {
+    fn observe(&mut self, lookup: &LookupRecord) {
+        if let Some(running) = lock(&self.0).as_mut() {
+            running.observer.observe(lookup);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -342,7 +342,10 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
     }
     // The new pod binds beside the old one (SO_REUSEPORT): no gap, no host ports.
     assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"], 1);
-    assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
     assert!(pod["containers"][0].get("ports").is_none());
     // On the host's network: root with NET_BIND_SERVICE as its only capability.
     let sc = &pod["containers"][0]["securityContext"];

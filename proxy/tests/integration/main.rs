@@ -22,6 +22,7 @@ mod lifecycle;
 mod module_graph;
 mod namespaces;
 mod prometheus;
+mod reload;
 mod resolvers;
 mod tracing;
 mod upstream_faults;
