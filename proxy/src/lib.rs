@@ -28,6 +28,7 @@ pub mod listen;
 pub mod lookup;
 pub mod metrics;
 pub mod mitigate;
+pub mod node_setup;
 pub mod pipeline;
 pub mod record;
 pub mod request;

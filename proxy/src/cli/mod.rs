@@ -103,6 +103,36 @@ pub enum Command {
         #[command(flatten)]
         settings: InjectArgs,
     },
+    /// Node-local on the link-local address: the interface, addresses and NOTRACK rules
+    /// (`up`), their removal unless another DNS server answers there (`down`), or `up`
+    /// until SIGTERM and then `down` (`hold`). Needs `ip` and `iptables` on PATH.
+    NodeSetup {
+        #[arg(value_enum)]
+        action: NodeSetupAction,
+        /// An address to hold (repeatable): the link-local address, and the kube-dns IP
+        /// when intercepting.
+        #[arg(long = "address", required = true)]
+        addresses: Vec<std::net::IpAddr>,
+        /// The interface to put them on (created as a dummy interface when missing).
+        #[arg(long, default_value = "nodelocaldns")]
+        interface: String,
+        #[arg(long, default_value_t = 53)]
+        port: u16,
+        /// With `hold`: a file written once the node is set up (a startup probe's).
+        #[arg(long, value_name = "FILE")]
+        ready_file: Option<PathBuf>,
+    },
+    /// Copies this binary to FILE: the chart's init container hands it to the setup image,
+    /// which has `ip` and `iptables` (dnslens's own image has no shell and no `cp`).
+    #[command(hide = true)]
+    InstallBinary { file: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NodeSetupAction {
+    Up,
+    Down,
+    Hold,
 }
 
 /// Injection settings: a YAML file, then flags on top.
@@ -340,6 +370,30 @@ pub fn run(cli: Cli) -> ExitCode {
             namespace,
             settings,
         } => inject(&file, &namespace, &settings),
+        Command::NodeSetup {
+            action,
+            addresses,
+            interface,
+            port,
+            ready_file,
+        } => node_setup(
+            action,
+            crate::node_setup::NodeSetup {
+                interface,
+                addresses,
+                port,
+            },
+            ready_file,
+        ),
+        Command::InstallBinary { file } => {
+            match std::env::current_exe().and_then(|me| std::fs::copy(me, &file)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dnslens: cannot copy the binary to {}: {e}", file.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Webhook {
             tls_cert,
             tls_key,
@@ -360,6 +414,44 @@ pub fn run(cli: Cli) -> ExitCode {
                 cert_check_every: crate::inject::webhook::CERT_CHECK_EVERY,
             };
             run_async(crate::inject::webhook::serve(settings, config, None))
+        }
+    }
+}
+
+fn node_setup(
+    action: NodeSetupAction,
+    setup: crate::node_setup::NodeSetup,
+    ready_file: Option<PathBuf>,
+) -> ExitCode {
+    let result = match action {
+        NodeSetupAction::Up => setup.up().map(|()| "set up"),
+        NodeSetupAction::Down => setup
+            .down()
+            .map(|done| if done { "removed" } else { "left in place: another DNS server answers there" }),
+        NodeSetupAction::Hold => setup.up().and_then(|()| {
+            tracing::info!(addresses = ?setup.addresses, interface = %setup.interface, "node set up; holding until SIGTERM");
+            if let Some(file) = &ready_file {
+                if let Err(e) = std::fs::write(file, "ready\n") {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot write the ready file");
+                }
+            }
+            let _ = run_async(async {
+                crate::wait_for_signal().await;
+                Ok(())
+            });
+            setup
+                .down()
+                .map(|done| if done { "removed" } else { "left in place: another DNS server answers there" })
+        }),
+    };
+    match result {
+        Ok(what) => {
+            eprintln!("dnslens: node setup on {}: {what}", setup.interface);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dnslens: node setup failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }

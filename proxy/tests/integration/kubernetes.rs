@@ -326,20 +326,43 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["dnsPolicy"], "Default");
-    let setup = &pod["initContainers"][0];
+    // The node setup is dnslens's own (`node-setup hold`, a native sidecar: set up before
+    // dnslens starts, torn down after it), run in the setup image with the binary copied in.
+    let install = &pod["initContainers"][0];
+    assert_eq!(
+        install["args"],
+        json!(["install-binary", "/opt/dnslens/dnslens"])
+    );
+    let setup = &pod["initContainers"][1];
+    assert_eq!(setup["restartPolicy"], "Always");
+    assert_eq!(
+        setup["command"],
+        json!([
+            "/opt/dnslens/dnslens",
+            "node-setup",
+            "hold",
+            "--ready-file",
+            "/opt/dnslens/ready"
+        ])
+    );
+    assert_eq!(
+        setup["args"],
+        json!(["--address", "169.254.20.10", "--address", "10.96.0.10"])
+    );
+    assert_eq!(
+        setup["startupProbe"]["exec"]["command"],
+        json!(["test", "-f", "/opt/dnslens/ready"])
+    );
     assert_eq!(
         setup["securityContext"]["capabilities"]["add"],
         json!(["NET_ADMIN", "NET_RAW"])
     );
-    let script = setup["args"][0].as_str().unwrap();
-    for line in [
-        "ip addr replace 169.254.20.10/32 dev nodelocaldns",
-        "ip addr replace 10.96.0.10/32 dev nodelocaldns",
-        "-t raw -I PREROUTING -d 169.254.20.10/32 -p $proto --dport 53 -j NOTRACK",
-        "-t raw -I OUTPUT -s 10.96.0.10/32 -p $proto --sport 53 -j NOTRACK",
-    ] {
-        assert!(script.contains(line), "{line} in\n{script}");
-    }
+    // Before native sidecars (1.29): set up only.
+    let old_kube = render(&["-f", values.to_str().unwrap(), "--kube-version", "1.28.0"]);
+    let old_setup =
+        &find(&old_kube, "DaemonSet", "dns")["spec"]["template"]["spec"]["initContainers"][1];
+    assert!(old_setup.get("restartPolicy").is_none());
+    assert_eq!(old_setup["command"][2], "up");
     // The new pod binds beside the old one (SO_REUSEPORT): no gap, no host ports.
     assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"], 1);
     assert_eq!(

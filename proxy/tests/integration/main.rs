@@ -21,6 +21,7 @@ mod kubernetes;
 mod lifecycle;
 mod module_graph;
 mod namespaces;
+mod node_setup;
 mod prometheus;
 mod reload;
 mod resolvers;
