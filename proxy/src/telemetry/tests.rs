@@ -135,6 +135,7 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
     let mut q = QueryTrace::new(client, Transport::Udp, &[0], 1, t0);
     q.answered = t0 + Duration::from_millis(5);
     q.rcode = 3;
+    q.zone = Some("cluster.local".into());
     q.tries = vec![
         UpstreamTry {
             upstream,
@@ -196,6 +197,11 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
     assert_eq!(
         attr(&spans[1], "dnslens.response_code"),
         Some(&Value::from("NXDOMAIN"))
+    );
+    assert_eq!(
+        attr(&spans[1], "dnslens.forward.zone"),
+        Some(&Value::from("cluster.local")),
+        "the forward_zones zone that served it"
     );
     assert_eq!(
         attr(&spans[2], "dnslens.upstream.outcome"),
