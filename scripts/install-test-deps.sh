@@ -5,7 +5,7 @@
 # inside a test's own namespace; promtool (prometheus) for the
 # alert rules; buildah, skopeo, umoci and runc to build the container image without a daemon
 # and run it as a strict runtime would; python3 with venv for helm-template (shared/tools),
-# which renders the chart;
+# which renders the chart; chromium (headless) for the timeline page's browser test;
 # Knot DNS (the real upstream), dig (the real client); with --bench also dnsperf and the
 # peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq) and valgrind (its
 # instructions-per-query column).
@@ -13,7 +13,7 @@
 # their own on loopback ports.
 set -euo pipefail
 
-need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools go:golang-go ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables buildah:buildah skopeo:skopeo umoci:umoci runc:runc)
+need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools go:golang-go ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables buildah:buildah skopeo:skopeo umoci:umoci runc:runc chromium:chromium)
 if [[ "${1:-}" == "--bench" ]]; then
   need+=(dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base callgrind_control:valgrind)
 fi

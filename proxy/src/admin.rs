@@ -13,9 +13,15 @@
 //!   one-line reason. `/debug/*` shows query names and client addresses: it answers
 //!   loopback clients and `admin.debug_allow` (CIDRs) only; others get 403.
 //!
+//! - `GET /ui/`: the anomaly timeline, one self-contained page (`admin/ui.html`: no external
+//!   asset, air-gapped clusters) that reads `/debug/anomalies` for the window in its URL;
+//!   the same clients as `/debug/*`.
+//!
 //! Anything else is 404; the server reads no request body.
 //!
-//! Config: `admin: {debug_allow}` — networks that may read `/debug/*` besides loopback [none].
+//! Config: `admin: {debug_allow}` — networks that may read `/debug/*` and `/ui/` besides
+//! loopback [none]; `ui: {trace_url}` — the page's link to a lookup's trace, `{trace_id}`
+//! replaced (e.g. `https://tempo.example/explore?traceId={trace_id}`) [none: the id is shown].
 
 use std::sync::Arc;
 
@@ -38,8 +44,16 @@ use crate::record::Kind;
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Client networks that may read `/debug/*`, besides loopback.
+    /// Client networks that may read `/debug/*` and `/ui/`, besides loopback.
     pub debug_allow: Vec<ipnet::IpNet>,
+}
+
+/// The `ui:` section (the timeline page).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// The link to a lookup's trace: `{trace_id}` is replaced by its 32 hex digits.
+    pub trace_url: Option<String>,
 }
 
 impl AdminConfig {
@@ -62,8 +76,10 @@ pub struct AdminState {
     /// The forwarder serving now (a reload replaces it).
     pub forwarder: Arc<arc_swap::ArcSwap<Forwarder>>,
     pub journal: Journal,
-    /// Who may read `/debug/*`.
+    /// Who may read `/debug/*` and `/ui/`.
     pub debug: Acl,
+    /// The timeline page, its settings filled in.
+    pub ui_page: Arc<str>,
     /// Cancelled when shutdown begins: `/readyz` turns 503.
     pub draining: CancellationToken,
 }
@@ -96,6 +112,11 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/debug/anomalies", get(anomalies))
+        .route("/ui/", get(ui))
+        .route(
+            "/ui",
+            get(|| async { axum::response::Redirect::permanent("/ui/") }),
+        )
         .with_state(state);
     axum::serve(
         listener,
@@ -150,6 +171,46 @@ async fn readyz(
     (status, body)
 }
 
+/// The timeline page with its settings — the trace link and what each kind means, from
+/// `record::Kind` itself — in place of its `/*DNSLENS_SETTINGS*/` marker.
+pub fn ui_page(config: &UiConfig) -> String {
+    let kinds: serde_json::Map<String, serde_json::Value> = Kind::ALL
+        .iter()
+        .map(|k| (k.as_str().to_string(), k.explain().into()))
+        .collect();
+    let settings = serde_json::json!({
+        "trace_url": config.trace_url.clone().unwrap_or_default(),
+        "kinds": kinds,
+    });
+    // `</` cannot end the script element from inside a string.
+    let settings = settings.to_string().replace("</", "<\\/");
+    include_str!("admin/ui.html").replace(
+        "/*DNSLENS_SETTINGS*/",
+        &format!("window.DNSLENS = {settings};"),
+    )
+}
+
+async fn ui(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> axum::response::Response {
+    if !state.debug.allows(peer.ip()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "/ui answers loopback clients only; allow others with admin.debug_allow\n",
+        )
+            .into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        state.ui_page.to_string(),
+    )
+        .into_response()
+}
+
 async fn anomalies(
     State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -182,4 +243,26 @@ async fn anomalies(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("kind: {e}\n")).into_response(),
     };
     Json(state.journal.query(&window, kind)).into_response()
+}
+
+#[cfg(test)]
+mod ui_tests {
+    use super::*;
+
+    #[test]
+    fn the_page_carries_its_settings_and_every_kind_explained() {
+        let page = ui_page(&UiConfig {
+            trace_url: Some("https://tempo.example/trace/{trace_id}</script>".into()),
+        });
+        assert!(!page.contains("/*DNSLENS_SETTINGS*/"));
+        assert!(page.contains(r#""trace_url":"https://tempo.example/trace/{trace_id}<\/script>""#));
+        for kind in Kind::ALL {
+            assert!(page.contains(kind.explain()), "{kind:?}");
+        }
+        // Self-contained: nothing loaded from elsewhere.
+        for external in ["src=\"http", "href=\"http", "@import", "<link"] {
+            assert!(!page.contains(external), "{external}");
+        }
+        assert_eq!(page.matches("</script>").count(), 1);
+    }
 }

@@ -24,7 +24,8 @@
 //! - `shutdown_grace`: how long in-flight queries may take after SIGTERM [5s]
 //! - `lameduck`: how long DNS is still answered after SIGTERM while `/readyz` says 503
 //!   [node-local: 5s; sidecar: 0s, the kubelet stops sidecars last]
-//! - `admin:` `debug_allow`: CIDRs that may read `/debug/*` [loopback only] (see `admin`)
+//! - `admin:` `debug_allow`: CIDRs that may read `/debug/*` and `/ui/` [loopback only];
+//!   `ui:` `trace_url`: the timeline page's link to a trace, `{trace_id}` replaced (see `admin`)
 //! - `listener:` `udp_workers` [0 = one per core], `tcp_max_connections` [1024],
 //!   `tcp_idle_timeout` [10s], `tcp_max_inflight_per_connection` [64], `allow`: client CIDRs
 //!   answered, others REFUSED [sidecar: loopback; node-local: required, the pod CIDRs]
@@ -53,7 +54,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::admin::AdminConfig;
+pub use crate::admin::{AdminConfig, UiConfig};
 pub use crate::anomaly::journal::JournalConfig;
 pub use crate::cache::CacheConfig;
 pub use crate::forward::zones::ForwardZone;
@@ -125,6 +126,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub lameduck: Option<Duration>,
     pub admin: AdminConfig,
+    pub ui: UiConfig,
     pub listener: ListenerConfig,
     pub forward: ForwardConfig,
     /// Search domains: the pod's list (sidecar) or host domains after the Kubernetes ones
@@ -156,6 +158,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             lameduck: None,
             admin: AdminConfig::default(),
+            ui: UiConfig::default(),
             listener: ListenerConfig::default(),
             forward: ForwardConfig::default(),
             search: Vec::new(),

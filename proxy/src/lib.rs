@@ -249,6 +249,7 @@ impl Proxy {
                 forwarder: forwarder_now.clone(),
                 journal: journal.clone(),
                 debug: config.admin.debug_acl(),
+                ui_page: admin::ui_page(&config.ui).into(),
                 draining: draining.clone(),
             };
             let stop = shared.stop_all.clone();
@@ -500,6 +501,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     changed("mode", old.mode != new.mode);
     changed("metrics_listen", old.metrics_listen != new.metrics_listen);
     changed("admin", old.admin != new.admin);
+    changed("ui", old.ui != new.ui);
     changed(
         "search",
         old.search != new.search

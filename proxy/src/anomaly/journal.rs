@@ -79,6 +79,9 @@ pub struct Entry {
     /// into it (a flood of one anomaly is one entry a second, not thousands).
     #[serde(default)]
     pub repeats: u32,
+    /// The lookup's trace id (32 hex digits), exported or not: the link to its trace.
+    #[serde(default)]
+    pub trace_id: String,
 }
 
 impl Entry {
@@ -132,6 +135,7 @@ impl Entry {
                 .collect(),
             waited_ms: lookup.waited.map(|w| w.as_secs_f64() * 1e3),
             repeats: 0,
+            trace_id: format!("{:032x}", lookup.trace_id),
         }
     }
 }

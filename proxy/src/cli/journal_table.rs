@@ -105,6 +105,7 @@ mod tests {
             kinds: kinds.iter().map(|k| k.to_string()).collect(),
             repeats: 2,
             waited_ms: Some(1003.0),
+            trace_id: String::new(),
             queries: vec![EntryQuery {
                 name: "alauda.cn.default.svc.cluster.local".into(),
                 qtype: "AAAA".into(),

@@ -141,6 +141,7 @@ pub async fn run(
          dig @{ip} -p {port} nosuch.example.org                   # NXDOMAIN\n\n\
          Metrics: curl -s http://{0}/metrics | grep ^dnslens_\n\
          Anomalies: dnslens anomalies --addr {0}   (or cargo run -p dnslens -- anomalies --addr {0})\n\
+         Timeline:  http://{0}/ui/?since=15m   (the incident above, in a browser)\n\
          Ctrl-C stops.\n",
         proxy.metrics_addr
     );

@@ -141,6 +141,8 @@ fn debug_endpoints_answer_loopback_only_unless_allowed() {
         ("10.77.0.1", "10.77.0.1", "/debug/anomalies"),
         ("10.77.0.1", "10.77.0.1", "/metrics"),
         ("10.77.0.1", "10.77.0.1", "/readyz"),
+        ("127.0.0.1", "127.0.0.1", "/ui/"),
+        ("10.77.0.1", "10.77.0.1", "/ui/"),
     ];
     assert_eq!(
         statuses_in_namespace("", &requests),
@@ -148,17 +150,14 @@ fn debug_endpoints_answer_loopback_only_unless_allowed() {
             "HTTP/1.0 200 OK",
             "HTTP/1.0 403 Forbidden",
             "HTTP/1.0 200 OK",
-            "HTTP/1.0 200 OK"
+            "HTTP/1.0 200 OK",
+            "HTTP/1.0 200 OK",
+            "HTTP/1.0 403 Forbidden"
         ]
     );
     assert_eq!(
         statuses_in_namespace("admin:\n  debug_allow: [10.77.0.0/24]\n", &requests),
-        [
-            "HTTP/1.0 200 OK",
-            "HTTP/1.0 200 OK",
-            "HTTP/1.0 200 OK",
-            "HTTP/1.0 200 OK"
-        ]
+        ["HTTP/1.0 200 OK"; 6]
     );
 }
 

@@ -26,5 +26,6 @@ mod prometheus;
 mod reload;
 mod resolvers;
 mod tracing;
+mod ui;
 mod upstream_faults;
 mod zones;

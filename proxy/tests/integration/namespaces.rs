@@ -148,6 +148,8 @@ pub struct Scene {
     /// Shell snippets run one after the other; /metrics is read after each, once its
     /// lookups have ended. Step `i`'s output (stdout and stderr) is `Run::outputs[i]`.
     pub steps: Vec<String>,
+    /// Shell run after the last step, while dnslens still serves (e.g. a browser on /ui/).
+    pub after: String,
 }
 
 impl Default for Scene {
@@ -158,6 +160,7 @@ impl Default for Scene {
             yaml: String::new(),
             setup: String::new(),
             steps: Vec::new(),
+            after: String::new(),
         }
     }
 }
@@ -232,7 +235,8 @@ done
 sleep 1   # the readiness probes' own lookup ends before the client starts
 {setup}
 dump_metrics metrics0.txt
-{steps_script}"{dnslens}" anomalies --addr 127.0.0.1:9253 --since 10m >anomalies.txt 2>&1 || true
+{steps_script}{after}
+"{dnslens}" anomalies --addr 127.0.0.1:9253 --since 10m >anomalies.txt 2>&1 || true
 "{dnslens}" anomalies --addr 127.0.0.1:9253 --hints >hints.txt 2>&1 || true
 exec 3<>/dev/tcp/127.0.0.1/9253
 printf 'GET /debug/anomalies?since=10m HTTP/1.0\r\n\r\n' >&3
@@ -250,6 +254,7 @@ wait $proxy $sink $knot 2>/dev/null || true
         },
         sink = otlp_sink().display(),
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
+        after = scene.after,
     );
     let status = Command::new("unshare")
         .args([

@@ -340,13 +340,13 @@ fn describe(spans: &[ReceivedSpan], base: &str) -> String {
     out
 }
 
-const RACE_RESOLV_CONF: &str = "nameserver 127.0.0.1\n\
+pub const RACE_RESOLV_CONF: &str = "nameserver 127.0.0.1\n\
 search default.svc.cluster.local svc.cluster.local cluster.local\n\
 options ndots:5 timeout:1 attempts:2\n";
 
 /// Drops the first AAAA query on its way to dnslens (the conntrack race as dnslens sees it:
 /// the twin never arrives); later ones pass.
-const DROP_FIRST_AAAA: &str = "iptables -F INPUT; iptables -I INPUT -p udp --dport 53 -m string --algo bm --hex-string '|00001c0001|' -m statistic --mode nth --every 1000000 --packet 0 -j DROP";
+pub const DROP_FIRST_AAAA: &str = "iptables -F INPUT; iptables -I INPUT -p udp --dport 53 -m string --algo bm --hex-string '|00001c0001|' -m statistic --mode nth --every 1000000 --packet 0 -j DROP";
 
 #[test]
 fn a_lost_first_aaaa_is_a_parallel_race_for_glibc_and_musl() {
@@ -645,6 +645,7 @@ fn an_upstream_put_aside_is_still_asked_and_the_first_lookup_after_it_is_back_su
         yaml: "forward:\n  failure_threshold: 1\n  backoff_min: 1m\n  backoff_max: 1m\n".into(),
         setup: format!("{UPSTREAM_DEAD}\ndig @127.0.0.1 +time=5 +tries=1 example.org A || true"),
         steps,
+        ..Scene::default()
     });
     let healthy = "dnslens_upstream_healthy{upstream=\"127.0.0.1:5300\"}";
     assert_eq!(series_value(&run.snapshots[0], healthy), 0.0, "put aside");
