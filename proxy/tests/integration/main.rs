@@ -19,6 +19,7 @@ mod forwarding;
 mod knot;
 mod kubernetes;
 mod lifecycle;
+mod load_models;
 mod module_graph;
 mod namespaces;
 mod node_setup;
