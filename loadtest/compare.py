@@ -20,6 +20,7 @@ its answered queries (see `instructions`). `--instructions-only` prints just tha
 and `--profile DIR` keeps the callgrind files (callgrind_annotate reads them).
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -265,6 +266,16 @@ def dnsperf(port, qfile, seconds, rate=None, verbose=False, loops=None, outstand
     return result
 
 
+def lookups(port, model, seconds, args, work):
+    """dnslens-load at a fixed lookup rate (open loop): what a pod's lookups feel."""
+    out = work / f"load-{port}-{model}.json"
+    subprocess.run(["taskset", "-c", LOADGEN_CPU, args.load, "--server", f"127.0.0.1:{port}", "--model", model,
+                    "--rate", str(args.lookup_rate), "--duration", f"{seconds}s", "--timeout", "2s",
+                    "--population", "1000", "--zipf", "1.0", "--quiet", "--json", str(out)],
+                   check=True, capture_output=True, text=True)
+    return json.loads(out.read_text())
+
+
 def measure(target, work, upstream, qfile, args):
     kind, cache = target
     if kind == "knot":
@@ -296,6 +307,7 @@ def measure(target, work, upstream, qfile, args):
             after = span_counts(metrics_port)
             print(f"  {kind} at {args.rate} QPS: spans exported {after[0] - spans_before[0]:.0f}, "
                   f"dropped {after[1] - spans_before[1]:.0f}", file=sys.stderr)
+        load = {model: lookups(port, model, max(3, args.seconds // 2), args, work) for model in ("glibc", "musl")}
         names_rss = 0.0
         if cache and args.names:
             # Peak RSS once 100k distinct names (wildcard answers) went through the cache.
@@ -310,6 +322,10 @@ def measure(target, work, upstream, qfile, args):
             "idle_rss_mib": idle_rss / 1024,
             "peak_rss_mib": status_kib(pid, "VmHWM") / 1024,
             "names_rss_mib": names_rss,
+            "glibc_p50_us": load["glibc"]["lookup_latency_us"]["p50"],
+            "glibc_p99_us": load["glibc"]["lookup_latency_us"]["p99"],
+            "musl_failed_pct": 100.0 * load["musl"]["failed_lookups"] / max(load["musl"]["lookups"], 1),
+            "load": load,
         }
     finally:
         if server:
@@ -389,6 +405,9 @@ def main():
                     help="only the callgrind measure: instructions per warm query, one run per target")
     ap.add_argument("--no-instructions", action="store_true", help="skip the callgrind measure")
     ap.add_argument("--profile", default="", help="directory to keep the callgrind files in")
+    ap.add_argument("--load", default="", help="the dnslens-load binary (lookup latency columns)")
+    ap.add_argument("--lookup-rate", type=int, default=500, help="lookups per second for dnslens-load")
+    ap.add_argument("--results", default="", help="write the table and JSON as RESULTS.md / RESULTS.json")
     ap.add_argument("--names", type=int, default=100000,
                     help="distinct names pushed through each cache for the RSS column (0: skip)")
     args = ap.parse_args()
@@ -450,7 +469,13 @@ def main():
         knot.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    med = {t: {k: statistics.median(run[k] for run in runs) for k in runs[0]} for t, runs in results.items()}
+    med = {t: {k: statistics.median(run[k] for run in runs) for k in runs[0] if k != "load"}
+           for t, runs in results.items()}
+    # The dnslens-load reports of the round with the median glibc lookup p99, for the plots.
+    reports = {}
+    for t, runs in results.items():
+        ordered = sorted(runs, key=lambda run: run["glibc_p99_us"])
+        reports[t] = ordered[len(ordered) // 2]["load"]
     base = med.get(("dnsdist", False))
     plain, traced = med.get(("dnslens", False)), med.get(("dnslens-traced", False))
     if plain and traced:
@@ -463,11 +488,14 @@ def main():
               f"({best[1]}, {best[0]:.2f} µs)\n")
     cpu_info = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                      if l.startswith("model name")), "unknown CPU")
-    print(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu_info}), "
-          f"medians of {args.rounds} interleaved rounds; dnsperf on core {LOADGEN_CPU}, server and Knot on core "
-          f"{SERVER_CPU}; latency at {args.rate} QPS.\n")
-    print("| target | cache | QPS (saturation) | CPU µs/query | × dnsdist (no cache) | instructions/query | mean latency µs | p99 latency µs | lost % | idle RSS MiB | peak RSS MiB | RSS MiB after 100k names |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    machine = f"{os.cpu_count()} cores ({cpu_info})"
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine}, "
+             f"medians of {args.rounds} interleaved rounds; dnsperf and dnslens-load on core {LOADGEN_CPU}, "
+             f"server and Knot on core {SERVER_CPU}; query latency at {args.rate} QPS (dnsperf), lookup latency "
+             f"at {args.lookup_rate} lookups/s (dnslens-load, open loop, built-in Kubernetes mix).\n",
+             "| target | cache | QPS (saturation) | CPU µs/query | × dnsdist (no cache) | instructions/query | mean latency µs | p99 latency µs | glibc lookup p50 µs | glibc lookup p99 µs | musl lookups failed % | lost % | idle RSS MiB | peak RSS MiB | RSS MiB after 100k names |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    targets_json = []
     for (kind, cache), m in med.items():
         name = {"knot": "Knot (direct)", "dnslens-traced": "dnslens, tracing on (1% sampled, OTLP)"}.get(kind, kind)
         ratio = f"{m['cpu_us'] / base['cpu_us']:.2f}" if base and base["cpu_us"] else "-"
@@ -475,9 +503,18 @@ def main():
         names_rss = f"{m['names_rss_mib']:.1f}" if m["names_rss_mib"] else "-"
         n = instr.get((kind, cache))
         instr_s = f"{n:,.0f}" if n else "-"
-        print(f"| {name} | {cache_s} | {m['qps']:,.0f} | {m['cpu_us']:.2f} | {ratio} | {instr_s} | {m['mean_us']:.0f} | "
-              f"{m['p99_us']:.0f} | {m['lost_pct']:.2f} | {m['idle_rss_mib']:.1f} | {m['peak_rss_mib']:.1f} | "
-              f"{names_rss} |")
+        lines.append(f"| {name} | {cache_s} | {m['qps']:,.0f} | {m['cpu_us']:.2f} | {ratio} | {instr_s} | {m['mean_us']:.0f} | "
+                     f"{m['p99_us']:.0f} | {m['glibc_p50_us']:.0f} | {m['glibc_p99_us']:.0f} | {m['musl_failed_pct']:.1f} | "
+                     f"{m['lost_pct']:.2f} | {m['idle_rss_mib']:.1f} | {m['peak_rss_mib']:.1f} | {names_rss} |")
+        label = {"knot": "Knot"}.get(kind, kind) + ("" if kind == "knot" else (" cache" if cache else ""))
+        targets_json.append({"name": label, "cache": cache, "cpu_us_per_query": m["cpu_us"],
+                             "peak_rss_kib": m["peak_rss_mib"] * 1024, "qps": m["qps"],
+                             "instructions_per_query": n, "lookups": reports[(kind, cache)]})
+    print("\n".join(lines))
+    if args.results:
+        Path(args.results + ".md").write_text("\n".join(lines) + "\n")
+        Path(args.results + ".json").write_text(json.dumps(
+            {"date": time.strftime("%Y-%m-%d"), "machine": machine, "targets": targets_json}, indent=1))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ done
 if ! /usr/bin/python3 -c 'import dns.resolver' >/dev/null 2>&1; then
   missing+=(python3-dnspython)
 fi
+# dnslens-load plot draws its text with a TrueType font (benchmarks only).
+if [[ "${1:-}" == "--bench" && ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]]; then
+  missing+=(fonts-dejavu-core)
+fi
 # helm-template builds a virtualenv on first use: python3 with venv and ensurepip.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3 python3-venv)
