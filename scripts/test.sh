@@ -20,3 +20,5 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== cargo bench --no-run (the criterion benchmarks compile; run them with cargo bench -p dnslens)"
+cargo bench --no-run --locked --profile dev -p dnslens

@@ -1,0 +1,114 @@
+//! Micro-benchmarks of the hot path's pieces (criterion): parsing a client query, reading
+//! an upstream answer, the search-path classifier, a cache hit, and the lookup tracker's
+//! correlation of one query. `cargo bench -p dnslens` runs them; the test script compiles
+//! them (`cargo bench --no-run`). Whole-proxy figures are loadtest/compare.sh's.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{rdata, Name, RData, Record, RecordType};
+use prometheus_client::registry::Registry;
+
+use dnslens::cache::{Cache, CacheConfig, CacheKey, KeyBuf};
+use dnslens::config::LookupConfig;
+use dnslens::lookup::{LookupMetrics, Tracker};
+use dnslens::metrics::Transport;
+use dnslens::record::QueryTrace;
+use dnslens::search::{Mode, SearchModel, SearchSettings};
+use dnslens::wire;
+
+fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+    let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    m.to_vec().unwrap()
+}
+
+fn answer(name: &str) -> Vec<u8> {
+    let mut m = Message::new(0x1234, MessageType::Response, OpCode::Query);
+    m.metadata.response_code = ResponseCode::NoError;
+    let name = Name::from_ascii(name).unwrap();
+    m.add_query(Query::query(name.clone(), RecordType::A));
+    m.add_answer(Record::from_rdata(
+        name,
+        30,
+        RData::A(rdata::A::new(10, 96, 0, 1)),
+    ));
+    m.to_vec().unwrap()
+}
+
+fn model() -> SearchModel {
+    SearchModel::build(
+        &SearchSettings {
+            mode: Mode::Sidecar,
+            search: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+                "cluster.local".into(),
+            ],
+            ndots: Some(5),
+            cluster_domain: "cluster.local".into(),
+        },
+        std::path::Path::new("/nonexistent"),
+    )
+}
+
+fn hot_path(c: &mut Criterion) {
+    let q = query("kubernetes.default.svc.cluster.local.", RecordType::A);
+    c.bench_function("parse_query", |b| b.iter(|| wire::parse_query(black_box(&q))));
+
+    let a = answer("kubernetes.default.svc.cluster.local.");
+    c.bench_function("parse_response", |b| b.iter(|| wire::parse_response(black_box(&a))));
+
+    let search = model();
+    c.bench_function("search_classify", |b| {
+        b.iter(|| search.candidates(black_box("github.com.default.svc.cluster.local")).len())
+    });
+
+    let cache = Cache::build(
+        &CacheConfig {
+            enabled: true,
+            ..CacheConfig::default()
+        },
+        &mut Registry::default(),
+    );
+    let info = wire::parse_query(&q).unwrap();
+    let key = CacheKey::of(&q, &info).unwrap();
+    cache.store(&key, &a, Instant::now());
+    c.bench_function("cache_hit", |b| {
+        b.iter(|| {
+            let key = KeyBuf::of(black_box(&q), &info).unwrap();
+            matches!(cache.get(&key, Instant::now()), dnslens::cache::Lookup::Hit { .. })
+        })
+    });
+
+    let mut registry = Registry::default();
+    let metrics = LookupMetrics::register(&mut registry);
+    let mut tracker = Tracker::new(model(), &LookupConfig::default(), &metrics, Vec::new());
+    let walk: Vec<Vec<u8>> = [
+        "github.com.default.svc.cluster.local.",
+        "github.com.svc.cluster.local.",
+        "github.com.cluster.local.",
+        "github.com.",
+    ]
+    .iter()
+    .map(|n| query(n, RecordType::A))
+    .collect();
+    let client = "10.244.1.7:40000".parse().unwrap();
+    c.bench_function("lookup_track_walk_of_4", |b| {
+        b.iter(|| {
+            let now = Instant::now();
+            for q in &walk {
+                let info = wire::parse_query(q).unwrap();
+                let question = &q[wire::HEADER_LEN..info.question_end];
+                tracker.add(QueryTrace::new(client, Transport::Udp, question, 1, now));
+            }
+            tracker.expire(now + std::time::Duration::from_secs(60));
+        })
+    });
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
