@@ -135,12 +135,18 @@ where
         .max()
         .unwrap_or(1)
         .max(10);
+    let min = series
+        .iter()
+        .flat_map(|(_, r)| r.lookup_latency_cdf_us.iter().map(|(_, v)| *v))
+        .min()
+        .unwrap_or(1)
+        .max(2);
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d((1u64..max * 2).log_scale(), 0f64..100f64)
+        .build_cartesian_2d((min / 2..max * 2).log_scale(), 0f64..100f64)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
         .configure_mesh()

@@ -57,14 +57,22 @@ fn model() -> SearchModel {
 
 fn hot_path(c: &mut Criterion) {
     let q = query("kubernetes.default.svc.cluster.local.", RecordType::A);
-    c.bench_function("parse_query", |b| b.iter(|| wire::parse_query(black_box(&q))));
+    c.bench_function("parse_query", |b| {
+        b.iter(|| wire::parse_query(black_box(&q)))
+    });
 
     let a = answer("kubernetes.default.svc.cluster.local.");
-    c.bench_function("parse_response", |b| b.iter(|| wire::parse_response(black_box(&a))));
+    c.bench_function("parse_response", |b| {
+        b.iter(|| wire::parse_response(black_box(&a)))
+    });
 
     let search = model();
     c.bench_function("search_classify", |b| {
-        b.iter(|| search.candidates(black_box("github.com.default.svc.cluster.local")).len())
+        b.iter(|| {
+            search
+                .candidates(black_box("github.com.default.svc.cluster.local"))
+                .len()
+        })
     });
 
     let cache = Cache::build(
@@ -80,7 +88,10 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("cache_hit", |b| {
         b.iter(|| {
             let key = KeyBuf::of(black_box(&q), &info).unwrap();
-            matches!(cache.get(&key, Instant::now()), dnslens::cache::Lookup::Hit { .. })
+            matches!(
+                cache.get(&key, Instant::now()),
+                dnslens::cache::Lookup::Hit { .. }
+            )
         })
     });
 
