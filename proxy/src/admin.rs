@@ -5,7 +5,8 @@
 //! - `GET /readyz`: 200 once the DNS listeners are bound and the config loaded, 503 while
 //!   shutting down (the lameduck period after SIGTERM). Never upstream health: a cluster
 //!   DNS outage must not take every pod's readiness (and every Service's endpoints) with
-//!   it. `?verbose` adds one line per upstream (in service / put aside);
+//!   it. `?verbose` adds one line per upstream (in service / put aside) and whether a
+//!   forwarding loop was seen (see `pipeline::LoopGuard`);
 //! - `GET /debug/anomalies?since=10m&kind=K`: the anomaly journal as JSON, newest first
 //!   (`since` a duration, default 10m, or `from=`/`to=` in RFC 3339 or unix seconds; `kind`
 //!   one of `record::Kind`); `?hints=1` gives the tuning hints instead (base names that
@@ -75,6 +76,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// The forwarder serving now (a reload replaces it).
     pub forwarder: Arc<arc_swap::ArcSwap<Forwarder>>,
+    /// Whether dnslens's loop probe came back (`?verbose`).
+    pub loop_guard: Arc<crate::pipeline::LoopGuard>,
     pub journal: Journal,
     /// Who may read `/debug/*` and `/ui/`.
     pub debug: Acl,
@@ -166,6 +169,13 @@ async fn readyz(
                 "put aside"
             };
             body.push_str(&format!("upstream {upstream}: {health}\n"));
+        }
+        if state.loop_guard.detected() {
+            body.push_str(
+                "forwarding loop: detected (the upstreams lead back to dnslens; see the log)\n",
+            );
+        } else if state.loop_guard.probed() {
+            body.push_str("forwarding loop: none seen\n");
         }
     }
     (status, body)

@@ -31,7 +31,8 @@
 //!   answered, others REFUSED [sidecar: loopback; node-local: required, the pod CIDRs]
 //! - `forward:` `udp_sockets` [4], `max_inflight` [16384], `socket_lifetime` [5m],
 //!   `failure_threshold` [3], `backoff_min` [1s], `backoff_max` [30s], `tcp_idle_timeout` [20s],
-//!   `tcp_connect_timeout` [1s], `force_tcp` [false]: every upstream query over TCP
+//!   `tcp_connect_timeout` [1s], `force_tcp` [false]: every upstream query over TCP,
+//!   `loop_check` [false]: a forwarding-loop probe at start and after each reload
 //! - `cache:` `enabled` [false], `max_entries` [10000], `min_ttl` [0s], `max_ttl` [1h],
 //!   `max_negative_ttl` [5m], `serve_stale` [false], `prefetch` [0 = off] (see `cache`)
 //! - `mitigations:` `autopath` [false], `musl_shield` [false] (see `mitigate`)

@@ -117,6 +117,7 @@ struct Shared {
     trace_export: telemetry::TraceExport,
     resource: opentelemetry_sdk::Resource,
     reloads: ReloadMetrics,
+    loop_guard: Arc<pipeline::LoopGuard>,
     /// Tasks the data path spawned (TCP fetches, autopath, the shield's twin check).
     tasks: TaskTracker,
     stop_all: CancellationToken,
@@ -226,6 +227,7 @@ impl Proxy {
             trace_export,
             resource,
             reloads: ReloadMetrics::register(registry),
+            loop_guard: Arc::new(pipeline::LoopGuard::register(registry)),
             tasks: TaskTracker::new(),
             stop_all,
         };
@@ -247,6 +249,7 @@ impl Proxy {
             let state = admin::AdminState {
                 registry: Arc::new(root),
                 forwarder: forwarder_now.clone(),
+                loop_guard: shared.loop_guard.clone(),
                 journal: journal.clone(),
                 debug: config.admin.debug_acl(),
                 ui_page: admin::ui_page(&config.ui).into(),
@@ -437,6 +440,7 @@ impl Generation {
                 trace_sink: Some(shared.trace_sink.clone().keeping_addresses(tracing_on)),
                 tasks: shared.tasks.clone(),
                 cache: kept_cache,
+                loop_guard: shared.loop_guard.clone(),
             },
             &shared.pipeline_metrics,
         );
@@ -465,6 +469,9 @@ impl Generation {
             stop_listening.clone(),
             &mut listener_tasks,
         );
+        if config.forward.loop_check {
+            pipeline.probe_for_loops();
+        }
         Ok(Generation {
             config: config.clone(),
             forwarder,

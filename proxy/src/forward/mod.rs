@@ -154,6 +154,11 @@ pub struct ForwardConfig {
     /// Send every upstream query over TCP (pooled, pipelined), as node-cache's
     /// `force_tcp` does: no UDP flow for conntrack to race on.
     pub force_tcp: bool,
+    /// Ask the upstreams dnslens's loop probe at start and after each reload (see
+    /// `pipeline::LoopGuard`); opt-in, as CoreDNS's `loop` plugin (the chart's node-local
+    /// config turns it on: a node's resolv.conf naming the node-local address is the loop
+    /// that happens).
+    pub loop_check: bool,
 }
 
 impl Default for ForwardConfig {
@@ -168,6 +173,7 @@ impl Default for ForwardConfig {
             tcp_idle_timeout: Duration::from_secs(20),
             tcp_connect_timeout: Duration::from_secs(1),
             force_tcp: false,
+            loop_check: false,
         }
     }
 }

@@ -22,6 +22,8 @@
 //! Config keys: `cache:` (see [`crate::cache`]), `mitigations:` (see [`crate::mitigate`]),
 //! `forward.force_tcp`. Metrics are registered by those modules.
 
+mod loop_guard;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +41,7 @@ use crate::record::{CacheUse, QueryTrace, TraceSink};
 use crate::request::{Arrival, Complete, Request};
 use crate::search::SearchModel;
 use crate::wire::{self, QueryInfo, Rcode, HEADER_LEN};
+pub use loop_guard::LoopGuard;
 
 pub struct Pipeline {
     forwarder: Arc<Forwarder>,
@@ -51,6 +54,7 @@ pub struct Pipeline {
     metrics: MitigationMetrics,
     trace_sink: Option<TraceSink>,
     tasks: TaskTracker,
+    loop_guard: Arc<LoopGuard>,
 }
 
 /// What the pipeline is built from: its own config sections and the pieces below it.
@@ -63,6 +67,8 @@ pub struct PipelineParts {
     /// A cache to keep (a reload with the same `cache:` section); else one is made when
     /// `cache.enabled`.
     pub cache: Option<Arc<Cache>>,
+    /// Recognises dnslens's own loop probe coming back.
+    pub loop_guard: Arc<LoopGuard>,
 }
 
 /// The series of the cache and the mitigations, registered once for every pipeline.
@@ -108,7 +114,17 @@ impl Pipeline {
             metrics: metrics.mitigations.clone(),
             trace_sink: parts.trace_sink,
             tasks: parts.tasks,
+            loop_guard: parts.loop_guard,
         })
+    }
+
+    /// Sends the loop probe to the upstreams (see [`LoopGuard`]); the answer is not used.
+    pub fn probe_for_loops(self: &Arc<Self>) {
+        let pipeline = self.clone();
+        self.tasks.spawn(async move {
+            let probe = pipeline.loop_guard.probe_query();
+            pipeline.resolve(probe).await;
+        });
     }
 
     /// The cache, for the next pipeline to keep.
@@ -120,6 +136,13 @@ impl Pipeline {
     /// cache hit is answered from here without copying the query; everything else becomes
     /// a [`Request`].
     pub fn handle(self: &Arc<Self>, packet: &[u8], info: QueryInfo, arrival: Arrival) {
+        let question = packet.get(HEADER_LEN..info.question_end).unwrap_or(&[]);
+        if self.loop_guard.is_probe(question) {
+            self.loop_guard.caught();
+            self.request(packet.to_vec(), info, arrival, None)
+                .respond_error(Rcode::ServFail);
+            return;
+        }
         let trace = QueryTrace::start(
             self.trace_sink.as_ref(),
             arrival.peer,
