@@ -18,8 +18,9 @@
 //! Handover: every listening socket (UDP, TCP, and the admin listener, see `lib`) is bound
 //! with SO_REUSEPORT, so a second dnslens — the new pod of a rolling update on the host's
 //! network — binds the same address beside this one. On stop a UDP worker answers what its
-//! socket still holds before closing it, and the TCP listener leaves the group at once
-//! (open connections finish what they read), so new traffic goes to the other process.
+//! socket still holds before closing it, and the TCP listener accepts what the kernel
+//! queued for it, then leaves the group (open connections finish what they read), so new
+//! traffic goes to the other process.
 //!
 //! Metrics:
 //! - `dnslens_requests_total{transport,qtype,rcode}`: queries answered, by the RCODE sent.
@@ -365,6 +366,10 @@ async fn udp_worker(
     }
 }
 
+/// How long a connection accepted from the queue after the stop may take to send its
+/// queries.
+const TCP_DRAIN_READ: Duration = Duration::from_millis(500);
+
 /// Datagrams answered from a socket's queue after the stop, at most.
 const UDP_DRAIN_MAX: usize = 65_536;
 
@@ -479,9 +484,28 @@ async fn tcp_accept(
             }
         });
     }
-    // Out of the SO_REUSEPORT group at once, so new connections go to another dnslens on
-    // the address (a rolling update) while the open ones answer what they already read.
+    // Connections the kernel completed that were not accepted yet would be reset when the
+    // listener closes: take them too, and give them TCP_DRAIN_READ to send their queries.
+    let drained = CancellationToken::new();
+    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
+    {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            served.metrics.dropped("tcp_connection_limit");
+            continue;
+        };
+        let (served, drained) = (served.clone(), drained.clone());
+        conns.spawn(async move {
+            let _permit = permit;
+            let _ = tcp_connection(stream, peer, settings, served, drained).await;
+        });
+    }
+    // Out of the SO_REUSEPORT group, so new connections go to another dnslens on the address
+    // (a rolling update) while the open ones answer what they already read.
     drop(listener);
+    tokio::spawn(async move {
+        tokio::time::sleep(TCP_DRAIN_READ).await;
+        drained.cancel();
+    });
     while conns.join_next().await.is_some() {}
 }
 
