@@ -217,39 +217,30 @@ async fn shutdown_answers_what_is_in_flight() {
     .is_none());
 }
 
-/// Two forwarders pointing at each other (a node whose resolv.conf names the node-local
-/// address, in miniature): each one's loop probe comes back to it, it says so in
-/// `/readyz?verbose` and counts it, and the looping question is answered SERVFAIL instead
-/// of circling; a proxy in front of a real upstream sees no loop.
+/// Upstreams that lead back to dnslens (a relay that hands every query it gets to
+/// dnslens's own listener: a node whose resolv.conf names the node-local address, in
+/// miniature): the loop probe comes back, dnslens says so in `/readyz?verbose`, counts it,
+/// and answers the looping question SERVFAIL instead of letting it circle; a proxy in front
+/// of a real upstream sees no loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarding_loop_is_detected_by_its_probe() {
-    let (a_port, b_port) = (free_port(), free_port());
-    let addr = |port: u16| -> std::net::SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
-    let looping = |listen: u16, upstream: u16| {
-        let mut config = test_config(&[addr(upstream)]);
-        config.listen = vec![addr(listen)];
-        config.forward.loop_check = true;
-        config
-    };
-    let a = dnslens::Proxy::start(&looping(a_port, b_port))
-        .await
-        .unwrap();
-    let b = dnslens::Proxy::start(&looping(b_port, a_port))
-        .await
-        .unwrap();
-    // A's probe was sent before B listened; B's goes to A, which forwards it back to B.
+    let dns: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let relay = UpstreamRelay::start(dns, Duration::ZERO).await;
+    let mut config = test_config(&[relay.udp]);
+    config.listen = vec![dns];
+    config.forward.loop_check = true;
+    let proxy = dnslens::Proxy::start(&config).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while metric(b.metrics_addr, "dnslens_forwarding_loop_detected_total").await < 1.0 {
+    while metric(proxy.metrics_addr, "dnslens_forwarding_loop_detected_total").await < 1.0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "B's probe never came back to it through A"
+            "the probe never came back through the relay"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, verbose) = http_get(b.metrics_addr, "/readyz?verbose").await;
+    let (_, verbose) = http_get(proxy.metrics_addr, "/readyz?verbose").await;
     assert!(verbose.contains("forwarding loop: detected"), "{verbose}");
-    a.shutdown().await;
-    b.shutdown().await;
+    proxy.shutdown().await;
 
     let world = World::start_with(|c| c.forward.loop_check = true).await;
     ask_udp(
