@@ -234,32 +234,39 @@ pub fn bind(
     Ok(bound)
 }
 
-/// UDP sockets and a TCP listener on one address. With port 0 the kernel picks the UDP
-/// port, which TCP may already use (an outgoing connection's local port): then try again.
+/// UDP sockets and a TCP listener on one address. Port 0 gets a port no other socket
+/// uses ([`exclusive_port`]): with SO_REUSEPORT the kernel may otherwise hand out a port
+/// another listener of the same user already holds, and the two would share its traffic.
 fn bind_one(
     requested: SocketAddr,
     workers: usize,
 ) -> std::io::Result<(SocketAddr, Vec<Socket>, TcpListener)> {
-    let tries = if requested.port() == 0 { 16 } else { 1 };
+    let addr = if requested.port() == 0 {
+        SocketAddr::new(requested.ip(), exclusive_port(requested.ip())?)
+    } else {
+        requested
+    };
+    let sockets = (0..workers.max(1))
+        .map(|_| reuseport_udp(addr))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let tcp = tcp_listener(addr)?;
+    Ok((addr, sockets, tcp))
+}
+
+/// A port free for both UDP and TCP on `ip`, found with sockets that do not share
+/// (no SO_REUSEPORT), so no other listener holds it; they are closed before the shared
+/// sockets bind it.
+pub fn exclusive_port(ip: IpAddr) -> std::io::Result<u16> {
     let mut last_error = None;
-    for _ in 0..tries {
-        let first = reuseport_udp(requested)?;
-        let addr = first
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| std::io::Error::other("listen socket has no IP address"))?;
-        match tcp_listener(addr) {
-            Ok(tcp) => {
-                let mut sockets = vec![first];
-                for _ in 1..workers {
-                    sockets.push(reuseport_udp(addr)?);
-                }
-                return Ok((addr, sockets, tcp));
-            }
+    for _ in 0..16 {
+        let udp = std::net::UdpSocket::bind((ip, 0))?;
+        let port = udp.local_addr()?.port();
+        match std::net::TcpListener::bind((ip, port)) {
+            Ok(_) => return Ok(port),
             Err(e) => last_error = Some(e),
         }
     }
-    Err(last_error.unwrap_or_else(|| std::io::Error::other("no port for UDP and TCP")))
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no port free for UDP and TCP")))
 }
 
 fn reuseport_udp(addr: SocketAddr) -> std::io::Result<Socket> {
@@ -275,6 +282,11 @@ fn reuseport_udp(addr: SocketAddr) -> std::io::Result<Socket> {
 /// A TCP listener that another dnslens may share (SO_REUSEPORT: the new pod of a rolling
 /// update binds beside the old one).
 pub fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let addr = if addr.port() == 0 {
+        SocketAddr::new(addr.ip(), exclusive_port(addr.ip())?)
+    } else {
+        addr
+    };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;

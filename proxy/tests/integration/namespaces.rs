@@ -233,6 +233,7 @@ for i in $(seq 100); do
   sleep 0.05
 done
 sleep 1   # the readiness probes' own lookup ends before the client starts
+settle    # ... and has reached the detectors, however loaded the machine
 {setup}
 dump_metrics metrics0.txt
 {steps_script}{after}
