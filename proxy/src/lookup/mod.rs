@@ -33,7 +33,7 @@
 //!   lookup). Re-asks that come after their lookup was reported (its answers are traced
 //!   when answered, so a slow answer can come after a quick final one) form a record of
 //!   their own that the detectors recognise as that lookup's tail.
-//! - **Close**: a lookup with its final answer is reported after `linger` (100 ms) of quiet
+//! - **Close**: a lookup with its final answer is reported after `linger` (250 ms) of quiet
 //!   (a missing twin's grace, and retransmissions of a lost answer); any lookup `lookup.window`
 //!   after its last query.
 //! - **Bounds**: at most `lookup.max_entries` open lookups; the oldest is evicted (counted) and
@@ -107,8 +107,11 @@ const PAUSE: Duration = Duration::from_micros(20);
 /// then it stops stepping aside (a worker that always wants the core is saturated anyway).
 const BEHIND_AFTER: Duration = Duration::from_millis(10);
 /// Quiet time after a lookup got its final answer before it is closed: the grace of a
-/// missing twin, and of a retransmission of an answer lost on its way back.
-const LINGER: Duration = Duration::from_millis(100);
+/// missing twin, and of a retransmission of an answer lost on its way back. As long as the
+/// late-twin threshold of the race detector (`anomaly`'s 250 ms): a twin sooner than that is
+/// part of the lookup, not a race — at 100 ms a Go resolver's second socket, descheduled on
+/// a loaded machine, split one lookup into two.
+const LINGER: Duration = Duration::from_millis(250);
 /// Queries one lookup may hold. A real `getaddrinfo` sends at most about a dozen (suffixes
 /// times A/AAAA, plus retries); a client that keeps asking the same name without pause
 /// (a load generator, a hot loop) would otherwise grow one lookup forever. A full lookup is
