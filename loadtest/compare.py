@@ -476,7 +476,6 @@ def main():
     for t, runs in results.items():
         ordered = sorted(runs, key=lambda run: run["glibc_p99_us"])
         reports[t] = ordered[len(ordered) // 2]["load"]
-    base = med.get(("dnsdist", False))
     plain, traced = med.get(("dnslens", True)), med.get(("dnslens-traced", True))
     if plain and traced:
         print(f"dnslens (cache on) tracing on / off: CPU per query x{traced['cpu_us'] / plain['cpu_us']:.2f}, "

@@ -566,11 +566,6 @@ impl Forwarder {
             .collect()
     }
 
-    /// Queries waiting on an upstream.
-    pub fn inflight(&self) -> i64 {
-        self.inflight.get()
-    }
-
     /// The pool of the zone holding the query's name, counted and marked on its trace.
     fn route(&self, request: &mut Request) -> usize {
         if self.pools.len() == 1 {
