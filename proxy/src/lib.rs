@@ -36,6 +36,7 @@ pub mod search;
 pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod test_messages;
+pub mod udp;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -470,7 +471,7 @@ impl Generation {
             &mut listener_tasks,
         );
         if config.forward.loop_check {
-            pipeline.probe_for_loops();
+            pipeline.probe_for_loops(stop_listening.clone());
         }
         Ok(Generation {
             config: config.clone(),

@@ -43,7 +43,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::udp::DatagramSocket;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -224,7 +226,7 @@ pub fn bind(
         let (addr, sockets, tcp) = bind_one(*requested, workers)?;
         for socket in sockets {
             bound.udp.push(Arc::new(UdpReply {
-                socket: UdpSocket::from_std(socket.into())?,
+                socket: DatagramSocket::new(socket)?,
                 replies: replies.clone(),
             }));
         }

@@ -21,12 +21,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::udp::DatagramSocket;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::debug;
 
@@ -134,7 +134,7 @@ pub enum ReplyTo {
 
 /// A listening UDP socket, as the answers see it.
 pub struct UdpReply {
-    pub socket: UdpSocket,
+    pub socket: DatagramSocket,
     pub replies: Arc<Replies>,
 }
 
@@ -175,9 +175,9 @@ impl ReplyTo {
                 let sent = if answer.len() > usize::from(info.udp_payload) {
                     endpoint.replies.truncated.inc();
                     let truncated = wire::truncated_answer(answer);
-                    endpoint.socket.try_send_to(&truncated, peer)
+                    endpoint.socket.send_to(&truncated, peer)
                 } else {
-                    endpoint.socket.try_send_to(answer, peer)
+                    endpoint.socket.send_to(answer, peer)
                 };
                 if let Err(e) = sent {
                     debug!(%peer, error = %e, "udp answer not sent");

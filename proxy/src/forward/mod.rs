@@ -66,6 +66,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::udp::DatagramSocket;
 use arc_swap::ArcSwap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -74,7 +75,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -244,7 +244,7 @@ struct Pending {
 
 /// One upstream-facing UDP socket and the queries outstanding on it.
 struct PoolSocket {
-    socket: UdpSocket,
+    socket: DatagramSocket,
     pending: Mutex<HashMap<u16, Pending>>,
     created: Instant,
     /// Ends the receive task once the socket is retired and drained.
@@ -642,7 +642,7 @@ impl Forwarder {
             self.inflight.inc();
             (id, copy)
         };
-        let sent = socket.socket.try_send_to(copy.bytes(), upstream.addr);
+        let sent = socket.socket.send_to(copy.bytes(), upstream.addr);
         if let Err(e) = sent {
             let Some(mut entry) = lock(&socket.pending).remove(&id) else {
                 return;
@@ -934,11 +934,10 @@ impl PoolSocket {
         if v6 {
             socket.set_only_v6(false)?;
         }
-        socket.set_nonblocking(true)?;
         let _ = socket.set_recv_buffer_size(4 << 20);
         socket.bind(&addr.into())?;
         Ok(PoolSocket {
-            socket: UdpSocket::from_std(socket.into())?,
+            socket: DatagramSocket::new(socket)?,
             pending: Mutex::new(HashMap::new()),
             created: Instant::now(),
             retired: CancellationToken::new(),

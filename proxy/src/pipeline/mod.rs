@@ -25,10 +25,11 @@
 mod loop_guard;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::CacheConfig;
@@ -42,6 +43,16 @@ use crate::request::{Arrival, Complete, Request};
 use crate::search::SearchModel;
 use crate::wire::{self, QueryInfo, Rcode, HEADER_LEN};
 pub use loop_guard::LoopGuard;
+
+/// The pause after each loop probe that got no answer; five probes in all, the last one
+/// 15 s after the first.
+const LOOP_PROBE_PAUSES: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::ZERO,
+];
 
 pub struct Pipeline {
     forwarder: Arc<Forwarder>,
@@ -118,12 +129,25 @@ impl Pipeline {
         })
     }
 
-    /// Sends the loop probe to the upstreams (see [`LoopGuard`]); the answer is not used.
-    pub fn probe_for_loops(self: &Arc<Self>) {
+    /// Sends the loop probe to the upstreams (see [`LoopGuard`]) until it is caught or an
+    /// upstream answers it: a probe lost on the way (an upstream still starting, a dropped
+    /// datagram) is sent again after 1, 2, 4 and 8 s. Ends early when `stop` is cancelled.
+    pub fn probe_for_loops(self: &Arc<Self>, stop: CancellationToken) {
         let pipeline = self.clone();
         self.tasks.spawn(async move {
-            let probe = pipeline.loop_guard.probe_query();
-            pipeline.resolve(probe).await;
+            for pause in LOOP_PROBE_PAUSES {
+                let answer = tokio::select! {
+                    answer = pipeline.resolve(pipeline.loop_guard.probe_query()) => answer,
+                    _ = stop.cancelled() => return,
+                };
+                if pipeline.loop_guard.detected() || wire::rcode(&answer) != Rcode::SERVFAIL {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
         });
     }
 

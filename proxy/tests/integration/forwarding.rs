@@ -224,12 +224,15 @@ async fn shutdown_answers_what_is_in_flight() {
 /// of a real upstream sees no loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarding_loop_is_detected_by_its_probe() {
-    let dns: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let relay = UpstreamRelay::start(dns, Duration::ZERO).await;
-    let mut config = test_config(&[relay.udp]);
-    config.listen = vec![dns];
+    // dnslens takes its port first (port 0: no other test can share it), then a reload
+    // points it at the relay — the probe goes out with each new configuration.
+    let unused: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut config = test_config(&[unused]);
+    let mut proxy = dnslens::Proxy::start(&config).await.unwrap();
+    let relay = UpstreamRelay::start(proxy.dns_addrs[0], Duration::ZERO).await;
+    config.upstreams = vec![dnslens::config::UpstreamAddr(relay.udp)];
     config.forward.loop_check = true;
-    let proxy = dnslens::Proxy::start(&config).await.unwrap();
+    proxy.reload(config).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while metric(proxy.metrics_addr, "dnslens_forwarding_loop_detected_total").await < 1.0 {
         assert!(
@@ -238,6 +241,14 @@ async fn a_forwarding_loop_is_detected_by_its_probe() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The first probe did it: sent on forwarder sockets opened a moment before (a send
+    // that once failed locally until tokio's reactor had seen the socket).
+    assert_eq!(relay.seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let local_errors = format!(
+        "dnslens_upstream_requests_total{{upstream=\"{}\",transport=\"udp\",outcome=\"local_error\"}}",
+        relay.udp
+    );
+    assert_eq!(metric(proxy.metrics_addr, &local_errors).await, 0.0);
     let (_, verbose) = http_get(proxy.metrics_addr, "/readyz?verbose").await;
     assert!(verbose.contains("forwarding loop: detected"), "{verbose}");
     proxy.shutdown().await;
