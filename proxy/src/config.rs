@@ -189,6 +189,10 @@ pub struct Overrides {
     pub ndots: Option<u32>,
     pub cluster_domain: Option<String>,
     pub resolv_conf: Option<PathBuf>,
+    /// Switches that can only turn a feature on.
+    pub cache: bool,
+    pub musl_shield: bool,
+    pub autopath: bool,
 }
 
 impl Config {
@@ -257,6 +261,9 @@ impl Config {
         if let Some(p) = o.resolv_conf {
             self.resolv_conf = p;
         }
+        self.cache.enabled |= o.cache;
+        self.mitigations.musl_shield |= o.musl_shield;
+        self.mitigations.autopath |= o.autopath;
     }
 
     /// Fills in what was left empty (listen addresses from the mode, upstreams from

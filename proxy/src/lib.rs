@@ -20,6 +20,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(test)]
 mod fuzz_bytes;
 pub mod inject;

@@ -295,7 +295,13 @@ impl ServeArgs {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        config.apply(Overrides {
+        config.apply(self.overrides());
+        config.finish()
+    }
+
+    /// What the environment and the flags set.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
             mode: self.mode,
             listen: self.listen.clone(),
             upstreams: self.upstreams.clone(),
@@ -307,11 +313,10 @@ impl ServeArgs {
             ndots: self.ndots,
             cluster_domain: self.cluster_domain.clone(),
             resolv_conf: self.resolv_conf.clone(),
-        });
-        config.cache.enabled |= self.cache;
-        config.mitigations.musl_shield |= self.musl_shield;
-        config.mitigations.autopath |= self.autopath;
-        config.finish()
+            cache: self.cache,
+            musl_shield: self.musl_shield,
+            autopath: self.autopath,
+        }
     }
 }
 

@@ -46,7 +46,8 @@
 //! - `dnslens_upstream_duration_seconds{upstream,transport}`: time to an upstream's answer.
 //! - `dnslens_upstream_healthy{upstream}`: 1 in service, 0 put aside.
 //! - `dnslens_responses_dropped_total{upstream,reason}`: upstream responses discarded:
-//!   `malformed`, `unknown_id` (late, or spoofed), `wrong_source` and `question_mismatch`
+//!   `malformed`, `late` (the answer to a try that had timed out, from its upstream, within
+//!   30 s), `unknown_id` (spoofed, or later still), `wrong_source` and `question_mismatch`
 //!   (spoofing); `upstream` is the configured upstream the datagram came from, or `other`
 //!   (any other source: never a free-form address as a label).
 //! - `dnslens_forward_failures_total{reason}`: queries answered SERVFAIL by dnslens:
@@ -211,8 +212,12 @@ impl ForwardConfig {
 
 /// Outstanding queries on one UDP socket: IDs are 16 bits, keep some free for fast picks.
 const MAX_PENDING_PER_SOCKET: usize = 49_152;
+/// Timed-out IDs remembered per socket, and for how long, to tell late answers apart.
+const MAX_TIMED_OUT: usize = 4_096;
+const LATE_WINDOW: Duration = Duration::from_secs(30);
 const RESPONSE_DROP_REASONS: &[&str] = &[
     "malformed",
+    "late",
     "unknown_id",
     "wrong_source",
     "question_mismatch",
@@ -246,6 +251,9 @@ struct Pending {
 struct PoolSocket {
     socket: DatagramSocket,
     pending: Mutex<HashMap<u16, Pending>>,
+    /// IDs that timed out lately, with when and to which upstream: an answer that comes
+    /// after its timeout is counted `late`, not `unknown_id` (bounded: [`MAX_TIMED_OUT`]).
+    timed_out: Mutex<HashMap<u16, (Instant, usize)>>,
     created: Instant,
     /// Ends the receive task once the socket is retired and drained.
     retired: CancellationToken,
@@ -719,6 +727,15 @@ impl Forwarder {
         }
     }
 
+    /// `late` for the answer to a try that timed out lately, from the upstream it went to;
+    /// else `unknown_id` (spoofed, or older than [`LATE_WINDOW`]).
+    fn late_or_unknown(&self, socket: &PoolSocket, id: u16, from: SocketAddr) -> &'static str {
+        match lock(&socket.timed_out).get(&id) {
+            Some((_, upstream)) if self.upstreams[*upstream].addr == from => "late",
+            _ => "unknown_id",
+        }
+    }
+
     fn on_udp_answer(self: &Arc<Self>, socket: &PoolSocket, answer: &mut [u8], from: SocketAddr) {
         let from = canonical(from);
         let Ok(info) = wire::parse_response(answer) else {
@@ -728,7 +745,7 @@ impl Forwarder {
         let entry = {
             let mut pending = lock(&socket.pending);
             let verdict = match pending.get(&info.id) {
-                None => Err("unknown_id"),
+                None => Err(self.late_or_unknown(socket, info.id, from)),
                 Some(p) if self.upstreams[p.upstream].addr != from => Err("wrong_source"),
                 Some(p)
                     if !wire::same_question(
@@ -869,11 +886,19 @@ impl Forwarder {
                 self.slots.iter().map(|s| s.load_full()).collect();
             sockets.extend(lock(&self.retiring).iter().cloned());
             for socket in &sockets {
-                let expired: Vec<Pending> = lock(&socket.pending)
+                let expired: Vec<(u16, Pending)> = lock(&socket.pending)
                     .extract_if(|_, p| p.deadline <= now)
-                    .map(|(_, p)| p)
                     .collect();
-                for mut p in expired {
+                {
+                    let mut timed_out = lock(&socket.timed_out);
+                    timed_out.retain(|_, (at, _)| now.duration_since(*at) < LATE_WINDOW);
+                    for (id, p) in &expired {
+                        if timed_out.len() < MAX_TIMED_OUT {
+                            timed_out.insert(*id, (now, p.upstream));
+                        }
+                    }
+                }
+                for (_, mut p) in expired {
                     self.inflight.dec();
                     let upstream = &self.upstreams[p.upstream];
                     upstream.record(Transport::Udp, Outcome::Timeout, now - p.sent_at);
@@ -939,6 +964,7 @@ impl PoolSocket {
         Ok(PoolSocket {
             socket: DatagramSocket::new(socket)?,
             pending: Mutex::new(HashMap::new()),
+            timed_out: Mutex::new(HashMap::new()),
             created: Instant::now(),
             retired: CancellationToken::new(),
         })

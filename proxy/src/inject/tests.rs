@@ -316,6 +316,30 @@ fn the_webhook_answers_with_a_patch_that_makes_the_same_pod() {
     assert_eq!(patched["spec"]["containers"][0]["name"], "app");
 }
 
+/// Found by the `webhook` fuzz target: the response repeated whatever `kind` the body had
+/// ("Adm#issionReview"); a body that is not an AdmissionReview gets a failure instead.
+#[test]
+fn only_an_admission_review_gets_an_admission_review_back() {
+    let pod = json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": app_spec()});
+    let mut body: Value = serde_json::from_slice(&admission_review(pod)).unwrap();
+    for (key, value) in [("kind", "Adm#issionReview"), ("apiVersion", "v1")] {
+        let mut wrong = body.clone();
+        wrong[key] = json!(value);
+        let (answer, result) = review(&serde_json::to_vec(&wrong).unwrap(), &config(), false);
+        assert_eq!(result, ReviewResult::Error, "{key}: {value}");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(
+            answer["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
+    }
+    body["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let (answer, result) = review(&serde_json::to_vec(&body).unwrap(), &config(), false);
+    assert_eq!(result, ReviewResult::Injected);
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1beta1");
+}
+
 #[test]
 fn the_webhook_never_blocks_unless_asked_to_fail_closed() {
     let hostile: [&[u8]; 4] = [

@@ -78,6 +78,20 @@ pub fn review(body: &[u8], config: &InjectConfig, fail_closed: bool) -> (Value, 
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    // The response repeats the review's type, so only an AdmissionReview gets one.
+    let api_version = raw.get("apiVersion").and_then(Value::as_str);
+    if raw.get("kind").and_then(Value::as_str) != Some("AdmissionReview")
+        || !matches!(
+            api_version,
+            Some("admission.k8s.io/v1" | "admission.k8s.io/v1beta1")
+        )
+    {
+        return failure(
+            &uid,
+            "not an AdmissionReview (kind AdmissionReview, apiVersion admission.k8s.io/v1)",
+            fail_closed,
+        );
+    }
     let request: AdmissionRequest<DynamicObject> =
         match serde_json::from_value::<AdmissionReview<DynamicObject>>(raw)
             .map_err(|e| e.to_string())

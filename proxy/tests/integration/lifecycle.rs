@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dnslens::demo::{EmbeddedUpstream, ZONES};
+use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 
 use crate::harness::*;
@@ -298,4 +299,102 @@ async fn tcp_ask_once(server: std::net::SocketAddr, name: &str) -> Option<Vec<u8
     let query = query_bytes(name, RecordType::A, rand::random(), None);
     tcp_send(&mut stream, &query).await;
     tcp_recv(&mut stream).await
+}
+
+/// SIGTERM under load, in a sidecar's settings (no lameduck): a client sends four queries
+/// a millisecond from one socket to a dnslens whose upstream answers after 100 ms (so hundreds
+/// are in flight at the signal). Every query whose send completed before the signal is
+/// answered — the ones in flight and the ones still in the socket's queue — each with its
+/// own ID and question, and dnslens exits 0 within its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_query_received_before_it() {
+    let upstream = crate::upstream_faults::DelayedUpstream::start(Duration::from_millis(100)).await;
+    let dir = TempDir::new("sigterm");
+    let config = dir.0.join("dnslens.yaml");
+    std::fs::write(&config, "lameduck: 0s\nshutdown_grace: 3s\n").unwrap();
+    let dns: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut proxy = start_serving(&config, dns, upstream.addr, admin).await;
+
+    let socket = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let receiver = socket.clone();
+    let answers = tokio::spawn(async move {
+        let mut answered = std::collections::HashSet::new();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(Ok((len, _))) =
+            tokio::time::timeout(Duration::from_secs(2), receiver.recv_from(&mut buf)).await
+        {
+            let answer = Message::from_vec(&buf[..len]).expect("a well-formed answer");
+            let id = answer.metadata.id;
+            assert_eq!(
+                answer.queries[0].name().to_ascii(),
+                format!("n{id}.example.org."),
+                "the answer to its own question"
+            );
+            assert!(answered.insert(id), "answered twice: {id}");
+        }
+        answered
+    });
+    let signal_at = Instant::now() + Duration::from_millis(1_000);
+    let mut sent_before_signal = Vec::new();
+    let mut signalled = false;
+    let mut id = 0u16;
+    while id < 10_000 {
+        if !signalled && Instant::now() >= signal_at {
+            let kill = Command::new("kill")
+                .args(["-TERM", &proxy.0.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(kill.success());
+            signalled = true;
+        }
+        // Four queries a millisecond (a timer tick).
+        for _ in 0..4 {
+            let query = query_bytes(&format!("n{id}.example.org."), RecordType::A, id, None);
+            // After the signal the socket may be gone: a refused send is not a lost query.
+            if socket.send_to(&query, dns).await.is_ok() && !signalled {
+                sent_before_signal.push(id);
+            }
+            id += 1;
+        }
+        if signalled && proxy.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = proxy.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dnslens did not exit within its grace"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let answered = answers.await.unwrap();
+    let lost: Vec<u16> = sent_before_signal
+        .iter()
+        .copied()
+        .filter(|id| !answered.contains(id))
+        .collect();
+    assert!(
+        sent_before_signal.len() > 1_000,
+        "only {} queries before the signal",
+        sent_before_signal.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {} queries sent before SIGTERM unanswered: {:?}",
+        lost.len(),
+        sent_before_signal.len(),
+        &lost[..lost.len().min(20)]
+    );
+    eprintln!(
+        "sigterm under load: sent before the signal {}, answered {}, lost 0",
+        sent_before_signal.len(),
+        answered.len()
+    );
 }

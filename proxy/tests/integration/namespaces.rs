@@ -142,6 +142,11 @@ pub struct Scene {
     pub window: &'static str,
     /// Appended to dnslens's config.
     pub yaml: String,
+    /// Knot's port; dnslens's upstream is 127.0.0.1:5300 (a different port puts something
+    /// between them, started by `before`).
+    pub knot_port: u16,
+    /// Shell run right after Knot starts, before anything asks for a name.
+    pub before: String,
     /// Shell run once dnslens answers, before the steps (e.g. iptables rules); what it
     /// asks dnslens has ended before the first step's metrics are read.
     pub setup: String,
@@ -158,6 +163,8 @@ impl Default for Scene {
             resolv_conf: RESOLV_CONF.into(),
             window: "500ms",
             yaml: String::new(),
+            knot_port: 5300,
+            before: String::new(),
             setup: String::new(),
             steps: Vec::new(),
             after: String::new(),
@@ -171,7 +178,7 @@ pub fn run_scene(scene: &Scene) -> Run {
     let dir = TempDir::new("netns");
     let d = &dir.0;
     std::fs::write(d.join("resolv.conf"), &scene.resolv_conf).unwrap();
-    knot_config(d, 5300);
+    knot_config(d, scene.knot_port);
     std::fs::write(
         d.join("dnslens.yaml"),
         format!("lookup:\n  window: {}\n{}", scene.window, scene.yaml),
@@ -205,6 +212,7 @@ cd "{d}"
 ip link set lo up
 mount --bind "{d}/resolv.conf" /etc/resolv.conf
 knotd -c knot.conf >knot.log 2>&1 & knot=$!
+{before}
 "{sink}" 127.0.0.1:4317 127.0.0.1:4318 spans.txt 2>sink.log & sink=$!
 OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=always_on \
   "{dnslens}" serve --config dnslens.yaml --listen 127.0.0.1:53 --upstream 127.0.0.1:5300 \
@@ -256,6 +264,7 @@ wait $proxy $sink $knot 2>/dev/null || true
         sink = otlp_sink().display(),
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
         after = scene.after,
+        before = scene.before,
     );
     let status = Command::new("unshare")
         .args([
