@@ -80,7 +80,7 @@ pub struct AdminState {
     pub loop_guard: Arc<crate::pipeline::LoopGuard>,
     pub journal: Journal,
     /// Who may read `/debug/*` and `/ui/`.
-    pub debug: Acl,
+    pub debug: Arc<Acl>,
     /// The timeline page, its settings filled in.
     pub ui_page: Arc<str>,
     /// Cancelled when shutdown begins: `/readyz` turns 503.

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod mitigate;
 pub mod node_setup;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod record;
 pub mod request;
 pub mod search;
@@ -254,7 +255,7 @@ impl Proxy {
                 forwarder: forwarder_now.clone(),
                 loop_guard: shared.loop_guard.clone(),
                 journal: journal.clone(),
-                debug: config.admin.debug_acl(),
+                debug: Arc::new(config.admin.debug_acl()),
                 ui_page: admin::ui_page(&config.ui).into(),
                 draining: draining.clone(),
             };

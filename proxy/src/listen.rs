@@ -32,6 +32,8 @@
 //! - `dnslens_acl_refused_total`: queries answered REFUSED because the client is outside
 //!   `listener.allow` (default: loopback only; node-local mode requires the pod CIDRs), so
 //!   dnslens is never an open resolver.
+//! - `dnslens_rate_limited_total{action}`, `dnslens_rate_limit_table_full_total`: the
+//!   per-client rate limit, `listener.rate_limit` ([`crate::ratelimit`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +56,7 @@ use tracing::{debug, warn};
 use crate::invalid::{check, Invalid};
 use crate::metrics::{ReasonCounters, ReasonLabels};
 use crate::pipeline::Pipeline;
+use crate::ratelimit::{RateLimitConfig, RateLimitMetrics, RateLimiter, Verdict};
 use crate::record::TraceSink;
 use crate::request::{
     Arrival, Replies, ReplyTo, RequestDurations, RequestLabels, TcpReply, UdpReply,
@@ -74,6 +77,8 @@ pub struct ListenerConfig {
     /// Client networks that get answers; queries from elsewhere are REFUSED. Empty: loopback
     /// in a sidecar; node-local mode requires the pod CIDRs here.
     pub allow: Vec<ipnet::IpNet>,
+    /// Per-client token bucket (off by default): see [`crate::ratelimit`].
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for ListenerConfig {
@@ -84,6 +89,7 @@ impl Default for ListenerConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_max_inflight_per_connection: 64,
             allow: Vec::new(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -96,7 +102,8 @@ impl ListenerConfig {
             "listener",
             "tcp_max_connections and tcp_max_inflight_per_connection must be above zero",
         )?;
-        check(self.udp_workers > 64, "listener.udp_workers", "at most 64")
+        check(self.udp_workers > 64, "listener.udp_workers", "at most 64")?;
+        self.rate_limit.validate()
     }
 }
 
@@ -120,6 +127,7 @@ pub struct ListenMetrics {
     pub replies: Arc<Replies>,
     dropped: ReasonCounters,
     acl_refused: Counter,
+    rate_limit: RateLimitMetrics,
 }
 
 impl ListenMetrics {
@@ -161,6 +169,7 @@ impl ListenMetrics {
             )),
             dropped,
             acl_refused,
+            rate_limit: RateLimitMetrics::register(registry),
         }
     }
 
@@ -169,10 +178,11 @@ impl ListenMetrics {
     }
 }
 
-/// The client networks dnslens answers (`listener.allow`).
-#[derive(Debug, Clone)]
+/// The client networks dnslens answers (`listener.allow`), and the per-client rate limit
+/// within them (`listener.rate_limit`).
 pub struct Acl {
     allowed: Vec<ipnet::IpNet>,
+    limiter: Option<RateLimiter>,
 }
 
 impl Acl {
@@ -188,7 +198,21 @@ impl Acl {
             } else {
                 allow.to_vec()
             },
+            limiter: None,
         }
+    }
+
+    /// With a per-client rate limit (`None`: off).
+    pub fn limited_by(mut self, limiter: Option<RateLimiter>) -> Acl {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Whether this query from `client` (already allowed) stays within its rate.
+    fn rate(&self, client: IpAddr, now: Instant) -> Verdict {
+        self.limiter
+            .as_ref()
+            .map_or(Verdict::Pass, |l| l.check(client.to_canonical(), now))
     }
 
     pub fn allows(&self, client: IpAddr) -> bool {
@@ -309,7 +333,8 @@ impl BoundListeners {
         stop: CancellationToken,
         tasks: &mut JoinSet<()>,
     ) {
-        let acl = Arc::new(Acl::new(&config.allow));
+        let limiter = RateLimiter::build(&config.rate_limit, &metrics.rate_limit);
+        let acl = Arc::new(Acl::new(&config.allow).limited_by(limiter));
         for endpoint in self.udp {
             tasks.spawn(udp_worker(
                 endpoint,
@@ -399,17 +424,27 @@ fn serve_datagram(
     let received = Instant::now();
     let reply = ReplyTo::Udp(endpoint.clone());
     match wire::parse_query(packet) {
-        Ok(info) if acl.allows(peer.ip()) => pipeline.handle(
-            packet,
-            info,
-            Arrival {
-                peer,
-                received,
-                reply,
-            },
-        ),
+        Ok(info) if acl.allows(peer.ip()) => match acl.rate(peer.ip(), received) {
+            Verdict::Pass => pipeline.handle(
+                packet,
+                info,
+                Arrival {
+                    peer,
+                    received,
+                    reply,
+                },
+            ),
+            Verdict::Refuse => refuse(packet, &info, peer, reply),
+            Verdict::Drop => {}
+        },
         parsed => refuse_or_reject(packet, parsed, peer, reply, metrics),
     }
+}
+
+/// Answers REFUSED (header, question, OPT): outside the access list, or over the rate.
+fn refuse(packet: &[u8], info: &QueryInfo, peer: SocketAddr, reply: ReplyTo) {
+    let mut answer = wire::error_answer(packet, Some(info.question_end), Rcode::Refused);
+    reply.send(peer, info, packet, &mut answer, None);
 }
 
 /// Answers a query from outside the access list with REFUSED, and one that does not parse
@@ -596,15 +631,19 @@ async fn tcp_connection(
             replies: metrics.replies.clone(),
         });
         match wire::parse_query(&message) {
-            Ok(info) if allowed => served.pipeline.handle(
-                &message,
-                info,
-                Arrival {
-                    peer,
-                    received,
-                    reply,
-                },
-            ),
+            Ok(info) if allowed => match served.acl.rate(peer.ip(), received) {
+                Verdict::Pass => served.pipeline.handle(
+                    &message,
+                    info,
+                    Arrival {
+                        peer,
+                        received,
+                        reply,
+                    },
+                ),
+                Verdict::Refuse => refuse(&message, &info, peer, reply),
+                Verdict::Drop => {}
+            },
             parsed => refuse_or_reject(&message, parsed, peer, reply, metrics),
         }
     }

@@ -28,6 +28,10 @@ pub const RTYPE_SOA: u16 = 6;
 /// The address QTYPEs a `getaddrinfo` asks for.
 pub const QTYPE_A: u16 = 1;
 pub const QTYPE_AAAA: u16 = 28;
+/// ANY (QTYPE 255, RFC 1035 `*`).
+pub const QTYPE_ANY: u16 = 255;
+/// HINFO, the record type of RFC 8482's answer to ANY.
+const RTYPE_HINFO: u16 = 13;
 /// The DO bit in the OPT record's TTL field (RFC 3225).
 const EDNS_DO_BIT: u32 = 0x8000;
 
@@ -591,6 +595,31 @@ pub fn error_answer(query: &[u8], question_end: Option<usize>, rcode: Rcode) -> 
         out[11] = 1;
         out.extend_from_slice(&proxy_opt_record());
     }
+    out
+}
+
+/// The answer RFC 8482 §4.2 allows to an ANY query: one synthesized HINFO record (CPU
+/// "RFC8482", OS empty, TTL 3600) instead of every record at the name — no amplification
+/// to spend, nothing forwarded. The header, question and OPT are as in [`error_answer`].
+pub fn minimal_any_answer(query: &[u8], question_end: usize) -> Vec<u8> {
+    let base = error_answer(query, Some(question_end), Rcode::NoError);
+    let question_len = question_end.saturating_sub(HEADER_LEN);
+    if base.get(4..6) != Some(&[0, 1]) || base.len() < HEADER_LEN + question_len {
+        return base;
+    }
+    let (head, opt) = base.split_at(HEADER_LEN + question_len);
+    let mut out = Vec::with_capacity(base.len() + 21);
+    out.extend_from_slice(head);
+    out[6..8].copy_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&[0xc0, 0x0c]); // the question's name
+    out.extend_from_slice(&RTYPE_HINFO.to_be_bytes());
+    out.extend_from_slice(&1u16.to_be_bytes()); // IN
+    out.extend_from_slice(&3600u32.to_be_bytes());
+    out.extend_from_slice(&9u16.to_be_bytes());
+    out.push(7);
+    out.extend_from_slice(b"RFC8482");
+    out.push(0);
+    out.extend_from_slice(opt);
     out
 }
 

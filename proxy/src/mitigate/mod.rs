@@ -1,5 +1,5 @@
 //! Mitigations: fixes for the failure patterns the anomaly detectors name. Each is off by
-//! default, counted, and marked on the query's trace. The decisions are pure functions
+//! default (but `minimal_any`), counted, and marked on the query's trace. The decisions are pure functions
 //! here; [`crate::pipeline`] runs them.
 //!
 //! - **`musl_shield`**: musl's `getaddrinfo` sends A and AAAA for each search suffix and
@@ -26,6 +26,10 @@
 //!   `dnslens_autopath_total{result}`: `answered` (CNAME to another name), `first` (the
 //!   asked name itself was not NXDOMAIN), `not_found`, `failed`; span attribute
 //!   `dnslens.autopath.name`.
+//! - **`minimal_any`** — the one on by default, an abuse limit rather than a fix: an ANY
+//!   query is answered with RFC 8482's single synthesized HINFO record ("RFC8482") instead
+//!   of being forwarded, so dnslens cannot be used to amplify (ANY answers are the largest
+//!   an upstream gives). `dnslens_rewrites_total{kind="minimal_any"}`.
 //! - **`force_tcp`** (under `forward:`) is in [`crate::forward`].
 //!
 //! Config keys (`mitigations:`): `autopath`, `musl_shield`.
@@ -43,8 +47,9 @@ use crate::search::SearchModel;
 use crate::wire::{self, Rcode, HEADER_LEN};
 use serde::Deserialize;
 
-/// Fixes for the failure patterns dnslens detects (see `mitigate`). Each off by default.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// Fixes for the failure patterns dnslens detects (see `mitigate`); off by default but for
+/// `minimal_any`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MitigationsConfig {
     /// Server-side search: walk the pod's search list on the first expansion and answer
@@ -53,6 +58,19 @@ pub struct MitigationsConfig {
     /// Answer an empty NOERROR for a search expansion (no A nor AAAA at that name) as
     /// NXDOMAIN, so musl continues its search walk.
     pub musl_shield: bool,
+    /// Answer ANY queries with RFC 8482's one HINFO record, without asking upstream (on by
+    /// default: an abuse limit, not a workaround).
+    pub minimal_any: bool,
+}
+
+impl Default for MitigationsConfig {
+    fn default() -> Self {
+        MitigationsConfig {
+            autopath: false,
+            musl_shield: false,
+            minimal_any: true,
+        }
+    }
 }
 
 /// How an autopath walk ended.
@@ -95,6 +113,7 @@ struct ResultLabels {
 #[derive(Clone)]
 pub struct MitigationMetrics {
     empty_noerror_rewrites: Counter,
+    minimal_any: Counter,
     autopath: Vec<Counter>,
 }
 
@@ -117,8 +136,14 @@ impl MitigationMetrics {
                 kind: "empty_noerror_to_nxdomain",
             })
             .clone();
+        let minimal_any = rewrites
+            .get_or_create(&KindLabels {
+                kind: "minimal_any",
+            })
+            .clone();
         MitigationMetrics {
             empty_noerror_rewrites,
+            minimal_any,
             autopath: AutopathResult::ALL
                 .iter()
                 .map(|r| {
@@ -132,6 +157,10 @@ impl MitigationMetrics {
 
     pub fn rewrote_empty_noerror(&self) {
         self.empty_noerror_rewrites.inc();
+    }
+
+    pub fn answered_any_minimally(&self) {
+        self.minimal_any.inc();
     }
 
     pub fn autopath(&self, result: AutopathResult) {

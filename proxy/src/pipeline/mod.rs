@@ -60,6 +60,7 @@ pub struct Pipeline {
     coalescer: Coalescer<Request>,
     search: SearchModel,
     musl_shield: bool,
+    minimal_any: bool,
     autopath: bool,
     force_tcp: bool,
     metrics: MitigationMetrics,
@@ -120,6 +121,7 @@ impl Pipeline {
             coalescer: Coalescer::default(),
             search: parts.search,
             musl_shield: mitigations.musl_shield,
+            minimal_any: mitigations.minimal_any,
             autopath: mitigations.autopath,
             force_tcp,
             metrics: metrics.mitigations.clone(),
@@ -175,6 +177,13 @@ impl Pipeline {
             &info,
             arrival.received,
         );
+        if self.minimal_any && info.qtype == wire::QTYPE_ANY {
+            self.metrics.answered_any_minimally();
+            let mut answer = wire::minimal_any_answer(packet, info.question_end);
+            self.request(packet.to_vec(), info, arrival, trace)
+                .respond(&mut answer);
+            return;
+        }
         if self.autopath {
             let walk = packet
                 .get(HEADER_LEN..info.question_end)

@@ -168,3 +168,117 @@ async fn tcp_connections_beyond_the_cap_are_refused_and_counted() {
     drop(_a);
     world.stop().await;
 }
+
+/// `listener.rate_limit`: a client over its rate gets REFUSED (or nothing, with `drop`),
+/// counted; the first `burst` queries and other clients are served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_is_refused_or_dropped_and_counted() {
+    for (action, expect_answer) in [("refuse", true), ("drop", false)] {
+        let world = World::start_with(|c| {
+            c.listener.rate_limit.per_client_qps = 1;
+            c.listener.rate_limit.burst = 10;
+            c.listener.rate_limit.action = if action == "refuse" {
+                dnslens::ratelimit::LimitAction::Refuse
+            } else {
+                dnslens::ratelimit::LimitAction::Drop
+            };
+        })
+        .await;
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // All at once (well within a second: one token a second comes back meanwhile at most).
+        for id in 0..30u16 {
+            let query = query_bytes("example.org.", RecordType::A, id, None);
+            socket.send_to(&query, world.dns()).await.unwrap();
+        }
+        let (mut noerror, mut refused, mut answered) = (0, 0, std::collections::HashSet::new());
+        let mut buf = [0u8; 512];
+        while let Ok(Ok((len, _))) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+        {
+            let answer = Message::from_vec(&buf[..len]).unwrap();
+            assert!(answered.insert(answer.metadata.id), "one answer per query");
+            match answer.metadata.response_code.low() {
+                0 => noerror += 1,
+                5 => refused += 1,
+                other => panic!("rcode {other}"),
+            }
+        }
+        let silent = 30 - answered.len();
+        assert_eq!(noerror, 10, "{action}: the burst");
+        if expect_answer {
+            assert_eq!((refused, silent), (20, 0), "{action}");
+        } else {
+            assert_eq!((refused, silent), (0, 20), "{action}");
+        }
+        let counted = format!("dnslens_rate_limited_total{{action=\"{action}\"}}");
+        assert_eq!(metric(world.proxy.metrics_addr, &counted).await, 20.0);
+        // Another client (127.0.0.2, inside the loopback ACL) has a bucket of its own.
+        let other = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        let query = query_bytes("example.org.", RecordType::A, 77, None);
+        other.send_to(&query, world.dns()).await.unwrap();
+        let (len, _) = tokio::time::timeout(Duration::from_secs(2), other.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&buf[..len])
+                .unwrap()
+                .metadata
+                .response_code
+                .low(),
+            0
+        );
+        world.stop().await;
+    }
+}
+
+/// RFC 8482: an ANY query gets one synthesized HINFO record ("RFC8482") and is not
+/// forwarded — dnslens is no amplifier — unless `mitigations.minimal_any` is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_queries_get_the_minimal_answer_of_rfc_8482() {
+    let world = World::start().await;
+    let m = world.proxy.metrics_addr;
+    let asked_before = series_sum(
+        &http_get(m, "/metrics").await.1,
+        "dnslens_upstream_requests_total",
+    );
+    for edns in [None, Some(1232)] {
+        let answer = ask_udp(world.dns(), "example.org.", RecordType::ANY, edns).await;
+        assert_eq!(answer.metadata.response_code.low(), 0);
+        assert_eq!(answer.queries[0].query_type(), RecordType::ANY);
+        assert_eq!(answer.answers.len(), 1);
+        assert_eq!(answer.answers[0].record_type(), RecordType::HINFO);
+        assert_eq!(
+            answer.answers[0].data.to_string(),
+            "RFC8482 ",
+            "CPU RFC8482, OS empty"
+        );
+        assert_eq!(answer.answers[0].ttl, 3600);
+        assert_eq!(
+            answer.edns.is_some(),
+            edns.is_some(),
+            "OPT as the query had it"
+        );
+    }
+    let (_, metrics) = http_get(m, "/metrics").await;
+    assert_eq!(
+        series_sum(&metrics, "dnslens_upstream_requests_total"),
+        asked_before
+    );
+    assert_eq!(
+        series_in(&metrics, "dnslens_rewrites_total{kind=\"minimal_any\"}"),
+        Some(2.0)
+    );
+    world.stop().await;
+
+    let world = World::start_with(|c| c.mitigations.minimal_any = false).await;
+    let answer = ask_udp(world.dns(), "example.org.", RecordType::ANY, None).await;
+    assert!(
+        answer
+            .answers
+            .iter()
+            .all(|r| r.record_type() != RecordType::HINFO),
+        "forwarded: the upstream's own answer"
+    );
+    world.stop().await;
+}

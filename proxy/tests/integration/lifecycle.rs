@@ -163,7 +163,7 @@ fn debug_endpoints_answer_loopback_only_unless_allowed() {
 }
 
 /// Starts `dnslens serve` on `dns` (shared) with its own admin address; waits until ready.
-async fn start_serving(
+pub async fn start_serving(
     config: &std::path::Path,
     dns: std::net::SocketAddr,
     upstream: std::net::SocketAddr,

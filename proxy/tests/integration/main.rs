@@ -16,6 +16,7 @@ mod cli;
 mod data_path;
 mod differential;
 mod faults;
+mod flood;
 mod forwarding;
 mod fuzz_seeds;
 mod knot;
