@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test dnslens has, from a fresh Debian machine: installs the real components the
-# tests use (Knot, dig), then formatting, lints, unit and integration tests.
+# tests use (Knot, dig), then formatting, lints, licenses (cargo deny), unit and
+# integration tests, a short run of every fuzz target, and the benchmarks' build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +23,7 @@ echo "== cargo deny (licenses, bans, sources: deny.toml)"
 target/tools/cargo-deny/bin/cargo-deny check licenses bans sources
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== fuzz: every target 15 s from the committed seeds (long runs: scripts/reliability.sh)"
+scripts/fuzz.sh 15
 echo "== cargo bench --no-run (the criterion benchmarks compile; run them with cargo bench -p dnslens)"
 cargo bench --no-run --locked --profile dev -p dnslens
