@@ -333,10 +333,15 @@ async fn a_soak_keeps_memory_and_descriptors_flat() {
         fds.iter().min().unwrap(),
         fds.iter().max().unwrap()
     );
-    // A leak of 100 bytes a query would add 3 MiB between the quarters of the suite's run.
+    // The heap also holds what the queues hold at their fullest (the tracker's queue of
+    // 16,384 records fills when a loaded machine starves its thread, and the allocator keeps
+    // what it once needed): on a quiet machine the drift is a fraction of a MiB (README,
+    // "Reliability"); here a leak of 80 bytes a query (4 MiB between the quarters) fails.
     assert!(
-        drift < 1.0,
+        drift < 4.0,
         "the heap grew {drift:.2} MiB after the tables filled"
     );
+    let heap = samples.iter().map(|s| s.0).fold(0.0, f64::max);
+    assert!(heap < 48.0, "the heap reached {heap:.1} MiB");
     assert!(fd_range <= 2, "open descriptors ranged over {fd_range}");
 }

@@ -393,7 +393,7 @@ async fn sigterm_under_load_answers_every_query_received_before_it() {
         &lost[..lost.len().min(20)]
     );
     eprintln!(
-        "sigterm under load: sent before the signal {}, answered {}, lost 0",
+        "reliability: sigterm sent_before_signal={} answered={} lost=0",
         sent_before_signal.len(),
         answered.len()
     );
