@@ -8,8 +8,10 @@
 //!   into the limit; the answer is no larger than the query, so nothing is amplified) or
 //!   `drop` (answer nothing).
 //! - `max_clients` (65,536): addresses tracked at once (about 40 bytes each). When the
-//!   table is full, idle clients (bucket full again) are forgotten; if none is, a new client
-//!   is limited rather than let through, so spoofed sources cannot buy a way around it.
+//!   table is full, idle clients (bucket full again) are forgotten — a shard is swept at most
+//!   once per refill time, so a flood of spoofed sources costs a lookup a packet, not a scan;
+//!   if none is idle, a new client is limited rather than let through, so spoofed sources
+//!   cannot buy a way around it.
 //!
 //! Metrics: `dnslens_rate_limited_total{action}` (queries refused or dropped),
 //! `dnslens_rate_limit_table_full_total` (new clients limited because the table was full).
@@ -125,8 +127,17 @@ pub struct RateLimiter {
     burst: f64,
     action: LimitAction,
     per_shard: usize,
-    shards: Box<[Mutex<HashMap<IpAddr, Bucket, foldhash::fast::RandomState>>]>,
+    shards: Box<[Mutex<Shard>]>,
     metrics: RateLimitMetrics,
+}
+
+/// One shard of the table, and when its idle clients were last forgotten: a full table is
+/// swept at most once per refill time, so a flood of new (spoofed) sources costs a lookup
+/// per packet, not a scan.
+#[derive(Default)]
+struct Shard {
+    buckets: HashMap<IpAddr, Bucket, foldhash::fast::RandomState>,
+    swept: Option<Instant>,
 }
 
 /// The verdict on one query.
@@ -161,21 +172,25 @@ impl RateLimiter {
     /// Takes a token from `client`'s bucket, or says what to do with the query.
     pub fn check(&self, client: IpAddr, now: Instant) -> Verdict {
         let shard = &self.shards[self.shard_of(client)];
-        let mut table = match shard.lock() {
-            Ok(table) => table,
+        let mut shard = match shard.lock() {
+            Ok(shard) => shard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if table.len() >= self.per_shard && !table.contains_key(&client) {
+        let refill = self.burst / self.per_second;
+        let Shard { buckets, swept } = &mut *shard;
+        if buckets.len() >= self.per_shard && !buckets.contains_key(&client) {
             // Forget the clients whose buckets have filled up again: they lose nothing.
-            let refill = self.burst / self.per_second;
-            table.retain(|_, b| now.duration_since(b.at).as_secs_f64() < refill);
-            if table.len() >= self.per_shard {
-                drop(table);
+            if swept.is_none_or(|at| now.duration_since(at).as_secs_f64() >= refill) {
+                buckets.retain(|_, b| now.duration_since(b.at).as_secs_f64() < refill);
+                *swept = Some(now);
+            }
+            if buckets.len() >= self.per_shard {
+                drop(shard);
                 self.metrics.table_full.inc();
                 return self.limited();
             }
         }
-        let bucket = table.entry(client).or_insert(Bucket {
+        let bucket = buckets.entry(client).or_insert(Bucket {
             tokens: self.burst,
             at: now,
         });
@@ -186,7 +201,7 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             return Verdict::Pass;
         }
-        drop(table);
+        drop(shard);
         self.limited()
     }
 

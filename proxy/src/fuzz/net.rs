@@ -117,13 +117,7 @@ fn a_answer(query: &[u8], question_end: usize, cacheable: bool) -> Vec<u8> {
 pub(super) fn query_bytes(name: &str, qtype: u16, id: u16) -> Vec<u8> {
     let mut query = id.to_be_bytes().to_vec();
     query.extend_from_slice(&[0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        query.push(label.len() as u8);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.push(0);
-    query.extend_from_slice(&qtype.to_be_bytes());
-    query.extend_from_slice(&1u16.to_be_bytes());
+    query.extend(super::question_bytes(name, qtype).unwrap_or_default());
     query
 }
 

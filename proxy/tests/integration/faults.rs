@@ -40,6 +40,19 @@ async fn ask_and_watch(dns: SocketAddr, name: &str, id: u16, linger: Duration) -
     (answer.metadata.response_code.low(), took)
 }
 
+/// A TCP listener that accepts every connection and never reads or answers.
+async fn black_hole_tcp() -> SocketAddr {
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hole.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
 fn dropped(upstream: SocketAddr, reason: &str) -> String {
     format!("dnslens_responses_dropped_total{{upstream=\"{upstream}\",reason=\"{reason}\"}}")
 }
@@ -152,15 +165,7 @@ async fn a_flood_of_forged_answers_is_never_accepted() {
 /// (`timeout`, `error`), and nothing else reaches the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_upstreams_that_hang_or_close_mid_message_end_in_servfail() {
-    // Accepts, reads, never answers.
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            held.push(stream);
-        }
-    });
+    let silent_addr = black_hole_tcp().await;
     // Answers with a length prefix of 100 and 10 bytes, then closes.
     let torn = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let torn_addr = torn.local_addr().unwrap();
@@ -208,14 +213,7 @@ async fn tcp_upstreams_that_hang_or_close_mid_message_end_in_servfail() {
 /// answered as fast as without tracing; the spans that cannot go are dropped and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_collector_never_slows_dns() {
-    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = hole.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = hole.accept().await {
-            held.push(stream);
-        }
-    });
+    let collector = black_hole_tcp().await;
     let world = World::start_with(|c| {
         c.tracing.endpoint = Some(format!("http://{collector}"));
         c.tracing.sample_ratio = Some(1.0);
