@@ -111,6 +111,7 @@ fn median(latencies: &[Option<Duration>]) -> Duration {
 /// throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unique_names_stays_under_the_memory_cap() {
+    let _alone = crate::harness::cpu_alone().await;
     let names = env_or("DNSLENS_FLOOD_NAMES", 100_000);
     let served = serve("cache:\n  enabled: true\nlookup:\n  window: 500ms\n").await;
     let pid = served.child.0.id();
@@ -232,6 +233,7 @@ async fn a_flood_of_unique_names_stays_under_the_memory_cap() {
 /// second and must stay flat once the tables are full, and no drop counter may grow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_soak_keeps_memory_and_descriptors_flat() {
+    let _alone = crate::harness::cpu_alone().await;
     let seconds = env_or("DNSLENS_SOAK_SECONDS", 120);
     let served = serve(
         "cache:\n  enabled: true\n  max_entries: 1000\nlookup:\n  window: 500ms\n  max_entries: 2000\n",

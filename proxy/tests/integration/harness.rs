@@ -15,6 +15,23 @@ use hickory_proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+/// Tests that saturate the CPU (floods, the soak, load at shutdown) run alone; scenes whose
+/// verdicts rest on timing (a lookup's window, A and AAAA read together) never run beside
+/// them. On a 2-core runner a flood beside a scene starved a musl walk for longer than the
+/// scene's lookup window and split it in two (a false NXDOMAIN lookup).
+static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held for the whole of a test that saturates the CPU: no timing-sensitive test runs meanwhile.
+pub async fn cpu_alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    CPU.write().await
+}
+
+/// Held by a timing-sensitive test (outside any runtime): it may run beside others, but not
+/// beside a flood.
+pub fn cpu_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CPU.blocking_read()
+}
+
 /// A config for tests: ephemeral loopback ports, short timeouts.
 pub fn test_config(upstreams: &[SocketAddr]) -> Config {
     let mut config = Config {
@@ -291,6 +308,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // DNSLENS_KEEP_TEMP=1 keeps a scene's files (logs, metric snapshots, spans) to read.
+        if std::env::var_os("DNSLENS_KEEP_TEMP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -308,6 +308,7 @@ async fn tcp_ask_once(server: std::net::SocketAddr, name: &str) -> Option<Vec<u8
 /// own ID and question, and dnslens exits 0 within its grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_answers_every_query_received_before_it() {
+    let _alone = crate::harness::cpu_alone().await;
     let upstream = crate::upstream_faults::DelayedUpstream::start(Duration::from_millis(100)).await;
     let dir = TempDir::new("sigterm");
     let config = dir.0.join("dnslens.yaml");

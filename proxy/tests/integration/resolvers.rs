@@ -643,7 +643,7 @@ fn an_upstream_put_aside_is_still_asked_and_the_first_lookup_after_it_is_back_su
         resolv_conf: RACE_RESOLV_CONF.into(),
         window: "2s",
         yaml: "forward:\n  failure_threshold: 1\n  backoff_min: 1m\n  backoff_max: 1m\n".into(),
-        setup: format!("{UPSTREAM_DEAD}\ndig @127.0.0.1 +time=5 +tries=1 example.org A || true"),
+        setup: format!("{UPSTREAM_DEAD}\ndig @127.0.0.1 +time=5 +tries=1 example.org A >setup.out 2>&1 || true"),
         steps,
         ..Scene::default()
     });
