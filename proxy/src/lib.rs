@@ -221,10 +221,12 @@ impl Proxy {
             journal.clone(),
         )));
         let model = SearchModel::build(&config.search_settings(), &config.resolv_conf);
-        let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers);
+        let forward_metrics = ForwardMetrics::register(registry);
+        let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers)
+            .with_in_flight(forward_metrics.in_flight());
         let trace_sink = tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone());
         let shared = Shared {
-            forward_metrics: ForwardMetrics::register(registry),
+            forward_metrics,
             pipeline_metrics: PipelineMetrics::register(registry),
             listen_metrics: Arc::new(ListenMetrics::register(registry, Some(trace_sink.clone()))),
             trace_sink,

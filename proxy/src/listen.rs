@@ -249,8 +249,12 @@ pub fn bind(
     for requested in addrs {
         let (addr, sockets, tcp) = bind_one(*requested, workers)?;
         for socket in sockets {
+            let socket = DatagramSocket::new(socket)?;
+            if let Err(e) = socket.stamp_arrivals() {
+                debug!(error = %e, "no kernel arrival stamps; queries are timed when read");
+            }
             bound.udp.push(Arc::new(UdpReply {
-                socket: DatagramSocket::new(socket)?,
+                socket,
                 replies: replies.clone(),
             }));
         }
@@ -377,10 +381,10 @@ async fn udp_worker(
     // registered and removed a waiter under the token's mutex, shared by every worker.
     let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
-        let (len, peer) = tokio::select! {
+        let (len, peer, arrived) = tokio::select! {
             biased;
             _ = &mut stopped => break,
-            received = endpoint.socket.recv_from(&mut buf) => match received {
+            received = endpoint.socket.recv_stamped(&mut buf) => match received {
                 Ok(r) => r,
                 Err(e) => {
                     // ICMP errors and the like surface here on some kernels; keep serving.
@@ -389,16 +393,30 @@ async fn udp_worker(
                 }
             },
         };
-        serve_datagram(&endpoint, &buf[..len], peer, &pipeline, &metrics, &acl);
+        serve_datagram(
+            &endpoint,
+            &buf[..len],
+            peer,
+            arrived,
+            &pipeline,
+            &metrics,
+            &acl,
+        );
     }
     // What the kernel queued on this socket before it closes would be lost: with another
     // dnslens on the same address (SO_REUSEPORT, a rolling update) new datagrams go to it
     // once this socket is gone, so answering the queue loses nothing.
     for _ in 0..UDP_DRAIN_MAX {
-        match endpoint.socket.try_recv_from(&mut buf) {
-            Ok((len, peer)) => {
-                serve_datagram(&endpoint, &buf[..len], peer, &pipeline, &metrics, &acl)
-            }
+        match endpoint.socket.try_recv_stamped(&mut buf) {
+            Ok((len, peer, arrived)) => serve_datagram(
+                &endpoint,
+                &buf[..len],
+                peer,
+                arrived,
+                &pipeline,
+                &metrics,
+                &acl,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(_) => continue,
         }
@@ -412,16 +430,17 @@ const TCP_DRAIN_READ: Duration = Duration::from_millis(500);
 /// Datagrams answered from a socket's queue after the stop, at most.
 const UDP_DRAIN_MAX: usize = 65_536;
 
-/// One received datagram: to the pipeline, or refused / rejected.
+/// One received datagram (`received`: when it reached the host): to the pipeline, or
+/// refused / rejected.
 fn serve_datagram(
     endpoint: &Arc<UdpReply>,
     packet: &[u8],
     peer: SocketAddr,
+    received: Instant,
     pipeline: &Arc<Pipeline>,
     metrics: &ListenMetrics,
     acl: &Acl,
 ) {
-    let received = Instant::now();
     let reply = ReplyTo::Udp(endpoint.clone());
     match wire::parse_query(packet) {
         Ok(info) if acl.allows(peer.ip()) => match acl.rate(peer.ip(), received) {

@@ -7,12 +7,15 @@
 //! - [`Attempt`] / [`LookupRecord`] / [`LookupOutcome`]: a finished lookup, as the tracker
 //!   correlated it, with the anomaly [`Kind`]s the detectors found.
 //! - [`Clock`]: turns the monotonic instants of records into wall-clock times.
+//! - [`InFlight`]: what the forwarder has waiting on upstreams, as the tracker reads it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::metrics::Transport;
 use crate::wire::{self, QueryInfo, Rcode};
@@ -99,6 +102,8 @@ pub struct QueryTrace {
     pub qtype: u16,
     /// The client's message ID (a resolver's retransmission repeats it).
     pub id: u16,
+    /// When the query reached the host: the kernel's arrival stamp over UDP (see `udp`),
+    /// when it was read over TCP.
     pub received: Instant,
     pub answered: Instant,
     pub rcode: u8,
@@ -227,6 +232,41 @@ impl QueryTrace {
     /// NOERROR with at least one answer record.
     pub fn has_data(&self) -> bool {
         self.rcode == Rcode::NOERROR && self.answers > 0
+    }
+}
+
+/// Queries waiting on upstreams (the forwarder's `dnslens_inflight_queries`) and the
+/// longest one can wait (`attempts` × `upstream_timeout`, set by each forwarder built).
+/// The tracker reads it so a walk is not cut in two while one of its queries waits on a slow
+/// upstream: such a query is only reported once answered, maybe later than `lookup.window`.
+#[derive(Clone, Debug, Default)]
+pub struct InFlight {
+    queries: Gauge,
+    longest_nanos: Arc<AtomicU64>,
+}
+
+impl InFlight {
+    pub fn new(queries: Gauge) -> InFlight {
+        InFlight {
+            queries,
+            longest_nanos: Arc::default(),
+        }
+    }
+
+    /// The longest a query may wait on upstreams, from now on.
+    pub fn set_longest(&self, wait: Duration) {
+        let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        self.longest_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// How much longer than its window a lookup without its final answer stays open, as
+    /// of now: the longest wait while any query waits on an upstream, else none.
+    pub fn grace(&self) -> Duration {
+        if self.queries.get() > 0 {
+            Duration::from_nanos(self.longest_nanos.load(Ordering::Relaxed))
+        } else {
+            Duration::ZERO
+        }
     }
 }
 

@@ -7,13 +7,13 @@ use crate::wire::{Rcode, QTYPE_A, QTYPE_AAAA};
 
 /// A and AAAA of one name from one socket this close together may be "sent in parallel".
 pub(super) const PARALLEL_WINDOW: Duration = Duration::from_millis(50);
-/// ...if the later one was also received before the earlier one was answered, or this soon
-/// after: both were queued, but the worker answered the first (from the cache, or a fast
-/// upstream) before reading the second, or was descheduled in between on a busy node (a
-/// 100 µs slack missed real pairs under CI load). A resolver asking one type after the
-/// other (`single-request`, dnspython) needs the answer first, so it is told apart when it
-/// takes longer than this to ask again; a faster one is counted as a pair (the race verdicts
-/// need a loss as well, so they are unaffected). Kernel receive timestamps would settle it.
+/// ...if the later one also arrived before the earlier one was answered, or this soon after.
+/// UDP arrival times are the kernel's stamps (see `udp`), so a worker starved between the
+/// two reads no longer separates a pair; the slack covers a cache answer sent before the
+/// client's second send (microseconds apart) reached the socket, and TCP, timed when read.
+/// A resolver asking one type after the other (`single-request`, dnspython) needs the
+/// answer first, so it is told apart when it takes longer than this to ask again; a faster
+/// one is counted as a pair (the race verdicts need a loss as well, so they are unaffected).
 const QUEUED_SLACK: Duration = Duration::from_millis(5);
 
 /// Whether `a` and `b` (an A/AAAA pair of one name) were sent together from one socket.

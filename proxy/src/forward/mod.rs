@@ -82,7 +82,7 @@ use tracing::debug;
 
 use crate::invalid::{check, Invalid};
 use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
-use crate::record::{Outcome, QueryTrace, UpstreamTry};
+use crate::record::{InFlight, Outcome, QueryTrace, UpstreamTry};
 use crate::request::Request;
 use crate::wire::{self, Rcode};
 use serde::{Deserialize, Deserializer};
@@ -367,6 +367,7 @@ pub struct ForwardMetrics {
     responses_dropped: Family<DropLabels, Counter>,
     failures: Family<ReasonLabels, Counter>,
     inflight: Gauge,
+    in_flight: InFlight,
     zone_queries: Family<ZoneLabels, Counter>,
 }
 
@@ -422,6 +423,7 @@ impl ForwardMetrics {
             families,
             responses_dropped,
             failures,
+            in_flight: InFlight::new(inflight.clone()),
             inflight,
             zone_queries,
         }
@@ -430,6 +432,12 @@ impl ForwardMetrics {
     /// Queries waiting on an upstream, over every forwarder built from these metrics.
     pub fn inflight(&self) -> i64 {
         self.inflight.get()
+    }
+
+    /// The in-flight count and longest wait, for the lookup tracker; every forwarder built
+    /// from these metrics sets the longest wait to its own.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
     }
 
     /// Removes the series of the upstreams and zones `old` had and `new` does not: a
@@ -535,6 +543,9 @@ impl Forwarder {
         let slots = (0..config.udp_sockets)
             .map(|_| Ok(ArcSwap::from_pointee(PoolSocket::bind(v6)?)))
             .collect::<std::io::Result<_>>()?;
+        metrics
+            .in_flight
+            .set_longest(parts.timeout * parts.attempts);
         Ok(Arc::new(Forwarder {
             settings: Settings {
                 timeout: parts.timeout,

@@ -35,7 +35,11 @@
 //!   their own that the detectors recognise as that lookup's tail.
 //! - **Close**: a lookup with its final answer is reported after `linger` (250 ms) of quiet
 //!   (a missing twin's grace, and retransmissions of a lost answer); any lookup `lookup.window`
-//!   after its last query.
+//!   after its last query, and while the forwarder has queries in flight ([`InFlight`]) the
+//!   longest upstream wait later still: a query is only seen once answered, so the next step
+//!   of a walk waiting on dnslens's retry of a lost upstream try (2 s or more) must not cut
+//!   the walk in two. Each tick reads the time and the in-flight count before draining, so
+//!   every query answered before that time is in the batch, however long the batch takes.
 //! - **Bounds**: at most `lookup.max_entries` open lookups; the oldest is evicted (counted) and
 //!   still reported. A lookup holds at most 32 queries; a full one is closed and reported.
 //!
@@ -59,7 +63,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::background::Pacer;
 use crate::invalid::{check, Invalid};
-use crate::record::{Attempt, LookupOutcome, LookupRecord, Outcome, QueryTrace, TraceSink};
+use crate::record::{
+    Attempt, InFlight, LookupOutcome, LookupRecord, Outcome, QueryTrace, TraceSink,
+};
 use crate::search::SearchModel;
 use crate::wire::{self, Rcode};
 use serde::Deserialize;
@@ -68,7 +74,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LookupConfig {
-    /// A lookup ends this long after its last query.
+    /// A lookup without its final answer ends this long after its last query (plus the
+    /// longest upstream wait while queries wait on upstreams).
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Open lookups kept at once; the oldest is evicted beyond it (counted).
@@ -385,6 +392,8 @@ pub struct Tracker {
     observers: Vec<Box<dyn LookupObserver>>,
     evicted: Counter,
     open_gauge: Gauge,
+    /// Whether queries wait on upstreams (a lookup's next query may be one of them).
+    in_flight: InFlight,
     /// On a proxy confined to one core this thread and the DNS worker share it: a batch
     /// must never hold up answers for long.
     pacer: Pacer,
@@ -437,8 +446,16 @@ impl Tracker {
             observers,
             evicted: metrics.evicted.clone(),
             open_gauge: metrics.open.clone(),
+            in_flight: InFlight::default(),
             pacer: Pacer::new(WORK_BUDGET, PAUSE).until_behind(BEHIND_AFTER),
         }
+    }
+
+    /// Reads the forwarder's queries in flight: a lookup without its final answer stays open
+    /// past its window while one of its queries may still wait on an upstream.
+    pub fn with_in_flight(mut self, in_flight: InFlight) -> Tracker {
+        self.in_flight = in_flight;
+        self
     }
 
     /// Starts the tracker on its own thread; returns the sink the hot path sends to. The
@@ -463,6 +480,10 @@ impl Tracker {
                     std::thread::sleep(TICK);
                     self.pacer.start();
                     let stopping = stop.is_cancelled();
+                    // The time and the in-flight reading come before the drain: every query
+                    // answered before `now` is in this batch, whatever the pauses between
+                    // adds (a lookup is never closed while its next query sits in the sink).
+                    let (now, grace) = (Instant::now(), self.in_flight.grace());
                     drained.drain_into(&mut batch, &mut spare);
                     // Correlation needs arrival order; the shards together are not in it.
                     for trace in in_arrival_order(&mut batch, &mut order, &mut slots) {
@@ -470,10 +491,10 @@ impl Tracker {
                     }
                     if stopping {
                         // Report everything still open.
-                        self.expire(Instant::now() + self.window + LINGER);
+                        self.expire_with(now + self.window + LINGER, Duration::ZERO);
                         return;
                     }
-                    self.expire(Instant::now());
+                    self.expire_with(now, grace);
                 }
             });
         if let Err(e) = spawned {
@@ -550,12 +571,23 @@ impl Tracker {
         self.compact_order();
     }
 
-    /// Closes lookups that have their final answer and are quiet, or are past their window.
+    /// Closes lookups that have their final answer and are quiet, or are past their window
+    /// (and, while queries wait on upstreams, past the longest wait too).
     pub fn expire(&mut self, now: Instant) {
-        let window = self.window;
+        let grace = self.in_flight.grace();
+        self.expire_with(now, grace);
+    }
+
+    fn expire_with(&mut self, now: Instant, grace: Duration) {
+        let (answered, unanswered) = (LINGER.min(self.window), self.window + grace);
         let done = self.open.keys_where(|l| {
             let quiet = now.saturating_duration_since(l.last_activity);
-            quiet >= window || (l.final_answer.is_some() && quiet >= LINGER)
+            quiet
+                >= if l.final_answer.is_some() {
+                    answered
+                } else {
+                    unanswered
+                }
         });
         for key in done {
             if let Some(open) = self.open.remove(&key) {

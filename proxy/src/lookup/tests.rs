@@ -168,6 +168,55 @@ fn a_musl_walk_stopped_by_empty_noerror_is_nodata() {
     assert_eq!(l.attempts.len(), 2);
 }
 
+/// glibc's walk while its second step waits on an upstream that lost the first try: the
+/// step is answered 2.1 s later (after dnslens's own retry), past the 2 s window. The walk
+/// stays one lookup while a query is in flight; nothing in flight, the window alone closes it.
+#[test]
+fn a_walk_waiting_on_a_slow_upstream_is_not_cut_by_the_window() {
+    let (t, collect, _) = tracker(100);
+    let queries = Gauge::default();
+    let in_flight = InFlight::new(queries.clone());
+    in_flight.set_longest(Duration::from_secs(4));
+    let mut t = t.with_in_flight(in_flight);
+    let t0 = Instant::now();
+    let c = "127.0.0.1:41100";
+    let first = "alauda.cn.default.svc.cluster.local";
+    t.add(query(t0, 0, c, first, RecordType::A, 3, 0));
+    t.add(query(t0, 0, c, first, RecordType::AAAA, 3, 0));
+    queries.set(2); // the next step's A and AAAA wait on the upstream
+    t.expire(t0 + Duration::from_millis(2050));
+    assert!(
+        collect.0.lock().unwrap().is_empty(),
+        "cut while its next step waits"
+    );
+    let second = "alauda.cn.svc.cluster.local";
+    t.add(query(t0, 2100, c, second, RecordType::A, 3, 0));
+    t.add(query(t0, 2100, c, second, RecordType::AAAA, 3, 0));
+    t.add(query(t0, 2102, c, "alauda.cn", RecordType::A, 0, 1));
+    t.add(query(t0, 2102, c, "alauda.cn", RecordType::AAAA, 0, 0));
+    queries.set(0);
+    t.expire(t0 + Duration::from_millis(2500));
+    let closed = collect.0.lock().unwrap().clone();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].outcome, LookupOutcome::Answered);
+    assert_eq!(closed[0].attempts.len(), 6);
+
+    // A walk that stops (the client gave up) with queries of others in flight: closed once
+    // the longest wait is over too; with nothing in flight, at its window.
+    let other = "127.0.0.1:41101";
+    t.add(query(t0, 3000, other, first, RecordType::A, 3, 0));
+    queries.set(1);
+    t.expire(t0 + Duration::from_millis(5100));
+    assert_eq!(t.open_lookups(), 1);
+    t.expire(t0 + Duration::from_millis(9100));
+    assert_eq!(t.open_lookups(), 0);
+    t.add(query(t0, 10_000, other, first, RecordType::A, 3, 0));
+    queries.set(0);
+    t.expire(t0 + Duration::from_millis(12_100));
+    assert_eq!(t.open_lookups(), 0);
+    assert_eq!(collect.0.lock().unwrap().len(), 3);
+}
+
 #[test]
 fn first_suffix_answers_and_absolute_first_orders_join_too() {
     let (mut t, collect, _) = tracker(100);

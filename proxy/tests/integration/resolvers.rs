@@ -532,6 +532,56 @@ const UPSTREAM_DEAD: &str =
     "iptables -I INPUT -p udp --dport 5300 -j DROP; iptables -I INPUT -p tcp --dport 5300 -j DROP";
 const UPSTREAM_BACK: &str = "iptables -F INPUT";
 
+/// Drops dnslens's first try at Knot for `github.com.svc.cluster.local` (the second step
+/// of the walk): dnslens asks again after its 2 s `upstream_timeout`, past the lookup window.
+const DROP_FIRST_SECOND_STEP: &str = "iptables -F INPUT; iptables -I INPUT -p udp --dport 5300 -m string --algo bm --hex-string '|06|github|03|com|03|svc|07|cluster|05|local|00|' -m statistic --mode nth --every 1000000 --packet 0 -j DROP";
+
+#[test]
+fn a_walk_that_waits_on_a_slow_upstream_stays_one_lookup() {
+    let clients = Clients::build();
+    let resolvers = [Resolver::Glibc, Resolver::Musl];
+    let run = run_scene(&Scene {
+        window: "1s",
+        steps: resolvers
+            .iter()
+            .map(|r| {
+                format!(
+                    "{DROP_FIRST_SECOND_STEP}\n{}",
+                    clients.resolve(*r, &["github.com"])
+                )
+            })
+            .collect(),
+        ..Scene::default()
+    });
+    for (i, resolver) in resolvers.iter().enumerate() {
+        assert_eq!(
+            results(&run.outputs[i]),
+            (1, 0),
+            "{resolver:?}: {}",
+            run.outputs[i]
+        );
+        let delta = |series: &str| step_delta(&run, i, series);
+        assert_eq!(
+            delta("dnslens_lookups_total{outcome=\"answered\"}"),
+            1.0,
+            "{resolver:?}: one lookup\n{}",
+            run.snapshots[i + 1]
+        );
+        assert_eq!(delta("dnslens_lookup_attempts_count"), 1.0, "{resolver:?}");
+        assert_eq!(delta("dnslens_lookup_attempts_sum"), 8.0, "{resolver:?}");
+        assert_eq!(
+            delta("dnslens_anomalies_total{kind=\"upstream_timeout\"}"),
+            1.0,
+            "{resolver:?}\n{}",
+            run.anomalies
+        );
+        for outcome in ["nxdomain", "nodata", "servfail", "timeout"] {
+            let series = format!("dnslens_lookups_total{{outcome=\"{outcome}\"}}");
+            assert_eq!(delta(&series), 0.0, "{resolver:?}: {series}");
+        }
+    }
+}
+
 #[test]
 fn retries_and_upstream_faults_are_named_for_each_resolver() {
     let clients = Clients::build();
