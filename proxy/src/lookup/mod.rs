@@ -582,12 +582,11 @@ impl Tracker {
         let (answered, unanswered) = (LINGER.min(self.window), self.window + grace);
         let done = self.open.keys_where(|l| {
             let quiet = now.saturating_duration_since(l.last_activity);
-            quiet
-                >= if l.final_answer.is_some() {
-                    answered
-                } else {
-                    unanswered
-                }
+            let enough = match l.final_answer {
+                Some(_) => answered,
+                None => unanswered,
+            };
+            quiet >= enough
         });
         for key in done {
             if let Some(open) = self.open.remove(&key) {
