@@ -182,6 +182,20 @@ fn twin_answered_beside(a: &Attempt, lookup: &LookupRecord) -> bool {
     twin_beside(a, lookup, |b| b.query.rcode != Rcode::SERVFAIL)
 }
 
+/// Whether `lookup` holds `a`'s A/AAAA twin asked at the same moment from another socket (Go
+/// asks A and AAAA from a socket each): the twin came, so `a` is no lonely partner — and its
+/// socket's port, reused by the next query of some later lookup, must not pair with it.
+fn twin_asked_elsewhere(a: &Attempt, lookup: &LookupRecord) -> bool {
+    let Some(twin) = wire::address_twin(a.query.qtype) else {
+        return false;
+    };
+    lookup.attempts.iter().any(|b| {
+        b.query.qtype == twin
+            && b.qname == a.qname
+            && abs_diff(a.query.received, b.query.received) <= PARALLEL_WINDOW
+    })
+}
+
 /// Whether `lookup` holds `a`'s A/AAAA twin sent together with it (and `also` holds).
 fn twin_beside(a: &Attempt, lookup: &LookupRecord, also: impl Fn(&Attempt) -> bool) -> bool {
     let Some(twin) = wire::address_twin(a.query.qtype) else {
@@ -294,7 +308,11 @@ impl Memory {
             // A partner that failed too is no pair one of which was lost (both retried
             // together is a plain retry).
             let answered = a.query.rcode != Rcode::SERVFAIL;
-            if answered && !a.retransmission && !twin_answered_beside(a, lookup) {
+            if answered
+                && !a.retransmission
+                && !twin_answered_beside(a, lookup)
+                && !twin_asked_elsewhere(a, lookup)
+            {
                 self.lonely.remember(a, twin, a.query.answered, 0);
             }
         }

@@ -15,21 +15,22 @@ use hickory_proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-/// Tests that saturate the CPU (floods, the soak, load at shutdown) run alone; scenes whose
-/// verdicts rest on timing (a lookup's window, A and AAAA read together) never run beside
-/// them. On a 2-core runner a flood beside a scene starved a musl walk for longer than the
-/// scene's lookup window and split it in two (a false NXDOMAIN lookup).
-static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+/// Tests that saturate the CPU (floods, the soak, load at shutdown) and the namespace scenes,
+/// whose verdicts rest on timing (a lookup's window, A and AAAA read together), each run
+/// alone among themselves: beside them only the light in-process tests. On a 2-core runner a
+/// flood beside a scene starved a musl walk for longer than the scene's lookup window and
+/// split it in two (a false NXDOMAIN lookup), and three scenes at once did the same.
+static CPU: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Held for the whole of a test that saturates the CPU: no timing-sensitive test runs meanwhile.
-pub async fn cpu_alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
-    CPU.write().await
+/// Held for the whole of a test that saturates the CPU.
+pub async fn cpu_alone() -> tokio::sync::MutexGuard<'static, ()> {
+    CPU.lock().await
 }
 
-/// Held by a timing-sensitive test (outside any runtime): it may run beside others, but not
-/// beside a flood.
-pub fn cpu_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
-    CPU.blocking_read()
+/// Held by a timing-sensitive scene (outside any runtime): no flood and no other scene runs
+/// meanwhile.
+pub fn scene_alone() -> tokio::sync::MutexGuard<'static, ()> {
+    CPU.blocking_lock()
 }
 
 /// A config for tests: ephemeral loopback ports, short timeouts.

@@ -175,7 +175,7 @@ impl Default for Scene {
 /// Runs `scene` inside a fresh mount and network namespace with Knot as the upstream,
 /// dnslens on 127.0.0.1:53 (OTLP to the sink, every lookup sampled) and the OTLP sink.
 pub fn run_scene(scene: &Scene) -> Run {
-    let _not_beside_a_flood = crate::harness::cpu_shared();
+    let _alone = crate::harness::scene_alone();
     let dir = TempDir::new("netns");
     let d = &dir.0;
     std::fs::write(d.join("resolv.conf"), &scene.resolv_conf).unwrap();
