@@ -172,6 +172,10 @@ impl ReplyTo {
             }
             ReplyTo::Udp(endpoint) => {
                 wire::echo_question(answer, query, info.question_end);
+                // The trace goes to the tracker before the answer leaves: the client's next
+                // query (the next step of its walk) cannot then reach the tracker first
+                // through another worker, which read as a rewind and cut the walk in two.
+                endpoint.replies.hand_over(trace);
                 let sent = if answer.len() > usize::from(info.udp_payload) {
                     endpoint.replies.truncated.inc();
                     let truncated = wire::truncated_answer(answer);
@@ -187,17 +191,16 @@ impl ReplyTo {
                         .replies
                         .answered(Transport::Udp, info.qtype, wire::rcode(answer));
                 }
-                endpoint.replies.hand_over(trace);
             }
             ReplyTo::Tcp(conn) => {
                 wire::echo_question(answer, query, info.question_end);
                 let rcode = wire::rcode(answer);
+                conn.replies.hand_over(trace);
                 if conn.answers.send((answer.to_vec(), conn.permit)).is_err() {
                     conn.replies.send_failed.inc();
                 } else {
                     conn.replies.answered(Transport::Tcp, info.qtype, rcode);
                 }
-                conn.replies.hand_over(trace);
             }
         }
     }
@@ -287,7 +290,8 @@ impl Replies {
         }
     }
 
-    /// Hands an answered query's trace to the tracker, stamped with the moment it was sent.
+    /// Hands an answered query's trace to the tracker, stamped with the moment its answer
+    /// is sent (just before it leaves).
     fn hand_over(&self, trace: Option<Box<QueryTrace>>) {
         if let Some(mut trace) = trace {
             trace.answered = Instant::now();
