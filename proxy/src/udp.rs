@@ -58,12 +58,6 @@ impl DatagramSocket {
         self.receiver.recv_from(buf).await
     }
 
-    /// A datagram already queued in the kernel, or `WouldBlock`; asks the kernel, not
-    /// tokio's cached readiness (used to drain the queue at stop).
-    pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.sender.recv_from(buf)
-    }
-
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.receiver.local_addr()
     }
