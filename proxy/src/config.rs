@@ -44,6 +44,8 @@
 //!   `queue` [8192], `export_timeout` [5s], `ca_file` (PEM CAs for an `https://` endpoint,
 //!   besides the system's) (see `telemetry`)
 //! - `journal:` `entries` [10000] (see `anomaly::journal`)
+//! - `pod_identity:` `enabled` [false], `node_name` [$NODE_NAME], `kubeconfig` [in-cluster],
+//!   `stale_after` [5m], `max_pods` [1024]: name node-local clients by pod (see `identity`)
 //!
 //! Every error is one line naming the key or value at fault; the binary exits 2 on it. A
 //! reload (SIGHUP, a changed file) loads the same way; see `Proxy::reload` for which keys it
@@ -60,6 +62,7 @@ pub use crate::anomaly::journal::JournalConfig;
 pub use crate::cache::CacheConfig;
 pub use crate::forward::zones::ForwardZone;
 pub use crate::forward::ForwardConfig;
+pub use crate::identity::PodIdentityConfig;
 use crate::invalid::Invalid;
 pub use crate::listen::ListenerConfig;
 pub use crate::lookup::LookupConfig;
@@ -143,6 +146,7 @@ pub struct Config {
     pub journal: JournalConfig,
     pub cache: CacheConfig,
     pub mitigations: MitigationsConfig,
+    pub pod_identity: PodIdentityConfig,
 }
 
 impl Default for Config {
@@ -171,6 +175,7 @@ impl Default for Config {
             journal: JournalConfig::default(),
             cache: CacheConfig::default(),
             mitigations: MitigationsConfig::default(),
+            pod_identity: PodIdentityConfig::default(),
         }
     }
 }
@@ -387,6 +392,7 @@ impl Config {
         self.cache.validate()?;
         self.lookup.validate()?;
         self.tracing.validate()?;
+        self.pod_identity.validate()?;
         // ... and the rules that span sections are here.
         if self.mode == Mode::NodeLocal && self.listener.allow.is_empty() {
             return Err(ConfigError::invalid(

@@ -24,6 +24,7 @@ pub mod forward;
 pub mod fuzz;
 #[cfg(test)]
 mod fuzz_bytes;
+pub mod identity;
 pub mod inject;
 pub mod invalid;
 pub mod listen;
@@ -77,6 +78,8 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Telemetry(#[from] telemetry::TelemetryError),
+    #[error("{0}")]
+    PodIdentity(#[from] identity::watch::WatchSetupError),
 }
 
 /// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
@@ -222,8 +225,22 @@ impl Proxy {
         )));
         let model = SearchModel::build(&config.search_settings(), &config.resolv_conf);
         let forward_metrics = ForwardMetrics::register(registry);
-        let tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers)
+        let mut tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers)
             .with_in_flight(forward_metrics.in_flight());
+        if config.pod_identity.enabled {
+            // The client is built here (a bad kubeconfig fails the start); the watch runs in
+            // the background and nothing waits for it.
+            let metrics = identity::IdentityMetrics::register(registry);
+            let identities = identity::Identities::new(&config.pod_identity, &metrics);
+            let (client, selector) = identity::watch::client(&config.pod_identity, env).await?;
+            tokio::spawn(identity::watch::run(
+                client,
+                selector,
+                identities.clone(),
+                stop_all.clone(),
+            ));
+            tracker = tracker.with_identities(identities);
+        }
         let trace_sink = tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone());
         let shared = Shared {
             forward_metrics,

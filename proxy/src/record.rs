@@ -422,6 +422,31 @@ pub struct LookupRecord {
     /// The longest a client waited before asking again (a retry, or the late twin of a
     /// parallel pair): its resolver timeout as dnslens sees it. Set with `anomalies`.
     pub waited: Option<std::time::Duration>,
+    /// Which pod asked (node-local with `pod_identity`): set by the tracker when the lookup
+    /// is reported, from the pods of this node as last seen through the API server.
+    pub client_identity: Option<ClientIdentity>,
+}
+
+/// A pod as pod identity knows it: plain data, shared by every lookup of its client.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub pod: String,
+    /// The controller the pod belongs to: `Deployment` (through its ReplicaSet),
+    /// `StatefulSet`, `DaemonSet`, `Job`, `CronJob` (through its Job), another owner's kind,
+    /// or `Pod` for a pod of its own.
+    pub workload_kind: String,
+    pub workload: String,
+    pub uid: String,
+}
+
+/// The identity of a lookup's client and whether it may be out of date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub pod: std::sync::Arc<PodIdentity>,
+    /// The watch on the API server has been down longer than `pod_identity.stale_after`:
+    /// the address may have passed to another pod since.
+    pub stale: bool,
 }
 
 impl LookupRecord {

@@ -82,6 +82,39 @@ pub struct Entry {
     /// The lookup's trace id (32 hex digits), exported or not: the link to its trace.
     #[serde(default)]
     pub trace_id: String,
+    /// Which pod asked (node-local with pod identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<EntryIdentity>,
+}
+
+/// The client's pod, as pod identity knew it when the lookup was reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryIdentity {
+    pub namespace: String,
+    pub pod: String,
+    pub workload_kind: String,
+    pub workload: String,
+    /// The watch on the API server was down longer than `pod_identity.stale_after`.
+    #[serde(default)]
+    pub stale: bool,
+}
+
+impl EntryIdentity {
+    fn of(client: &crate::record::ClientIdentity) -> EntryIdentity {
+        EntryIdentity {
+            namespace: client.pod.namespace.clone(),
+            pod: client.pod.pod.clone(),
+            workload_kind: client.pod.workload_kind.clone(),
+            workload: client.pod.workload.clone(),
+            stale: client.stale,
+        }
+    }
+
+    /// `namespace/pod`, with a mark when stale.
+    pub fn label(&self) -> String {
+        let stale = if self.stale { " (stale)" } else { "" };
+        format!("{}/{}{stale}", self.namespace, self.pod)
+    }
 }
 
 impl Entry {
@@ -136,6 +169,7 @@ impl Entry {
             waited_ms: lookup.waited.map(|w| w.as_secs_f64() * 1e3),
             repeats: 0,
             trace_id: format!("{:032x}", lookup.trace_id),
+            client_identity: lookup.client_identity.as_ref().map(EntryIdentity::of),
         }
     }
 }

@@ -48,7 +48,9 @@
 //!   (`/debug/anomalies?hints=1`, `dnslens anomalies --hints`) — never a journal entry: the
 //!   journal holds anomalies only.
 //!
-//! `dnslens_anomalies_total{kind}` counts lookups by anomaly kind (`empty_noerror_search`,
+//! `dnslens_anomalies_total{kind, client_namespace, client_workload}` counts lookups by anomaly
+//! kind (the client labels only in node-local mode with pod identity: at most 256 workloads,
+//! then `other`) (`empty_noerror_search`,
 //! `empty_noerror_no_soa`, `parallel_race`, `client_retry`, `upstream_timeout`,
 //! `upstream_error`), each increment carrying the lookup's trace id as an OpenMetrics
 //! exemplar; it is what the alert rules use. The detectors write each lookup's kinds on its
@@ -63,6 +65,8 @@ mod memory;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::CounterWithExemplar;
+use std::collections::HashMap;
+
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -102,9 +106,98 @@ struct TraceLabels {
     trace_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+/// `kind`, and in node-local mode with pod identity the client's namespace and workload
+/// (left out when empty: a sidecar's series stay `{kind}` alone).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct KindLabels {
     kind: &'static str,
+    client_namespace: String,
+    client_workload: String,
+}
+
+impl prometheus_client::encoding::EncodeLabelSet for KindLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("kind", self.kind).encode(encoder.encode_label())?;
+        for (key, value) in [
+            ("client_namespace", &self.client_namespace),
+            ("client_workload", &self.client_workload),
+        ] {
+            if !value.is_empty() {
+                (key, value.as_str()).encode(encoder.encode_label())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Distinct client workloads the anomaly counters keep apart; the rest count as
+/// `other`/`other` (a node runs at most a few hundred pods).
+const MAX_CLIENT_WORKLOADS: usize = 256;
+
+type AnomalyCounter = CounterWithExemplar<TraceLabels>;
+
+/// `dnslens_anomalies_total`: a series per kind, and per kind and client workload once one
+/// is named. A workload's series are all made at 0 the first time any of its lookups is
+/// seen, so `increase()` sees its first anomaly.
+struct AnomalyCounters {
+    family: Family<KindLabels, AnomalyCounter>,
+    unnamed: Vec<AnomalyCounter>,
+    by_workload: HashMap<(String, String), Vec<AnomalyCounter>, crate::lookup::FastHash>,
+}
+
+impl AnomalyCounters {
+    fn new(family: Family<KindLabels, AnomalyCounter>) -> AnomalyCounters {
+        let unnamed = Self::series(&family, "", "");
+        AnomalyCounters {
+            family,
+            unnamed,
+            by_workload: HashMap::default(),
+        }
+    }
+
+    fn series(
+        family: &Family<KindLabels, AnomalyCounter>,
+        ns: &str,
+        wl: &str,
+    ) -> Vec<AnomalyCounter> {
+        Kind::ALL
+            .iter()
+            .map(|kind| {
+                family
+                    .get_or_create(&KindLabels {
+                        kind: kind.as_str(),
+                        client_namespace: ns.to_string(),
+                        client_workload: wl.to_string(),
+                    })
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// The counters for `lookup`'s client, indexed by `Kind`.
+    fn of(&mut self, lookup: &LookupRecord) -> &[AnomalyCounter] {
+        let Some(client) = &lookup.client_identity else {
+            return &self.unnamed;
+        };
+        let (ns, wl) = (client.pod.namespace.as_str(), client.pod.workload.as_str());
+        let key = if self
+            .by_workload
+            .contains_key(&(ns.to_string(), wl.to_string()))
+            || self.by_workload.len() < MAX_CLIENT_WORKLOADS
+        {
+            (ns.to_string(), wl.to_string())
+        } else {
+            ("other".to_string(), "other".to_string())
+        };
+        let family = &self.family;
+        self.by_workload
+            .entry(key)
+            .or_insert_with_key(|(ns, wl)| Self::series(family, ns, wl))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -122,7 +215,7 @@ pub struct Detectors {
     journal: journal::Journal,
     clock: crate::record::Clock,
     /// Lookups with each anomaly kind (what the journal and alerts use).
-    anomalies: Vec<CounterWithExemplar<TraceLabels>>,
+    anomalies: AnomalyCounters,
     /// Recent questions, for retries and late twins.
     memory: Memory,
     empty_noerror: CounterTable<EmptyNoerrorLabels>,
@@ -206,16 +299,7 @@ impl Detectors {
             evicted.clone(),
         );
         // Every kind's series exists from the start at 0, so `increase()` sees the first one.
-        let anomalies: Vec<CounterWithExemplar<TraceLabels>> = Kind::ALL
-            .iter()
-            .map(|kind| {
-                anomalies
-                    .get_or_create(&KindLabels {
-                        kind: kind.as_str(),
-                    })
-                    .clone()
-            })
-            .collect();
+        let anomalies = AnomalyCounters::new(anomalies);
         // The series dashboards and alerts read exist at 0 from the start too, resolved
         // once (no label hashing per lookup).
         let lookups = LookupOutcome::ALL.map(|outcome| {
@@ -306,6 +390,7 @@ impl LookupObserver for Detectors {
 
     fn observe(&mut self, lookup: &LookupRecord) {
         let found = &lookup.anomalies;
+        let counters = self.anomalies.of(lookup);
         if !found.is_empty() {
             // The lookup's trace id rides along as an OpenMetrics exemplar: a dashboard jumps
             // from the counter to the trace (anomalous lookups are always exported, see
@@ -314,7 +399,7 @@ impl LookupObserver for Detectors {
                 trace_id: format!("{:032x}", lookup.trace_id),
             };
             for kind in found {
-                self.anomalies[*kind as usize].inc_by(1, Some(exemplar.clone()), None);
+                counters[*kind as usize].inc_by(1, Some(exemplar.clone()), None);
             }
             self.journal.record(lookup, found, &self.clock);
         }

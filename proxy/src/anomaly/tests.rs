@@ -90,6 +90,7 @@ fn lookup(queries: &[Q]) -> LookupRecord {
         trace_id: 7,
         anomalies: Vec::new(),
         waited: None,
+        client_identity: None,
     }
 }
 
@@ -632,7 +633,7 @@ fn a_tail_does_not_count_again_what_its_lookup_was_counted_for() {
     let mut again = lookup(&[q(0, 6, "web", Some(0), QTYPE_A, 2, 0, false)]);
     again.attempts[0].query.received += Duration::from_secs(2);
     assert_eq!(see(&mut d, again).anomalies, Vec::<Kind>::new());
-    let timeouts = &d.anomalies[Kind::UpstreamTimeout as usize];
+    let timeouts = &d.anomalies.unnamed[Kind::UpstreamTimeout as usize];
     assert_eq!(timeouts.get().0, 1);
 }
 

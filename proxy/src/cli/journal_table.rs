@@ -27,10 +27,15 @@ pub fn render(entries: &[Entry]) -> String {
         let waited = e.waited_ms.map_or(String::new(), |w| {
             format!("  (client waited {:.2} s)", w / 1e3)
         });
+        // A node-local client is named by its pod (pod identity), else by its address.
+        let client = e.client_identity.as_ref().map_or_else(
+            || e.client.clone(),
+            |id| format!("{} {}", e.client, id.label()),
+        );
         out.push_str(&format!(
             "{:>7} ago  {:<15} {:<28} {:<9} {}{}{}\n",
             humantime::format_duration(Duration::from_secs(age as u64)).to_string(),
-            e.client,
+            client,
             e.base,
             e.outcome,
             e.kinds.join(", "),
@@ -118,7 +123,25 @@ mod tests {
                 duration_ms: 0.2,
                 retransmission: true,
             }],
+            client_identity: None,
         }
+    }
+
+    #[test]
+    fn a_node_local_client_is_named_by_its_pod() {
+        let mut named = entry(&["client_retry"]);
+        named.client_identity = Some(crate::anomaly::journal::EntryIdentity {
+            namespace: "team-a".into(),
+            pod: "web-7d9c5b-x2x9q".into(),
+            workload_kind: "Deployment".into(),
+            workload: "web".into(),
+            stale: true,
+        });
+        let table = render(&[named]);
+        assert!(
+            table.contains("10.0.0.7 team-a/web-7d9c5b-x2x9q (stale)"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -401,3 +401,21 @@ fn the_pod_may_bind_port_53_unprivileged_and_keeps_its_own_sysctls() {
     inject(&mut p, "team-a", &config()).unwrap();
     assert_eq!(p["spec"]["securityContext"]["sysctls"], json!([port("53")]));
 }
+
+#[test]
+fn a_dry_run_admission_is_answered_with_the_patch_but_not_counted_as_injected() {
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "web-7d9c-", "labels": {"app": "web"}},
+        "spec": app_spec(),
+    });
+    let mut body: Value = serde_json::from_slice(&admission_review(object.clone())).unwrap();
+    body["request"]["dryRun"] = json!(true);
+    let body = serde_json::to_vec(&body).unwrap();
+    let (dry, result) = review(&body, &config(), false);
+    assert_eq!(result, ReviewResult::DryRun);
+    let (real, result) = review(&admission_review(object), &config(), false);
+    assert_eq!(result, ReviewResult::Injected);
+    assert_eq!(dry["response"]["patch"], real["response"]["patch"]);
+}

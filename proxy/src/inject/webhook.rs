@@ -2,10 +2,12 @@
 //! into pods as they are created, with the same [`super::inject`] as `dnslens inject`, and
 //! answers with a JSON patch.
 //!
-//! Endpoints: `POST /mutate` (AdmissionReview `admission.k8s.io/v1`), `GET /healthz`,
+//! Endpoints: `POST /mutate` and `POST /mutate/fail-closed` (AdmissionReview
+//! `admission.k8s.io/v1`; the API server refuses a query string in a webhook's service
+//! path, so fail-closed is a path of its own; `/mutate?fail_closed=true` still works), `GET /healthz`,
 //! `GET /metrics`. Never blocks pod creation because of dnslens: a request it cannot read
 //! or a pod it cannot inject is allowed unchanged with a warning — unless the request came
-//! through `/mutate?fail_closed=true`, which the chart's second webhook entry uses for
+//! through `/mutate/fail-closed`, which the chart's second webhook entry uses for
 //! namespaces labelled `dnslens.io/fail-closed=true` (the webhook sees the namespace's
 //! labels through the webhook configuration's selector, so it needs no API access).
 //!
@@ -19,7 +21,7 @@
 //!
 //! Metrics: `dnslens_webhook_requests_total{result}`: `injected`, `unchanged` (already
 //! injected, skipped on purpose, not a pod), `error` (allowed unchanged, or denied when
-//! fail-closed); `dnslens_webhook_certificate_reloads_total{result}`: `ok`, `error`.
+//! fail-closed), `dry_run` (a server-side dry run injected: answered, no pod created); `dnslens_webhook_certificate_reloads_total{result}`: `ok`, `error`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,9 @@ pub enum ReviewResult {
     Injected,
     Unchanged,
     Error,
+    /// Injected in a dry run (`kubectl apply --dry-run=server`, a server-side validation):
+    /// answered like any other, but no pod was created, so it is not counted as injected.
+    DryRun,
 }
 
 impl ReviewResult {
@@ -57,6 +62,7 @@ impl ReviewResult {
             ReviewResult::Injected => "injected",
             ReviewResult::Unchanged => "unchanged",
             ReviewResult::Error => "error",
+            ReviewResult::DryRun => "dry_run",
         }
     }
 }
@@ -124,6 +130,7 @@ pub fn review(body: &[u8], config: &InjectConfig, fail_closed: bool) -> (Value, 
         Ok(Outcome::Injected) => {
             let patch = json_patch::diff(&original, &mutated);
             match response.with_patch(patch) {
+                Ok(response) if request.dry_run => (to_json(response), ReviewResult::DryRun),
                 Ok(response) => (to_json(response), ReviewResult::Injected),
                 Err(e) => failure(&uid, &e.to_string(), fail_closed),
             }
@@ -227,6 +234,7 @@ fn build(config: InjectConfig) -> (Router, CertReloads) {
         ReviewResult::Injected,
         ReviewResult::Unchanged,
         ReviewResult::Error,
+        ReviewResult::DryRun,
     ]
     .iter()
     .map(|r| {
@@ -242,6 +250,7 @@ fn build(config: InjectConfig) -> (Router, CertReloads) {
     });
     let router = Router::new()
         .route("/mutate", post(mutate))
+        .route("/mutate/fail-closed", post(mutate_fail_closed))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -295,7 +304,18 @@ async fn mutate(
     Query(params): Query<MutateParams>,
     body: Bytes,
 ) -> impl IntoResponse {
-    let (answer, result) = review(&body, &state.config, params.fail_closed);
+    answer(&state, &body, params.fail_closed)
+}
+
+async fn mutate_fail_closed(
+    State(state): State<Arc<WebhookState>>,
+    body: Bytes,
+) -> impl IntoResponse {
+    answer(&state, &body, true)
+}
+
+fn answer(state: &WebhookState, body: &[u8], fail_closed: bool) -> axum::Json<Value> {
+    let (answer, result) = review(body, &state.config, fail_closed);
     state.results[result as usize].inc();
     axum::Json(answer)
 }

@@ -62,11 +62,12 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::background::Pacer;
+use crate::identity::Identities;
 use crate::invalid::{check, Invalid};
 use crate::record::{
     Attempt, InFlight, LookupOutcome, LookupRecord, Outcome, QueryTrace, TraceSink,
 };
-use crate::search::SearchModel;
+use crate::search::{Candidate, SearchModel};
 use crate::wire::{self, Rcode};
 use serde::Deserialize;
 
@@ -190,6 +191,7 @@ fn close(open: OpenLookup, evicted: bool) -> LookupRecord {
         trace_id: rand::random(),
         anomalies: Vec::new(),
         waited: None,
+        client_identity: None,
     }
 }
 
@@ -254,13 +256,13 @@ enum Place {
 }
 
 impl OpenLookup {
-    /// Where `attempt` belongs (the rule is in the module doc).
-    fn place(&self, attempt: &Attempt) -> Place {
+    /// Where query `q` for `qname`, read at `position` of the walk, belongs (the rule is in
+    /// the module doc).
+    fn place(&self, q: &QueryTrace, qname: &str, position: Position) -> Place {
         if self.attempts.len() >= MAX_ATTEMPTS {
             return Place::OpensNext;
         }
-        let q = &attempt.query;
-        let same_question = |a: &&Attempt| a.query.qtype == q.qtype && a.qname == attempt.qname;
+        let same_question = |a: &&Attempt| a.query.qtype == q.qtype && a.qname == qname;
         let mut asked = self.attempts.iter().filter(same_question).peekable();
         if asked.peek().is_some() {
             return if asked.any(|a| a.query.id == q.id) {
@@ -271,7 +273,6 @@ impl OpenLookup {
                 Place::OpensNext
             };
         }
-        let position = attempt.position();
         let rewinds = self.visited.rewinds_to(position);
         if self.finished || rewinds {
             Place::OpensNext
@@ -322,12 +323,6 @@ struct OpenMap {
 }
 
 impl OpenMap {
-    fn contains(&self, client: IpAddr, base: &str) -> bool {
-        self.by_client
-            .get(&client)
-            .is_some_and(|m| m.contains_key(base))
-    }
-
     fn get(&self, (client, base): &Key) -> Option<&OpenLookup> {
         self.get_str(*client, base)
     }
@@ -397,6 +392,8 @@ pub struct Tracker {
     /// On a proxy confined to one core this thread and the DNS worker share it: a batch
     /// must never hold up answers for long.
     pacer: Pacer,
+    /// Who each client is (node-local pod identity), when it is on.
+    identities: Option<Identities>,
 }
 
 /// The tracker's metric handles.
@@ -448,7 +445,15 @@ impl Tracker {
             open_gauge: metrics.open.clone(),
             in_flight: InFlight::default(),
             pacer: Pacer::new(WORK_BUDGET, PAUSE).until_behind(BEHIND_AFTER),
+            identities: None,
         }
+    }
+
+    /// Names each lookup's client (node-local pod identity), and reads the client's search
+    /// list exactly: its own namespace is the first suffix.
+    pub fn with_identities(mut self, identities: Identities) -> Tracker {
+        self.identities = Some(identities);
+        self
     }
 
     /// Reads the forwarder's queries in flight: a lookup without its final answer stays open
@@ -507,19 +512,21 @@ impl Tracker {
     pub fn add(&mut self, query: QueryTrace) {
         let Some(qname) = query.name() else { return };
         let client = query.client.ip();
-        // The reading that joins an open lookup, else the most specific one.
-        let (base_len, suffix) = {
-            let candidates = self.model.candidates(&qname);
-            let Some(chosen) = candidates
-                .iter()
-                .find(|c| self.open.contains(client, c.base))
-                .or(candidates.first())
+        let client_pod = self
+            .identities
+            .as_ref()
+            .and_then(|ids| ids.namespace_of(client, query.answered));
+        let (base_len, suffix, place) = {
+            let namespace = client_pod.as_ref().map(|p| p.namespace.as_str());
+            let candidates = self.model.candidates_for(&qname, namespace);
+            let Some((chosen, place)) = self.choose_reading(client, &query, &qname, &candidates)
             else {
                 return;
             };
             (
                 chosen.base.len(),
                 chosen.suffix.map(|(i, s)| (i, s.to_string())),
+                place,
             )
         };
         let attempt = Attempt {
@@ -529,7 +536,6 @@ impl Tracker {
             query,
         };
         let base = &attempt.qname[..base_len];
-        let place = self.open.get_str(client, base).map(|l| l.place(&attempt));
         let retransmission = match place {
             Some(Place::Joins { retransmission }) => retransmission,
             Some(Place::OpensNext) | None => {
@@ -546,6 +552,49 @@ impl Tracker {
         }
         self.open_gauge.set(self.open.len() as i64);
         self.pacer.checkpoint();
+    }
+
+    /// The reading of `qname` the walk decides, and where the query goes under it. A name
+    /// can be read several ways (`kubernetes.default.svc.cluster.local`: `kubernetes` under
+    /// the first suffix, `kubernetes.default` under the second, or absolute), and more than
+    /// one reading may have a lookup open for the client — another process of the pod asked
+    /// the full name a moment before. The reading whose open lookup takes the query wins:
+    /// a retransmission first, then the next step of a walk still without its final answer,
+    /// then the twin of a final answer (the lookup heard from last, among several); failing
+    /// those, a reading whose unfinished walk the query rewinds or re-asks (it closes that
+    /// lookup and opens the next under the same base), else the most specific reading (a
+    /// finished lookup under it is closed).
+    fn choose_reading<'c, 'n>(
+        &self,
+        client: IpAddr,
+        query: &QueryTrace,
+        qname: &str,
+        candidates: &'c [Candidate<'n>],
+    ) -> Option<(&'c Candidate<'n>, Option<Place>)> {
+        let ranked = candidates.iter().map(|c| {
+            let open = self.open.get_str(client, c.base);
+            let place = open.map(|l| l.place(query, qname, c.suffix.map(|(i, _)| i)));
+            let rank = match (open, &place) {
+                (
+                    _,
+                    Some(Place::Joins {
+                        retransmission: true,
+                    }),
+                ) => 0,
+                (Some(l), Some(Place::Joins { .. })) if l.final_answer.is_none() => 1,
+                (_, Some(Place::Joins { .. })) => 2,
+                (Some(l), Some(Place::OpensNext)) if !l.finished => 3,
+                _ => 4,
+            };
+            // Among equals, the lookup that heard from the client last: a twin goes with the
+            // partner just asked, not with one asked a moment before by another process.
+            let recent = std::cmp::Reverse(open.map(|l| l.last_activity));
+            ((rank, recent), c, place)
+        });
+        // `min_by_key` keeps the first of equals: the most specific reading.
+        ranked
+            .min_by_key(|(rank, _, _)| *rank)
+            .map(|(_, c, place)| (c, place))
     }
 
     fn open_lookup(&mut self, key: Key, client: IpAddr, activity: Instant) {
@@ -618,6 +667,9 @@ impl Tracker {
     }
 
     fn report(&mut self, mut record: LookupRecord) {
+        if let Some(identities) = &self.identities {
+            record.client_identity = identities.of(record.client, Instant::now());
+        }
         for observer in &mut self.observers {
             observer.annotate(&mut record);
         }

@@ -597,3 +597,53 @@ fn outcomes_are_listed_in_declaration_order() {
         assert_eq!(*outcome as usize, i, "{outcome:?}");
     }
 }
+
+/// Issue 22's measured defect: a process of the pod asks `kubernetes.default.svc.cluster.local`
+/// itself (dig, a health check), then resolvers walk `kubernetes.default` at once. The asked
+/// name reads three ways; the one the walk continues must win, or every walk is cut into a
+/// false NXDOMAIN lookup and an answered one.
+#[test]
+fn a_service_namespace_walk_right_after_the_full_name_was_asked_is_one_lookup() {
+    let (mut t, collect, _) = tracker(100);
+    let t0 = Instant::now();
+    let c = "127.0.0.1:40000";
+    let full = "kubernetes.default.svc.cluster.local";
+    for round in 0..10u64 {
+        let at = round * 10;
+        // dig: one A for the full name, answered.
+        t.add(query(t0, at, c, full, RecordType::A, 0, 1));
+        // glibc: A+AAAA under the first suffix (NXDOMAIN), then under the second (data).
+        let first = "kubernetes.default.default.svc.cluster.local";
+        t.add(query(t0, at + 1, c, first, RecordType::A, 3, 0));
+        t.add(query(t0, at + 1, c, first, RecordType::AAAA, 3, 0));
+        t.add(query(t0, at + 2, c, full, RecordType::A, 0, 1));
+        t.add(query(t0, at + 2, c, full, RecordType::AAAA, 0, 0));
+        // Go: AAAA first from its own socket, both steps.
+        t.add(query(t0, at + 3, c, first, RecordType::AAAA, 3, 0));
+        t.add(query(t0, at + 3, c, first, RecordType::A, 3, 0));
+        t.add(query(t0, at + 4, c, full, RecordType::AAAA, 0, 0));
+        t.add(query(t0, at + 4, c, full, RecordType::A, 0, 1));
+    }
+    t.expire(t0 + Duration::from_secs(10));
+    let lookups = collect.0.lock().unwrap();
+    let outcomes: Vec<(&str, usize, LookupOutcome)> = lookups
+        .iter()
+        .map(|l| (l.base.as_str(), l.attempts.len(), l.outcome))
+        .collect();
+    assert!(
+        lookups.iter().all(|l| l.outcome == LookupOutcome::Answered),
+        "a false NXDOMAIN lookup: {outcomes:?}"
+    );
+    let walks = lookups
+        .iter()
+        .filter(|l| l.base == "kubernetes.default")
+        .count();
+    let walk_sizes: Vec<usize> = lookups
+        .iter()
+        .filter(|l| l.base == "kubernetes.default")
+        .map(|l| l.attempts.len())
+        .collect();
+    assert_eq!(walks, 20, "{outcomes:?}");
+    assert!(walk_sizes.iter().all(|n| *n == 4), "{walk_sizes:?}");
+    assert_eq!(lookups.len(), 30, "{outcomes:?}");
+}

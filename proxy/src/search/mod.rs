@@ -109,6 +109,18 @@ impl SearchModel {
     /// Every reading of `qname` (lower case, no trailing dot), most specific first; the last
     /// is always the absolute name.
     pub fn candidates<'a>(&self, qname: &'a str) -> Vec<Candidate<'a>> {
+        self.candidates_for(qname, None)
+    }
+
+    /// As [`SearchModel::candidates`], for a client whose namespace is known (node-local
+    /// pod identity): under the Kubernetes convention its first suffix is exactly
+    /// `<namespace>.svc.<cluster_domain>`, so `x.other.svc.cluster.local` is `x.other` under
+    /// the second suffix, never `x` under the first.
+    pub fn candidates_for<'a>(
+        &self,
+        qname: &'a str,
+        client_namespace: Option<&str>,
+    ) -> Vec<Candidate<'a>> {
         let mut out = Vec::with_capacity(4);
         match self {
             SearchModel::Fixed { suffixes, .. } => {
@@ -131,8 +143,8 @@ impl SearchModel {
                 let svc = format!("svc.{cluster_domain}");
                 if let Some(before_svc) = strip_suffix(qname, &svc) {
                     // <base>.<ns>.svc.<cd>: the namespace is the last label before "svc".
-                    if let Some((base, _ns)) = before_svc.rsplit_once('.') {
-                        if !base.is_empty() {
+                    if let Some((base, ns)) = before_svc.rsplit_once('.') {
+                        if !base.is_empty() && client_namespace.is_none_or(|own| own == ns) {
                             out.push(Candidate {
                                 base,
                                 suffix: Some((0, &qname[base.len() + 1..])),

@@ -81,6 +81,14 @@ impl AddressTexts {
     }
 }
 
+/// The lookup span's attributes naming the client's pod (node-local pod identity).
+pub const CLIENT_NAMESPACE: &str = "dnslens.client.k8s.namespace.name";
+pub const CLIENT_POD: &str = "dnslens.client.k8s.pod.name";
+pub const CLIENT_POD_UID: &str = "dnslens.client.k8s.pod.uid";
+pub const CLIENT_WORKLOAD_KIND: &str = "dnslens.client.k8s.workload.kind";
+pub const CLIENT_WORKLOAD: &str = "dnslens.client.k8s.workload.name";
+pub const CLIENT_IDENTITY_STALE: &str = "dnslens.client.identity.stale";
+
 /// The spans of one lookup: the root, a `dns.query` per attempt, a `dns.upstream` per try.
 pub fn lookup_spans(
     lookup: &LookupRecord,
@@ -125,6 +133,22 @@ pub fn lookup_spans(
     if !anomalies.is_empty() {
         let kinds: Vec<&str> = anomalies.iter().map(|k| k.as_str()).collect();
         root_attributes.push(KeyValue::new("dnslens.anomaly", kinds.join(",")));
+    }
+    if let Some(client) = &lookup.client_identity {
+        // The client's pod (node-local pod identity). The OpenTelemetry `k8s.*` names
+        // describe the resource that emits the span — dnslens itself — so the client's
+        // identity has names of its own.
+        let pod = &client.pod;
+        root_attributes.extend([
+            KeyValue::new(CLIENT_NAMESPACE, pod.namespace.clone()),
+            KeyValue::new(CLIENT_POD, pod.pod.clone()),
+            KeyValue::new(CLIENT_POD_UID, pod.uid.clone()),
+            KeyValue::new(CLIENT_WORKLOAD_KIND, pod.workload_kind.clone()),
+            KeyValue::new(CLIENT_WORKLOAD, pod.workload.clone()),
+        ]);
+        if client.stale {
+            root_attributes.push(KeyValue::new(CLIENT_IDENTITY_STALE, true));
+        }
     }
     if let Some(waited) = lookup.waited {
         root_attributes.push(KeyValue::new(

@@ -169,6 +169,7 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
         trace_id: 7,
         anomalies: Vec::new(),
         waited: None,
+        client_identity: None,
     };
     let clock = Clock::now();
     let scope = InstrumentationScope::builder("test").build();
@@ -237,6 +238,7 @@ fn lookup_with(outcome: LookupOutcome, base: &str) -> LookupRecord {
         trace_id: 1,
         anomalies: Vec::new(),
         waited: None,
+        client_identity: None,
     }
 }
 

@@ -36,7 +36,7 @@ fn helm_template() -> PathBuf {
 
 /// Runs helm-template on `chart` with `args` (namespace dnslens-system unless they name
 /// one); (exit success, stdout, stderr).
-fn run_helm_template(chart: &Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn run_helm_template(chart: &Path, args: &[&str]) -> (bool, String, String) {
     let namespace = if args.contains(&"--namespace") {
         &[][..]
     } else {
@@ -56,7 +56,7 @@ fn run_helm_template(chart: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn yaml_documents(text: &str) -> Vec<Value> {
+pub(crate) fn yaml_documents(text: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(text)
         .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
         .filter(|v| !v.is_null())
@@ -156,7 +156,7 @@ fn sidecar_mode_renders_the_webhook_with_cert_manager() {
     assert_eq!(closed["failurePolicy"], "Fail");
     assert_eq!(
         closed["clientConfig"]["service"]["path"],
-        "/mutate?fail_closed=true"
+        "/mutate/fail-closed"
     );
     for w in webhooks {
         assert_eq!(w["sideEffects"], "None");
@@ -525,7 +525,7 @@ fn the_rendered_alert_rules_pass_promtool() {
 }
 
 /// Runs the `dnslens inject` binary on `input`; (stdout, stderr).
-fn inject_cli(input: &str, args: &[&str]) -> (String, String) {
+pub(crate) fn inject_cli(input: &str, args: &[&str]) -> (String, String) {
     let out = output_with_stdin(
         Command::new(env!("CARGO_BIN_EXE_dnslens"))
             .arg("inject")
@@ -826,7 +826,7 @@ async fn the_webhook_serves_admission_reviews_over_https() {
     let (_, body) = https_request(
         addr,
         &certified.cert,
-        post("/mutate?fail_closed=true", "{\"nope\": 1}"),
+        post("/mutate/fail-closed", "{\"nope\": 1}"),
     )
     .await;
     let answer: Value = serde_json::from_str(&body).unwrap();

@@ -3,6 +3,7 @@
 //! zones); `knot` and `cli` run the real binary against Knot DNS with `dig` as the client.
 //! Only loopback addresses are ever queried.
 
+mod control_plane;
 mod harness;
 mod image;
 mod otlp_receiver;
@@ -13,6 +14,7 @@ mod anomalies;
 mod bad_input;
 mod cache;
 mod cli;
+mod cluster;
 mod data_path;
 mod differential;
 mod faults;
@@ -26,6 +28,7 @@ mod load_models;
 mod module_graph;
 mod namespaces;
 mod node_setup;
+mod pod_identity;
 mod prometheus;
 mod reload;
 mod resolvers;
