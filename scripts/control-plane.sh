@@ -10,10 +10,12 @@
 #   scripts/control-plane.sh stop DIR       stops what `start DIR` started
 #   scripts/control-plane.sh stop-apiserver DIR / start-apiserver DIR
 #                                           stops / starts again only kube-apiserver (same port)
-#   scripts/control-plane.sh coredns DIR PORT [ZONE]
-#                                           CoreDNS on 127.0.0.1:PORT with its kubernetes plugin
-#                                           watching DIR's API server (background; pid in DIR)
+#   scripts/control-plane.sh coredns DIR PORT [UPSTREAM]
+#                                           CoreDNS on 127.0.0.1:PORT, its kubernetes plugin
+#                                           watching DIR's API server, other names forwarded to
+#                                           UPSTREAM or NXDOMAIN (background; pid in DIR)
 #
+# Also Prometheus (`path prometheus`): Debian's is built without Kubernetes service discovery.
 # Binaries are pinned by version and cached outside the clone, in $DNSLENS_TOOLS_CACHE
 # (default ~/.cache/dnslens-tools), so a CI run on the same machine reuses them. A cold build
 # takes about 15 minutes on 2 cores (kube-apiserver is most of it), a warm one a second.
@@ -24,6 +26,9 @@ set -euo pipefail
 ETCD_VERSION=v3.6.16
 KUBERNETES_VERSION=v1.36.3
 COREDNS_VERSION=v1.14.7
+# Prometheus with kubernetes_sd_configs (Debian's package is built without Kubernetes
+# service discovery): module v0.316.0 is Prometheus 3.16.
+PROMETHEUS_VERSION=v0.316.0
 # The Prometheus Operator's CRDs (PodMonitor, ServiceMonitor, PrometheusRule), from its module,
 # so the chart's monitoring objects are validated by the API server against the real schemas.
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
@@ -108,23 +113,29 @@ EOF
   go_program kubectl "$KUBERNETES_VERSION" "$dir" k8s.io/kubernetes/cmd/kubectl "$ldflags"
 }
 
-build_coredns() {
-  local dir=$CACHE/src/coredns-$COREDNS_VERSION
+# module_program NAME VERSION MODULE PACKAGE WHAT: a scratch module requiring MODULE@VERSION,
+# PACKAGE built from it (WHAT says what it is, in the module's only file).
+module_program() {
+  local name=$1 version=$2 module=$3 pkg=$4 what=$5 dir=$CACHE/src/$1-$2
   if [[ ! -f $dir/go.sum ]]; then
     mkdir -p "$dir"
-    cat >"$dir/tools.go" <<'EOF'
-//go:build tools
-
-// The program this module builds: CoreDNS with its default plugins.
-package tools
-
-import _ "github.com/coredns/coredns"
-EOF
-    (cd "$dir" && rm -f go.mod && go mod init dnslens.test/coredns >/dev/null 2>&1 &&
-      go get "github.com/coredns/coredns@$COREDNS_VERSION" >/dev/null 2>&1 && go mod tidy -e >/dev/null 2>&1) ||
-      die "resolving coredns $COREDNS_VERSION failed"
+    printf '//go:build tools\n\n// The program this module builds: %s.\npackage tools\n\nimport _ "%s"\n' \
+      "$what" "$pkg" >"$dir/tools.go"
+    (cd "$dir" && rm -f go.mod && go mod init "dnslens.test/$name" >/dev/null 2>&1 &&
+      go get "$module@$version" >/dev/null 2>&1 && go mod tidy -e >/dev/null 2>&1) ||
+      die "resolving $name $version failed"
   fi
-  go_program coredns "$COREDNS_VERSION" "$dir" github.com/coredns/coredns
+  go_program "$name" "$version" "$dir" "$pkg"
+}
+
+build_coredns() {
+  module_program coredns "$COREDNS_VERSION" github.com/coredns/coredns github.com/coredns/coredns \
+    "CoreDNS with its default plugins"
+}
+
+build_prometheus() {
+  module_program prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus \
+    github.com/prometheus/prometheus/cmd/prometheus "the Prometheus server, every service discovery in"
 }
 
 fetch_crds() {
@@ -144,6 +155,7 @@ path_of() {
     etcd) echo "$BIN/etcd-$ETCD_VERSION" ;;
     kube-apiserver | kubectl) echo "$BIN/$1-$KUBERNETES_VERSION" ;;
     coredns) echo "$BIN/coredns-$COREDNS_VERSION" ;;
+    prometheus) echo "$BIN/prometheus-$PROMETHEUS_VERSION" ;;
     crds) echo "$CACHE/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION" ;;
     *) die "unknown program $1" ;;
   esac
@@ -267,24 +279,32 @@ stop() {
   stop_pid "$dir/etcd.pid"
 }
 
+# CoreDNS as a cluster runs it: the kubernetes plugin for the cluster domain and the
+# reverse zones, watching DIR's API server; every other name to UPSTREAM (ADDR:PORT), or
+# NXDOMAIN when none is given (nothing leaves loopback).
 coredns() {
-  local dir=$1 port=$2 zone=${3:-cluster.local} bin api
+  local dir=$1 port=$2 upstream=${3:-} bin rest
   bin=$(need coredns)
   dir=$(cd "$dir" && pwd)
-  api=$(sed -n 's/^KUBE_APISERVER=//p' "$dir/env")
+  if [[ -n $upstream ]]; then
+    rest="forward . $upstream"
+  else
+    rest=$'template ANY ANY {\n        rcode NXDOMAIN\n    }'
+  fi
   cat >"$dir/Corefile" <<EOF
+cluster.local:$port in-addr.arpa:$port ip6.arpa:$port {
+    bind 127.0.0.1
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $dir/kubeconfig test
+        pods insecure
+        ttl 5
+    }
+}
 .:$port {
     bind 127.0.0.1
     errors
-    kubernetes $zone in-addr.arpa ip6.arpa {
-        endpoint $api
-        kubeconfig $dir/kubeconfig test
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-    }
-    template ANY ANY {
-        rcode NXDOMAIN
-    }
+    $rest
 }
 EOF
   "$bin" -conf "$dir/Corefile" >"$dir/coredns.log" 2>&1 &
@@ -297,6 +317,7 @@ case ${1:-} in
     build_etcd
     build_kubernetes
     build_coredns
+    build_prometheus
     fetch_crds
     echo "$BIN"
     ;;

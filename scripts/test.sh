@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
-# The control plane the cluster tests start (etcd, kube-apiserver, kubectl, CoreDNS, the
-# Prometheus Operator's CRDs), built from Go modules and cached outside the clone: ~10 min
-# cold on 2 cores, a second warm (scripts/control-plane.sh).
+# The control plane the cluster tests start (etcd, kube-apiserver, kubectl, CoreDNS,
+# Prometheus with Kubernetes discovery, the Prometheus Operator's CRDs), built from Go
+# modules and cached outside the clone: ~15 min cold on 2 cores, a second warm
+# (scripts/control-plane.sh).
 scripts/control-plane.sh build
 export PATH="$PATH:/usr/sbin:/sbin"   # knotd lives in /usr/sbin
 # The chart tests render with the real Helm library through helm-template: the team's

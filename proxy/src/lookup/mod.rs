@@ -561,9 +561,10 @@ impl Tracker {
     /// the full name a moment before. The reading whose open lookup takes the query wins:
     /// a retransmission first, then the next step of a walk still without its final answer,
     /// then the twin of a final answer (the lookup heard from last, among several); failing
-    /// those, a reading whose unfinished walk the query rewinds or re-asks (it closes that
-    /// lookup and opens the next under the same base), else the most specific reading (a
-    /// finished lookup under it is closed).
+    /// those, a reading whose walk, still without its final answer, the query rewinds or
+    /// re-asks (it closes that lookup and opens the next under the same base), else the most
+    /// specific reading (a lookup with its final answer under it is closed: a dnspython
+    /// lookup, A only, never gets its twin, and the next process's question is its own).
     fn choose_reading<'c, 'n>(
         &self,
         client: IpAddr,
@@ -583,12 +584,13 @@ impl Tracker {
                 ) => 0,
                 (Some(l), Some(Place::Joins { .. })) if l.final_answer.is_none() => 1,
                 (_, Some(Place::Joins { .. })) => 2,
-                (Some(l), Some(Place::OpensNext)) if !l.finished => 3,
+                (Some(l), Some(Place::OpensNext)) if l.final_answer.is_none() => 3,
                 _ => 4,
             };
             // Among equals, the lookup that heard from the client last: a twin goes with the
             // partner just asked, not with one asked a moment before by another process.
-            let recent = std::cmp::Reverse(open.map(|l| l.last_activity));
+            let joins = matches!(place, Some(Place::Joins { .. }));
+            let recent = std::cmp::Reverse(open.filter(|_| joins).map(|l| l.last_activity));
             ((rank, recent), c, place)
         });
         // `min_by_key` keeps the first of equals: the most specific reading.

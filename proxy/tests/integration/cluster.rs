@@ -557,3 +557,216 @@ fn pod_identity_rules(mode: &str) -> &'static [(&'static str, &'static str)] {
         _ => &[],
     }
 }
+
+/// Prometheus's alerts in `state` named `alert`, from its API.
+async fn alerts_in_state(api: std::net::SocketAddr, alert: &str, state: &str) -> Vec<Value> {
+    let (_, body) = http_get(api, "/api/v1/alerts").await;
+    let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    parsed["data"]["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a["labels"]["alertname"] == alert && a["state"] == state)
+        .collect()
+}
+
+/// A plain Prometheus (3.x, built from its module: Debian's has no Kubernetes discovery), as a
+/// cluster runs it without the Operator: `config/prometheus-scrape.yaml`
+/// (kubernetes_sd_configs, role pod, the pods' prometheus.io annotations) against the real
+/// API server, and `config/alerts.yaml`. The chart's node-local DaemonSet (link-local, the
+/// hostNetwork pods that declare no ports) is applied, two of its pods made from its
+/// template on two nodes with podIPs on loopback where real dnslens processes serve their
+/// metrics: Prometheus must discover and scrape both with the labels the alerts aggregate
+/// by; the musl trap makes the trap alert active for that namespace and workload; a stopped
+/// dnslens makes DNSLensDown active; with no dnslens pod left, DNSLensTargetsMissing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_prometheus_discovers_the_charts_node_local_pods_and_fires_the_alerts() {
+    use dnslens::demo::clients::{getaddrinfo, Libc};
+    use dnslens::demo::{NDOTS, SEARCH};
+    use std::time::Duration;
+
+    let cp = cluster();
+    let manifest = render_for_cluster(
+        "kube-system",
+        &[
+            "--set",
+            "mode=node-local",
+            "--set",
+            "nodeLocal.exposure=linkLocal",
+        ],
+    );
+    cp.apply_strict(&manifest).expect("the chart applies");
+    let daemonset = yaml_documents(&manifest)
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("the DaemonSet");
+    let port = daemonset["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+        .as_str()
+        .expect("scrape annotations")
+        .to_string();
+    // Two of its pods, as the DaemonSet controller and the kubelets would make them, and a
+    // real dnslens behind each podIP.
+    let mut worlds = Vec::new();
+    for (node, ip) in [("node-1", "127.0.0.21"), ("node-2", "127.0.0.22")] {
+        let mut pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": daemonset["spec"]["template"]["metadata"],
+            "spec": daemonset["spec"]["template"]["spec"],
+        });
+        pod["metadata"]["name"] = json!(format!("dns-{node}"));
+        pod["metadata"]["namespace"] = json!("kube-system");
+        pod["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "apps/v1", "kind": "DaemonSet", "name": daemonset["metadata"]["name"],
+            "uid": "00000000-0000-0000-0000-000000000002", "controller": true,
+        }]);
+        pod["spec"]["nodeName"] = json!(node);
+        cp.create_running(&pod, ip);
+        let metrics: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        worlds.push(
+            World::start_with(|c| {
+                c.metrics_listen = metrics;
+                c.search = SEARCH.iter().map(|s| s.to_string()).collect();
+                c.ndots = Some(NDOTS as u32);
+                c.lookup.window = Duration::from_millis(300);
+            })
+            .await,
+        );
+    }
+
+    // Prometheus with the documented scrape job, pointed at this API server.
+    let dir = TempDir::new("prometheus-sd");
+    let mut jobs: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("config/prometheus-scrape.yaml")).unwrap(),
+    )
+    .unwrap();
+    for job in jobs.as_array_mut().expect("a list of scrape jobs") {
+        job["scrape_interval"] = json!("1s");
+        for sd in job["kubernetes_sd_configs"].as_array_mut().unwrap() {
+            sd["api_server"] = json!(cp.env["KUBE_APISERVER"]);
+            sd["tls_config"] = json!({
+                "ca_file": cp.dir.0.join("pki/ca.crt"),
+                "cert_file": cp.dir.0.join("pki/admin.crt"),
+                "key_file": cp.dir.0.join("pki/admin.key"),
+            });
+        }
+    }
+    let config = json!({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [repo().join("config/alerts.yaml")],
+        "scrape_configs": jobs,
+    });
+    std::fs::write(dir.0.join("prometheus.yml"), config.to_string()).unwrap();
+    // Built from its module by control-plane.sh: Debian's Prometheus has no Kubernetes
+    // service discovery.
+    let (_prometheus, api) = crate::prometheus::start_prometheus(built("prometheus"), &dir.0);
+
+    // Both pods discovered and scraped, labelled for the alerts.
+    crate::prometheus::wait_until(Duration::from_secs(60), || async {
+        let (_, body) = http_get(api, "/api/v1/targets?state=active").await;
+        let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let up: Vec<&Value> = parsed["data"]["activeTargets"]
+            .as_array()
+            .map(|t| t.iter().filter(|t| t["health"] == "up").collect())
+            .unwrap_or_default();
+        up.len() == 2
+    })
+    .await;
+    let (_, body) = http_get(api, "/api/v1/targets?state=active").await;
+    let parsed: Value = serde_json::from_str(&body).unwrap();
+    let mut targets: Vec<(String, String, String, String)> = parsed["data"]["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let l = &t["labels"];
+            let s = |k: &str| l[k].as_str().unwrap_or("").to_string();
+            (s("instance"), s("namespace"), s("workload"), s("node"))
+        })
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            (
+                format!("127.0.0.21:{port}"),
+                "kube-system".into(),
+                "dns".into(),
+                "node-1".into()
+            ),
+            (
+                format!("127.0.0.22:{port}"),
+                "kube-system".into(),
+                "dns".into(),
+                "node-2".into()
+            ),
+        ]
+    );
+
+    // The musl trap through the first: its alert becomes active for that workload (pending:
+    // it fires after its `for`, which the promtool tests cover).
+    crate::prometheus::wait_until(Duration::from_secs(30), || async {
+        let (_, body) = http_get(
+            api,
+            "/api/v1/query?query=dnslens_anomalies_total%7Bkind%3D%22empty_noerror_search%22%7D",
+        )
+        .await;
+        body.matches("\"value\"").count() == 2
+    })
+    .await;
+    let result = getaddrinfo(worlds[0].dns(), "alauda.cn", &SEARCH, NDOTS, Libc::Musl).await;
+    assert_eq!(result, Err("Name does not resolve"));
+    crate::prometheus::wait_until(Duration::from_secs(30), || async {
+        !alerts_in_state(api, "DNSEmptyNoerrorOnSearchExpansion", "pending")
+            .await
+            .is_empty()
+    })
+    .await;
+    let trap = alerts_in_state(api, "DNSEmptyNoerrorOnSearchExpansion", "pending").await;
+    assert_eq!(trap.len(), 1);
+    assert_eq!(trap[0]["labels"]["namespace"], "kube-system");
+    assert_eq!(trap[0]["labels"]["workload"], "dns");
+    assert!(alerts_in_state(api, "DNSLensTargetsMissing", "pending")
+        .await
+        .is_empty());
+
+    // The second dnslens stops: its target is down.
+    let second = worlds.pop().unwrap();
+    second.stop().await;
+    crate::prometheus::wait_until(Duration::from_secs(30), || async {
+        !alerts_in_state(api, "DNSLensDown", "pending")
+            .await
+            .is_empty()
+    })
+    .await;
+    let down = alerts_in_state(api, "DNSLensDown", "pending").await;
+    assert_eq!(down[0]["labels"]["namespace"], "kube-system");
+    assert_eq!(
+        down[0]["value"].as_str().map(|v| v.parse::<f64>().unwrap()),
+        Some(1.0)
+    );
+
+    // No dnslens pod left to discover: nothing to be down, and the absence alerts.
+    cp.kubectl(
+        &[
+            "delete",
+            "pods",
+            "-n",
+            "kube-system",
+            "--all",
+            "--grace-period=0",
+            "--force",
+        ],
+        "",
+    );
+    crate::prometheus::wait_until(Duration::from_secs(60), || async {
+        !alerts_in_state(api, "DNSLensTargetsMissing", "pending")
+            .await
+            .is_empty()
+    })
+    .await;
+    for world in worlds {
+        world.stop().await;
+    }
+}

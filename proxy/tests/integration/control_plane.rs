@@ -167,12 +167,22 @@ impl ControlPlane {
                 "uid": "00000000-0000-0000-0000-000000000001", "controller": true,
             }]);
         }
+        self.create_running(&pod, ip)
+    }
+
+    /// Creates `pod` (its namespace in its metadata) and reports it Running on `ip` as its
+    /// kubelet would; its UID.
+    pub fn create_running(&self, pod: &Value, ip: &str) -> String {
         let created = self.kubectl_json(&["create", "-f", "-"], &pod.to_string());
         let status = serde_json::json!({"status": {
             "phase": "Running",
             "podIP": ip,
             "podIPs": [{"ip": ip}],
         }});
+        let namespace = created["metadata"]["namespace"]
+            .as_str()
+            .expect("namespace");
+        let name = created["metadata"]["name"].as_str().expect("name");
         self.kubectl(
             &[
                 "patch",
@@ -191,6 +201,63 @@ impl ControlPlane {
             .as_str()
             .expect("uid")
             .to_string()
+    }
+
+    /// CoreDNS on 127.0.0.1 with its kubernetes plugin watching this API server (other
+    /// names: NXDOMAIN); its address once it answers for `kubernetes.default` (the Service
+    /// the API server makes itself), i.e. after its first sync.
+    pub async fn coredns(&self) -> std::net::SocketAddr {
+        let port = crate::harness::free_port();
+        let out = Command::new(script())
+            .arg("coredns")
+            .arg(&self.dir.0)
+            .arg(port.to_string())
+            .output()
+            .expect("scripts/control-plane.sh runs");
+        assert!(
+            out.status.success(),
+            "CoreDNS did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let query = crate::harness::query_bytes(
+                "kubernetes.default.svc.cluster.local",
+                hickory_proto::rr::RecordType::A,
+                7,
+                None,
+            );
+            let answer =
+                crate::harness::udp_exchange(addr, &query, std::time::Duration::from_millis(500))
+                    .await;
+            if answer.is_some_and(|a| a.len() > 3 && a[3] & 0x0f == 0) {
+                return addr;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CoreDNS never answered for the kubernetes Service: {}",
+                std::fs::read_to_string(self.dir.0.join("coredns.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A ClusterIP Service `namespace/name` at `ip`.
+    pub fn service(&self, namespace: &str, name: &str, ip: &str) {
+        self.kubectl(
+            &[
+                "create",
+                "service",
+                "clusterip",
+                name,
+                "-n",
+                namespace,
+                "--tcp=443:443",
+                &format!("--clusterip={ip}"),
+            ],
+            "",
+        );
     }
 
     /// Stops kube-apiserver alone (etcd keeps the state).

@@ -4,12 +4,13 @@
 //! the counters and a trace) must name its pod, namespace and workload — the other node's
 //! pod is not held; an IP reused by a new pod gets the new identity; with the API server
 //! stopped DNS is answered, the watch metric goes down and identities turn stale; started
-//! again, the watch resyncs.
+//! again, the watch resyncs. The cluster domain goes to the real CoreDNS (built from its
+//! module, its kubernetes plugin watching the same API server) over TCP, as node-local does.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use dnslens::config::PodIdentityConfig;
+use dnslens::config::{PodIdentityConfig, UpstreamAddr};
 use dnslens::search::Mode;
 use dnslens::telemetry::OtlpProtocol;
 use hickory_proto::op::Message;
@@ -36,6 +37,9 @@ async fn retried_question(client: &str, server: SocketAddr, name: &str, id: u16)
             .unwrap();
         let answer = Message::from_vec(&buf[..n]).unwrap();
         assert_eq!(answer.metadata.id, id);
+        // CoreDNS's answer, from the Service in the API server.
+        let addresses: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(addresses, ["10.96.12.34"], "{name} from {client}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -105,11 +109,19 @@ async fn node_local_lookups_carry_the_identity_of_the_pod_that_asked() {
         json!({}),
     );
 
+    // The real upstream of the mission: CoreDNS answering for the Services in the API server
+    // (`kubernetes`, which the API server makes itself, and `web`).
+    cp.service("default", "web", "10.96.12.34");
+    let coredns = cp.coredns().await;
+
     let receiver = Receiver::start().await;
     let endpoint = format!("http://{}", receiver.grpc);
     let kubeconfig = cp.kubeconfig();
     let world = World::start_with(|c| {
         c.mode = Mode::NodeLocal;
+        // As NodeLocal DNSCache: the cluster domain to the cluster DNS over TCP.
+        c.cluster_dns = Some(UpstreamAddr(coredns));
+        c.forward_zones = dnslens::config::node_local_zones("cluster.local", UpstreamAddr(coredns));
         c.listener.allow = vec!["127.0.0.0/8".parse().unwrap()];
         c.lookup.window = Duration::from_millis(500);
         c.tracing.endpoint = Some(endpoint);

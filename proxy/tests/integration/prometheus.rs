@@ -28,26 +28,7 @@ async fn prometheus_scrapes_dnslens_and_the_empty_noerror_alert_becomes_active()
         ),
     )
     .unwrap();
-    let port = free_port();
-    let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _prometheus = Child(
-        std::process::Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.0.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={api}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect(
-                "prometheus must be installed (Debian prometheus); scripts/test.sh installs it",
-            ),
-    );
+    let (_prometheus, api) = start_prometheus("prometheus", &dir.0);
     // Wait until the anomaly series has been scraped at 0.
     let query =
         "/api/v1/query?query=dnslens_anomalies_total%7Bkind%3D%22empty_noerror_search%22%7D";
@@ -68,7 +49,7 @@ async fn prometheus_scrapes_dnslens_and_the_empty_noerror_alert_becomes_active()
     world.stop().await;
 }
 
-async fn wait_until<F, Fut>(timeout: Duration, mut done: F)
+pub async fn wait_until<F, Fut>(timeout: Duration, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -81,4 +62,24 @@ where
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A Prometheus server (`program`: Debian's, or one built by control-plane.sh) on a free
+/// loopback port, reading `dir/prometheus.yml`, its data and log (`prometheus.log`) in
+/// `dir`; stopped when the child drops.
+pub fn start_prometheus(
+    program: impl AsRef<std::ffi::OsStr>,
+    dir: &std::path::Path,
+) -> (Child, std::net::SocketAddr) {
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = std::process::Command::new(program)
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={api}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("prometheus must be installed (Debian prometheus; scripts/test.sh installs it) or built (scripts/control-plane.sh build)");
+    (Child(child), api)
 }

@@ -316,6 +316,83 @@ fn a_clean_workload_of_four_resolvers_leaves_the_journal_empty() {
     assert!(run.hints.contains("github.com"), "{}", run.hints);
 }
 
+/// Issue 22's defect, with the real resolvers: another process of the pod (`dig`) asks
+/// `kubernetes.default.svc.cluster.local` and `api.team-a.svc.cluster.local` itself, right
+/// before each resolver walks `kubernetes.default` (found under the second suffix) and
+/// `api.team-a.svc` (under the third): each walk must be one answered lookup, never a false
+/// `nxdomain` lookup beside an answered one. Ten rounds in a burst per resolver.
+#[test]
+fn service_namespace_walks_after_the_full_name_was_asked_are_one_lookup_each() {
+    let clients = Clients::build();
+    let dig = |name: &str| format!("dig +short +tries=1 {name} >/dev/null\n");
+    let steps: Vec<String> = Resolver::ALL
+        .iter()
+        .map(|r| {
+            let mut step = String::new();
+            for _ in 0..10 {
+                step.push_str(&dig("kubernetes.default.svc.cluster.local"));
+                step.push_str(&clients.resolve(*r, &["kubernetes.default"]));
+                step.push('\n');
+                step.push_str(&dig("api.team-a.svc.cluster.local"));
+                step.push_str(&clients.resolve(*r, &["api.team-a.svc"]));
+                step.push('\n');
+            }
+            step
+        })
+        .collect();
+    let run = run_scene(&Scene {
+        steps,
+        ..Scene::default()
+    });
+    for (i, resolver) in Resolver::ALL.iter().enumerate() {
+        assert_eq!(
+            results(&run.outputs[i]),
+            (20, 0),
+            "{resolver:?}: {}",
+            run.outputs[i]
+        );
+        // 20 walks and 20 dig questions, each one answered lookup.
+        assert_eq!(
+            step_delta(&run, i, "dnslens_lookups_total{outcome=\"answered\"}"),
+            40.0,
+            "{resolver:?}: {}\n{}",
+            describe(&run.spans, "kubernetes.default"),
+            run.snapshots[i + 1]
+        );
+        for outcome in ["nxdomain", "nodata", "servfail", "timeout"] {
+            let series = format!("dnslens_lookups_total{{outcome=\"{outcome}\"}}");
+            assert_eq!(
+                step_delta(&run, i, &series),
+                0.0,
+                "{resolver:?}: {series}\n{}",
+                describe(&run.spans, "kubernetes.default")
+            );
+        }
+    }
+    // Each walk's trace holds its whole walk: the first suffix, then the one that answered.
+    let walks = lookups_of(&run.spans, "kubernetes.default");
+    assert_eq!(
+        walks.len(),
+        40,
+        "{}",
+        describe(&run.spans, "kubernetes.default")
+    );
+    for (_, queries) in &walks {
+        let mut indexes: Vec<&str> = queries
+            .iter()
+            .map(|q| q.attr("dnslens.search.index"))
+            .collect();
+        indexes.dedup();
+        assert_eq!(
+            indexes,
+            ["0", "1"],
+            "{}",
+            describe(&run.spans, "kubernetes.default")
+        );
+    }
+    assert_eq!(journal(&run), Vec::<Entry>::new());
+}
+
 /// The lookups of `base` as their traces show them, for failure messages.
 fn describe(spans: &[ReceivedSpan], base: &str) -> String {
     let mut out = String::new();
