@@ -26,6 +26,11 @@ for pair in "${need[@]}"; do
   cmd=${pair%%:*} pkg=${pair##*:}
   PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# c-ares (gRPC's C core and Node resolve with it): the headers and library the resolver
+# scenes' small ares_getaddrinfo program is built against.
+if [[ ! -e /usr/include/ares.h ]]; then
+  missing+=(libc-ares-dev)
+fi
 # dnspython for Debian's own python3 (the tests run /usr/bin/python3, not a virtualenv's).
 if ! /usr/bin/python3 -c 'import dns.resolver' >/dev/null 2>&1; then
   missing+=(python3-dnspython)

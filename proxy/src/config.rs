@@ -400,10 +400,10 @@ impl Config {
                 "node-local mode needs the client networks (the pod CIDRs): dnslens is never an open resolver",
             ));
         }
-        if self.mitigations.autopath && self.mode == Mode::NodeLocal {
+        if self.mitigations.autopath && self.mode == Mode::NodeLocal && !self.pod_identity.enabled {
             return Err(ConfigError::invalid(
                 "mitigations.autopath",
-                "needs the client's exact search list, which only a sidecar knows (a node-local proxy serves pods with different lists)",
+                "needs the client's exact search list: in node-local mode turn on pod_identity (autopath then serves the clients whose pod it verified)",
             ));
         }
         Ok(())

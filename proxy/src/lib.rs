@@ -127,6 +127,8 @@ struct Shared {
     loop_guard: Arc<pipeline::LoopGuard>,
     /// Tasks the data path spawned (TCP fetches, autopath, the shield's twin check).
     tasks: TaskTracker,
+    /// Node-local pod identity, when on (started once; a reload keeps it).
+    identities: Option<identity::Identities>,
     stop_all: CancellationToken,
 }
 
@@ -227,7 +229,7 @@ impl Proxy {
         let forward_metrics = ForwardMetrics::register(registry);
         let mut tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers)
             .with_in_flight(forward_metrics.in_flight());
-        if config.pod_identity.enabled {
+        let identities = if config.pod_identity.enabled {
             // The client is built here (a bad kubeconfig fails the start); the watch runs in
             // the background and nothing waits for it.
             let metrics = identity::IdentityMetrics::register(registry);
@@ -239,8 +241,11 @@ impl Proxy {
                 identities.clone(),
                 stop_all.clone(),
             ));
-            tracker = tracker.with_identities(identities);
-        }
+            tracker = tracker.with_identities(identities.clone());
+            Some(identities)
+        } else {
+            None
+        };
         let trace_sink = tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone());
         let shared = Shared {
             forward_metrics,
@@ -252,6 +257,7 @@ impl Proxy {
             reloads: ReloadMetrics::register(registry),
             loop_guard: Arc::new(pipeline::LoopGuard::register(registry)),
             tasks: TaskTracker::new(),
+            identities,
             stop_all,
         };
         let current = Generation::build(config, &shared, None, export.is_some())?;
@@ -464,6 +470,7 @@ impl Generation {
                 tasks: shared.tasks.clone(),
                 cache: kept_cache,
                 loop_guard: shared.loop_guard.clone(),
+                identities: shared.identities.clone(),
             },
             &shared.pipeline_metrics,
         );

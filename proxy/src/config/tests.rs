@@ -164,6 +164,10 @@ fn mitigations_and_cache_are_checked() {
         err.starts_with("mitigations.autopath: needs the client's exact search list"),
         "{err}"
     );
+    // With pod identity it serves the clients it verified.
+    node.pod_identity.enabled = true;
+    node.validate()
+        .expect("node-local autopath with pod identity");
     let mut cache = base.clone();
     cache.cache.enabled = true;
     cache.cache.min_ttl = std::time::Duration::from_secs(60);

@@ -34,6 +34,7 @@ pub mod watch;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -188,12 +189,17 @@ struct Inner {
     table: RwLock<Table>,
     /// The table a relist is building, swapped in when it is complete.
     relist: Mutex<Option<Table>>,
-    /// Since when the watch has been failing (None while synced).
-    down_since: Mutex<Option<Instant>>,
+    /// Since when the watch has been failing, in ms after `epoch` (`SYNCED` while synced):
+    /// an atomic, as the tracker reads it for every query.
+    down_since_ms: AtomicU64,
+    epoch: Instant,
     stale_after: Duration,
     max_pods: usize,
     metrics: IdentityMetrics,
 }
+
+/// `down_since_ms` while the watch is synced.
+const SYNCED: u64 = u64::MAX;
 
 /// The identity table: written by the watch, read by the lookup tracker. Cheap to clone.
 #[derive(Clone)]
@@ -209,7 +215,8 @@ impl Identities {
                 relist: Mutex::new(None),
                 // Not synced yet: down since start (stale only once it was never synced
                 // for stale_after, with nothing in the table anyway).
-                down_since: Mutex::new(Some(Instant::now())),
+                down_since_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
                 stale_after: config.stale_after,
                 max_pods: config.max_pods,
                 metrics: metrics.clone(),
@@ -220,10 +227,9 @@ impl Identities {
     /// Who has `ip`, as last known, at `now`.
     pub fn of(&self, ip: IpAddr, now: Instant) -> Option<ClientIdentity> {
         let pod = self.inner.table.read().ok()?.by_ip.get(&ip)?.clone();
-        Some(ClientIdentity {
-            pod,
-            stale: self.is_stale(now),
-        })
+        let stale = self.is_stale(now);
+        self.inner.metrics.stale.set(i64::from(stale));
+        Some(ClientIdentity { pod, stale })
     }
 
     /// The namespace of the pod with `ip`, if it is known and not stale: the client's
@@ -234,15 +240,17 @@ impl Identities {
     }
 
     fn is_stale(&self, now: Instant) -> bool {
-        let down_since = *self
-            .inner
-            .down_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let stale =
-            down_since.is_some_and(|t| now.saturating_duration_since(t) >= self.inner.stale_after);
-        self.inner.metrics.stale.set(i64::from(stale));
-        stale
+        let since = self.inner.down_since_ms.load(Ordering::Relaxed);
+        if since == SYNCED {
+            return false;
+        }
+        let down_since = self.inner.epoch + Duration::from_millis(since);
+        now.saturating_duration_since(down_since) >= self.inner.stale_after
+    }
+
+    /// Sets the stale gauge as of `now` (the watch loop calls it while the watch is down).
+    pub fn refresh_stale(&self, now: Instant) {
+        self.inner.metrics.stale.set(i64::from(self.is_stale(now)));
     }
 
     /// Pods held.
@@ -308,11 +316,7 @@ impl Identities {
 
     /// The watch is synced with the API server.
     pub fn watch_synced(&self) {
-        *self
-            .inner
-            .down_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.inner.down_since_ms.store(SYNCED, Ordering::Relaxed);
         self.inner.metrics.watch_up.set(1);
         self.inner.metrics.stale.set(0);
     }
@@ -321,12 +325,16 @@ impl Identities {
     pub fn watch_failed(&self, now: Instant) {
         self.inner.metrics.watch_failures.inc();
         self.inner.metrics.watch_up.set(0);
-        let mut down = self
-            .inner
-            .down_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        down.get_or_insert(now);
+        let ms = now.saturating_duration_since(self.inner.epoch).as_millis();
+        let ms = u64::try_from(ms).unwrap_or(SYNCED - 1).min(SYNCED - 1);
+        // Only the first failure after a sync starts the clock.
+        let _ = self.inner.down_since_ms.compare_exchange(
+            SYNCED,
+            ms,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.refresh_stale(now);
     }
 }
 

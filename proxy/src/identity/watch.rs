@@ -83,6 +83,7 @@ pub async fn run(
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
+                identities.refresh_stale(Instant::now());
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }

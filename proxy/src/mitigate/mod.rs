@@ -20,9 +20,12 @@
 //!   trip instead of up to ten. If nothing resolves, or an upstream fails on the way, the
 //!   client gets the first answer and walks on as usual. It needs the client's exact search
 //!   list: a sidecar has it (its own pod's resolv.conf); a node-local proxy serves pods with
-//!   different lists (other namespaces, custom `dnsConfig`, hostNetwork pods), and a CNAME
-//!   built from a guessed list would send a pod to a name its own resolver would never have
-//!   tried — so config validation refuses autopath in node-local mode.
+//!   different lists, and a CNAME built from a guessed list would send a pod to a name its
+//!   own resolver would never have tried — so in node-local mode autopath needs
+//!   `pod_identity` and serves only clients whose pod it verified (a known address on this
+//!   node, not stale: CoreDNS's `pods verified`), with the list of their namespace plus the
+//!   host domains; everyone else walks on their own. (A pod with a custom `dnsConfig` search
+//!   list is still read by the convention: keep autopath off where pods set their own.)
 //!   `dnslens_autopath_total{result}`: `answered` (CNAME to another name), `first` (the
 //!   asked name itself was not NXDOMAIN), `not_found`, `failed`; span attribute
 //!   `dnslens.autopath.name`.
@@ -188,6 +191,34 @@ pub fn autopath_walk(model: &SearchModel, qname: &str) -> Option<Vec<String>> {
     let SearchModel::Fixed { suffixes, .. } = model else {
         return None;
     };
+    walk_after_first(suffixes, qname)
+}
+
+/// As [`autopath_walk`] for a node-local client whose namespace pod identity verified: its
+/// search list is the Kubernetes convention for that namespace, then the host domains.
+pub fn autopath_walk_in(model: &SearchModel, namespace: &str, qname: &str) -> Option<Vec<String>> {
+    let SearchModel::Kubernetes {
+        cluster_domain,
+        host_suffixes,
+        ..
+    } = model
+    else {
+        return autopath_walk(model, qname);
+    };
+    let suffixes: Vec<String> = [
+        format!("{namespace}.svc.{cluster_domain}"),
+        format!("svc.{cluster_domain}"),
+        cluster_domain.clone(),
+    ]
+    .into_iter()
+    .chain(host_suffixes.iter().cloned())
+    .collect();
+    walk_after_first(&suffixes, qname)
+}
+
+/// The names after `qname` = `base.<suffixes[0]>`: `base` under each later suffix, then
+/// `base` itself.
+fn walk_after_first(suffixes: &[String], qname: &str) -> Option<Vec<String>> {
     let first = suffixes.first()?;
     let base = qname.strip_suffix(first.as_str())?.strip_suffix('.')?;
     if base.is_empty() {

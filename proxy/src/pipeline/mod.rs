@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::CacheConfig;
 use crate::cache::{Cache, CacheKey, CacheMetrics, Coalescer, Join, KeyBuf, Lookup};
 use crate::forward::Forwarder;
+use crate::identity::Identities;
 use crate::metrics::Transport;
 use crate::mitigate::MitigationsConfig;
 use crate::mitigate::{self, AutopathResult, MitigationMetrics};
@@ -62,6 +63,7 @@ pub struct Pipeline {
     musl_shield: bool,
     minimal_any: bool,
     autopath: bool,
+    identities: Option<Identities>,
     force_tcp: bool,
     metrics: MitigationMetrics,
     trace_sink: Option<TraceSink>,
@@ -81,6 +83,8 @@ pub struct PipelineParts {
     pub cache: Option<Arc<Cache>>,
     /// Recognises dnslens's own loop probe coming back.
     pub loop_guard: Arc<LoopGuard>,
+    /// Node-local pod identity: autopath for clients whose pod it verified.
+    pub identities: Option<Identities>,
 }
 
 /// The series of the cache and the mitigations, registered once for every pipeline.
@@ -123,6 +127,7 @@ impl Pipeline {
             musl_shield: mitigations.musl_shield,
             minimal_any: mitigations.minimal_any,
             autopath: mitigations.autopath,
+            identities: parts.identities,
             force_tcp,
             metrics: metrics.mitigations.clone(),
             trace_sink: parts.trace_sink,
@@ -188,7 +193,7 @@ impl Pipeline {
             let walk = packet
                 .get(HEADER_LEN..info.question_end)
                 .and_then(wire::question_name)
-                .and_then(|name| mitigate::autopath_walk(&self.search, &name));
+                .and_then(|name| self.autopath_walk(arrival.peer.ip(), &name));
             if let Some(walk) = walk {
                 let request = self.request(packet.to_vec(), info, arrival, trace);
                 self.tasks.spawn(self.clone().autopath(request, walk));
@@ -409,6 +414,21 @@ impl Pipeline {
     }
 
     /// Server-side search for a first search expansion (see [`crate::mitigate`]).
+    /// The names autopath walks for `client`'s question `name`: the pod's own list (a
+    /// sidecar); in node-local mode only for a client pod identity verified — a known
+    /// address of a pod on this node, not stale — whose namespace gives its list (CoreDNS's
+    /// `pods verified`); never for anyone else, whose list is unknown.
+    fn autopath_walk(&self, client: std::net::IpAddr, name: &str) -> Option<Vec<String>> {
+        match (&self.search, &self.identities) {
+            (SearchModel::Fixed { .. }, _) => mitigate::autopath_walk(&self.search, name),
+            (SearchModel::Kubernetes { .. }, Some(identities)) => {
+                let pod = identities.namespace_of(client, std::time::Instant::now())?;
+                mitigate::autopath_walk_in(&self.search, &pod.namespace, name)
+            }
+            (SearchModel::Kubernetes { .. }, None) => None,
+        }
+    }
+
     async fn autopath(self: Arc<Self>, mut request: Request, walk: Vec<String>) {
         let first = self.resolve(request.query.clone()).await;
         let (result, mut answer, found) = if wire::rcode(&first) != Rcode::NXDOMAIN {

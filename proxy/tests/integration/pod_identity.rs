@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dnslens::config::{PodIdentityConfig, UpstreamAddr};
 use dnslens::search::Mode;
 use dnslens::telemetry::OtlpProtocol;
-use hickory_proto::op::Message;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use serde_json::{json, Value};
 
@@ -42,6 +42,26 @@ async fn retried_question(client: &str, server: SocketAddr, name: &str, id: u16)
         assert_eq!(addresses, ["10.96.12.34"], "{name} from {client}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// One A question for `name` from a socket bound to `client`; the answer.
+async fn ask_from(client: &str, server: SocketAddr, name: &str) -> Message {
+    let socket = tokio::net::UdpSocket::bind((client.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .expect("bind the pod's address");
+    let id = rand::random();
+    socket
+        .send_to(&query_bytes(name, RecordType::A, id, None), server)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(answer.metadata.id, id);
+    answer
 }
 
 /// The journal's entries for `base` from `client`, once there are `count` of them.
@@ -128,6 +148,7 @@ async fn node_local_lookups_carry_the_identity_of_the_pod_that_asked() {
         c.tracing.protocol = Some(OtlpProtocol::Grpc);
         c.tracing.sample_ratio = Some(1.0);
         c.tracing.export_timeout = Duration::from_millis(500);
+        c.mitigations.autopath = true;
         c.pod_identity = PodIdentityConfig {
             enabled: true,
             node_name: Some("node-1".into()),
@@ -177,6 +198,38 @@ async fn node_local_lookups_carry_the_identity_of_the_pod_that_asked() {
         1.0
     );
     assert_eq!(retries(""), 1.0);
+
+    // Autopath serves the clients whose pod it verified, with their namespace's list: the
+    // first expansion of `web.default` for a pod of team-b is answered with a CNAME to the
+    // name CoreDNS has; the other node's pod (unverified) gets CoreDNS's NXDOMAIN and walks.
+    let verified = ask_from(
+        "127.0.0.12",
+        world.dns(),
+        "web.default.team-b.svc.cluster.local",
+    )
+    .await;
+    assert_eq!(verified.metadata.response_code, ResponseCode::NoError);
+    let records: Vec<String> = verified
+        .answers
+        .iter()
+        .map(|r| format!("{} {}", r.record_type(), r.data))
+        .collect();
+    assert_eq!(
+        records,
+        ["CNAME web.default.svc.cluster.local.", "A 10.96.12.34"]
+    );
+    let unverified = ask_from(
+        "127.0.0.13",
+        world.dns(),
+        "web.default.team-a.svc.cluster.local",
+    )
+    .await;
+    assert_eq!(unverified.metadata.response_code, ResponseCode::NXDomain);
+    assert!(unverified.answers.is_empty());
+    assert_eq!(
+        metric(m, "dnslens_autopath_total{result=\"answered\"}").await,
+        1.0
+    );
 
     // The lookup spans carry it too.
     let spans = receiver
@@ -260,6 +313,31 @@ async fn node_local_lookups_carry_the_identity_of_the_pod_that_asked() {
         reused["client_identity"],
         json!({"namespace": "team-b", "pod": "nightly-29100000-abcde", "workload_kind": "CronJob", "workload": "nightly", "stale": false})
     );
+
+    // The timeline page filters by the client's namespace, workload and pod, and names
+    // each client by its pod (headless Chromium runs the page's script).
+    let browser = TempDir::new("pod-identity-ui");
+    let dom = crate::ui::dump_dom(
+        &format!("http://{m}/ui/?since=1h&namespace=team-b"),
+        &browser.0,
+    );
+    assert_eq!(crate::ui::count(&dom, "<tr class=\"entry\""), 2, "{dom}");
+    assert!(dom.contains("team-b/db-0 127.0.0.12"), "{dom}");
+    assert!(
+        dom.contains("team-b/nightly-29100000-abcde 127.0.0.11"),
+        "{dom}"
+    );
+    assert!(!dom.contains("team-a/"), "{dom}");
+    let dom = crate::ui::dump_dom(&format!("http://{m}/ui/?since=1h&workload=web"), &browser.0);
+    let rows = crate::ui::count(&dom, "<tr class=\"entry\"");
+    assert!(rows >= 1, "{dom}");
+    assert_eq!(
+        crate::ui::count(&dom, "team-a/web-7d9c5b-x2x9q 127.0.0.11"),
+        rows,
+        "{dom}"
+    );
+    let dom = crate::ui::dump_dom(&format!("http://{m}/ui/?since=1h&pod=db-"), &browser.0);
+    assert_eq!(crate::ui::count(&dom, "<tr class=\"entry\""), 1, "{dom}");
 
     // The API server stops: DNS is still answered, the watch is down, and after
     // stale_after the last known identities are marked stale.

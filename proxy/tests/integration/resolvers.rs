@@ -1,6 +1,7 @@
-//! The four resolvers pods really use — glibc (`getent ahosts`), musl (a `musl-gcc -static`
-//! program calling `getaddrinfo`), Go (`net.Resolver{PreferGo: true}`, built with Debian's
-//! `golang-go`) and Python (dnspython's stub resolver) — each run inside its own mount and
+//! The five resolvers pods really use — glibc (`getent ahosts`), musl (a `musl-gcc -static`
+//! program calling `getaddrinfo`), Go (`net.Resolver{PreferGo: true}`, built with the
+//! machine's Go), Python (dnspython's stub resolver) and c-ares (`ares_getaddrinfo`, as
+//! gRPC's C core and Node use it; a C program on Debian's `libc-ares-dev`) — each run inside its own mount and
 //! network namespace with a Kubernetes resolv.conf, dnslens on 127.0.0.1:53 and Knot
 //! behind it (see `namespaces`). Faults are `iptables` rules inside that namespace. What is
 //! asserted is what an operator reads: one lookup record and one trace per lookup made, the
@@ -21,14 +22,16 @@ pub enum Resolver {
     Musl,
     Go,
     Python,
+    CAres,
 }
 
 impl Resolver {
-    pub const ALL: [Resolver; 4] = [
+    pub const ALL: [Resolver; 5] = [
         Resolver::Glibc,
         Resolver::Musl,
         Resolver::Go,
         Resolver::Python,
+        Resolver::CAres,
     ];
 }
 
@@ -39,10 +42,31 @@ pub struct Clients {
     musl: String,
     go: String,
     python: String,
+    cares: String,
 }
 
 const GO_SOURCE: &str = include_str!("resolvers/resolve.go");
 const PYTHON_SOURCE: &str = include_str!("resolvers/resolve.py");
+const CARES_SOURCE: &str = include_str!("resolvers/resolve-cares.c");
+
+fn build_cares(dir: &Path) -> String {
+    let src = dir.join("resolve-cares.c");
+    std::fs::write(&src, CARES_SOURCE).unwrap();
+    let out = dir.join("resolve-cares");
+    let status = Command::new("gcc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .arg("-lcares")
+        .status()
+        .expect("gcc must be installed");
+    assert!(
+        status.success(),
+        "building the c-ares client failed: libc-ares-dev is needed; scripts/test.sh installs it"
+    );
+    out.display().to_string()
+}
 
 fn build_go(dir: &Path) -> String {
     let src = dir.join("resolve.go");
@@ -67,6 +91,7 @@ impl Clients {
         let dir = TempDir::new("resolvers");
         let musl = musl_client(&dir.0).display().to_string();
         let go = build_go(&dir.0);
+        let cares = build_cares(&dir.0);
         let script = dir.0.join("resolve.py");
         std::fs::write(&script, PYTHON_SOURCE).unwrap();
         let probe = Command::new("/usr/bin/python3")
@@ -81,13 +106,15 @@ impl Clients {
             musl,
             go,
             python: format!("/usr/bin/python3 {}", script.display()),
+            cares,
             _dir: dir,
         }
     }
 
     /// A shell command that resolves `names` in order with `resolver`: one process per
     /// name for glibc and musl (a `getaddrinfo` call each), one process for all of them for
-    /// Go and Python (a service resolving again and again).
+    /// Go, Python and c-ares (a service resolving again and again; c-ares with a channel per
+    /// name, as gRPC makes one per resolution).
     pub fn resolve(&self, resolver: Resolver, names: &[&str]) -> String {
         let names = names.join(" ");
         let each = |command: &str| {
@@ -100,6 +127,7 @@ impl Clients {
             Resolver::Musl => each(&self.musl),
             Resolver::Go => format!("{} {names}", self.go),
             Resolver::Python => format!("{} {names}", self.python),
+            Resolver::CAres => format!("{} {names}", self.cares),
         }
     }
 }
@@ -254,7 +282,7 @@ fn back_to_back_lookups_are_one_record_and_one_trace_each() {
 }
 
 #[test]
-fn a_clean_workload_of_four_resolvers_leaves_the_journal_empty() {
+fn a_clean_workload_of_five_resolvers_leaves_the_journal_empty() {
     let clients = Clients::build();
     // Names that exist: dual-stack and IPv4-only, in the cluster (found at the first or
     // second suffix, one through a CNAME) and outside it (found after the whole walk).
@@ -373,7 +401,7 @@ fn service_namespace_walks_after_the_full_name_was_asked_are_one_lookup_each() {
     let walks = lookups_of(&run.spans, "kubernetes.default");
     assert_eq!(
         walks.len(),
-        40,
+        10 * Resolver::ALL.len(),
         "{}",
         describe(&run.spans, "kubernetes.default")
     );
@@ -514,6 +542,45 @@ fn a_lost_first_aaaa_is_a_parallel_race_for_glibc_and_musl() {
     }
 }
 
+/// c-ares (1.18, Debian's) sends A and AAAA together from one socket — the same socket for
+/// every step of the walk — and ignores resolv.conf's `timeout:`: it re-sends the lost AAAA
+/// alone, with the same ID, after its default 5 s (the incident's 5-second stall). dnslens's
+/// lookup window is set past that here; with the default 2 s window the walk is reported in
+/// two parts, the race still named by the detectors' memory.
+#[test]
+fn a_lost_first_aaaa_is_a_parallel_race_for_c_ares_after_five_seconds() {
+    let clients = Clients::build();
+    let run = run_scene(&Scene {
+        resolv_conf: RACE_RESOLV_CONF.into(),
+        window: "6s",
+        steps: vec![format!(
+            "{DROP_FIRST_AAAA}\n{}",
+            clients.resolve(Resolver::CAres, &["github.com"])
+        )],
+        ..Scene::default()
+    });
+    assert_eq!(results(&run.outputs[0]), (1, 0), "{}", run.outputs[0]);
+    let delta = |series: &str| step_delta(&run, 0, series);
+    assert_eq!(delta("dnslens_parallel_query_race_suspected_total"), 1.0);
+    assert_eq!(
+        delta("dnslens_anomalies_total{kind=\"parallel_race\"}"),
+        1.0
+    );
+    assert_eq!(delta("dnslens_client_retries_total{qtype=\"A\"}"), 0.0);
+    assert_eq!(
+        delta("dnslens_lookups_total{outcome=\"answered\"}"),
+        1.0,
+        "one lookup\n{}",
+        describe(&run.spans, "github.com")
+    );
+    assert_eq!(delta("dnslens_lookup_attempts_sum"), 8.0);
+    let entries = journal(&run);
+    assert_eq!(entries.len(), 1, "{}", run.journal);
+    assert_eq!(entries[0].kinds, ["parallel_race"]);
+    let waited = entries[0].waited_ms.expect("the wait is journaled");
+    assert!((4900.0..5500.0).contains(&waited), "waited {waited} ms");
+}
+
 #[test]
 fn the_empty_noerror_trap_is_named_for_every_resolver() {
     let clients = Clients::build();
@@ -524,13 +591,15 @@ fn the_empty_noerror_trap_is_named_for_every_resolver() {
             .collect(),
         ..Scene::default()
     });
-    // glibc and Go walk past the empty NOERROR of the first suffix; musl and dnspython stop
-    // there and fail (musl after its A/AAAA pair, dnspython after its one A query).
+    // glibc, Go and c-ares walk past the empty NOERROR of the first suffix; musl and
+    // dnspython stop there and fail (musl after its A/AAAA pair, dnspython after its one A
+    // query).
     let expected = [
         (Resolver::Glibc, (1, 0), "answered", 8.0),
         (Resolver::Musl, (0, 1), "nodata", 2.0),
         (Resolver::Go, (1, 0), "answered", 8.0),
         (Resolver::Python, (0, 1), "nodata", 1.0),
+        (Resolver::CAres, (1, 0), "answered", 8.0),
     ];
     for (i, (resolver, result, outcome, queries)) in expected.into_iter().enumerate() {
         assert_eq!(
@@ -557,7 +626,7 @@ fn the_empty_noerror_trap_is_named_for_every_resolver() {
             describe(&run.spans, "alauda.cn")
         );
     }
-    assert_eq!(journal(&run).len(), 4, "{}", run.journal);
+    assert_eq!(journal(&run).len(), 5, "{}", run.journal);
     assert!(run.outputs[3].contains("NoAnswer"), "{}", run.outputs[3]);
 }
 
@@ -592,11 +661,11 @@ fn the_shield_keeps_musl_and_dnspython_walking() {
             "{resolver:?}"
         );
     }
-    // Each resolver's empty answers of the first suffix were rewritten: glibc, musl and
-    // Go asked A and AAAA there, dnspython A only.
+    // Each resolver's empty answers of the first suffix were rewritten: glibc, musl, Go and
+    // c-ares asked A and AAAA there, dnspython A only.
     assert_eq!(
         run.metric("dnslens_rewrites_total{kind=\"empty_noerror_to_nxdomain\"}"),
-        7.0,
+        9.0,
         "{}",
         run.metrics
     );
@@ -667,13 +736,22 @@ fn retries_and_upstream_faults_are_named_for_each_resolver() {
         Resolver::Musl,
         Resolver::Go,
         Resolver::Python,
+        Resolver::CAres,
     ];
-    let dead_upstream = [Resolver::Glibc, Resolver::Musl, Resolver::Python];
+    // Each re-asks: glibc, musl and dnspython after their 1 s timeout, before dnslens's own
+    // SERVFAIL (2 tries of 2 s); c-ares, whose 5 s timeout is longer, re-asks at once when
+    // that SERVFAIL comes (the same question, same ID: it tries the "next server").
+    let dead_upstream = [
+        (Resolver::Glibc, 1.0),
+        (Resolver::Musl, 1.0),
+        (Resolver::Python, 1.0),
+        (Resolver::CAres, 1.0),
+    ];
     let mut steps: Vec<String> = lost_answer
         .iter()
         .map(|r| format!("{DROP_FIRST_ANSWER}\n{}", clients.resolve(*r, &["web"])))
         .collect();
-    steps.extend(dead_upstream.iter().map(|r| {
+    steps.extend(dead_upstream.iter().map(|(r, _)| {
         format!(
             "{UPSTREAM_DEAD}\n{}\nsleep 4.5 # dnslens gives up too (2 tries of 2 s)\n{UPSTREAM_BACK}",
             clients.resolve(*r, &["web"])
@@ -699,8 +777,9 @@ fn retries_and_upstream_faults_are_named_for_each_resolver() {
     // the same ID (glibc the pair, musl the unanswered question): a client_retry in the one
     // lookup, never a race. Go asks again with a new ID from a new socket, and dnspython
     // with the same ID from a new socket after its lookup ended — to dnslens both look like
-    // a new call: a second lookup, no retry.
-    let expected = [(2.0, 1.0), (1.0, 1.0), (0.0, 2.0), (0.0, 2.0)];
+    // a new call: a second lookup, no retry. c-ares asks the unanswered question again from
+    // the same socket with the same ID, 5 s later: the tail of its lookup, a client_retry.
+    let expected = [(2.0, 1.0), (1.0, 1.0), (0.0, 2.0), (0.0, 2.0), (1.0, 1.0)];
     for (i, (resolver, (resent, lookups))) in lost_answer.iter().zip(expected).enumerate() {
         assert_eq!(
             results(&run.outputs[i]),
@@ -723,7 +802,7 @@ fn retries_and_upstream_faults_are_named_for_each_resolver() {
     }
     // The upstream stops answering: dnslens's tries time out, the client asks again, and
     // the lookup fails. Both sent again together: a plain retry, not a race.
-    for (n, resolver) in dead_upstream.iter().enumerate() {
+    for (n, (resolver, re_asks)) in dead_upstream.iter().enumerate() {
         let i = lost_answer.len() + n;
         assert_eq!(
             results(&run.outputs[i]),
@@ -737,7 +816,7 @@ fn retries_and_upstream_faults_are_named_for_each_resolver() {
             "{resolver:?}\n{}",
             run.anomalies
         );
-        assert_eq!(kind(i, "client_retry"), 1.0, "{resolver:?}");
+        assert_eq!(kind(i, "client_retry"), *re_asks, "{resolver:?}");
         assert_eq!(kind(i, "parallel_race"), 0.0, "{resolver:?}");
         assert_eq!(kind(i, "upstream_error"), 0.0, "{resolver:?}");
         let failed = step_delta(&run, i, "dnslens_lookups_total{outcome=\"timeout\"}")

@@ -10,11 +10,11 @@ use crate::harness::*;
 use crate::namespaces::{run_scene, Scene};
 use crate::resolvers::{Clients, Resolver, DROP_FIRST_AAAA, RACE_RESOLV_CONF};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Chromium as the machine's probe runs it (as root, no network beyond the namespace):
 /// `--virtual-time-budget` lets the page's fetch and rendering finish before the dump.
-fn chromium(what: &str, url: &str, out: &std::path::Path, profile: &std::path::Path) -> String {
+pub fn chromium(what: &str, url: &str, out: &std::path::Path, profile: &std::path::Path) -> String {
     format!(
         "{CHROMIUM} --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
          --disable-background-networking --disable-component-update --disable-sync \
@@ -29,18 +29,34 @@ fn chromium(what: &str, url: &str, out: &std::path::Path, profile: &std::path::P
     )
 }
 
-fn count(text: &str, needle: &str) -> usize {
+/// The page at `url` after its scripts ran, loaded by headless Chromium from this process
+/// (loopback only); `dir` holds the browser's profile.
+pub fn dump_dom(url: &str, dir: &std::path::Path) -> String {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does)"
+    );
+    let out = dir.join("dom.html");
+    let command = chromium("--dump-dom", url, &out, &dir.join("profile"));
+    let status = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .status()
+        .expect("sh runs");
+    assert!(status.success());
+    std::fs::read_to_string(&out).unwrap_or_default()
+}
+
+pub fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
 
 #[test]
 fn the_timeline_page_shows_the_trap_and_the_race_in_a_browser() {
-    if !std::path::Path::new(CHROMIUM).exists() {
-        eprintln!(
-            "SKIPPED: {CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does)"
-        );
-        return;
-    }
+    // A missing browser fails the test: it must never pass without having looked.
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does)"
+    );
     let clients = Clients::build();
     let dir = TempDir::new("ui");
     let d = &dir.0;
