@@ -199,8 +199,8 @@ const KINDS: [&str; 6] = [
 #[test]
 fn back_to_back_lookups_are_one_record_and_one_trace_each() {
     let clients = Clients::build();
-    // glibc, musl, glibc for the same names, ten rounds without a pause; then Go and Python
-    // services resolving the same names again and again.
+    // glibc, musl, glibc for the same names, ten rounds without a pause; then Go, Python and
+    // c-ares services resolving the same names again and again.
     let mut rounds = String::new();
     for _ in 0..10 {
         for name in ["github.com", "web"] {
@@ -216,6 +216,7 @@ fn back_to_back_lookups_are_one_record_and_one_trace_each() {
             rounds,
             clients.resolve(Resolver::Go, &service_names),
             clients.resolve(Resolver::Python, &service_names),
+            clients.resolve(Resolver::CAres, &service_names),
         ],
         ..Scene::default()
     });
@@ -226,6 +227,7 @@ fn back_to_back_lookups_are_one_record_and_one_trace_each() {
         (60.0, 30.0 * 8.0 + 30.0 * 2.0),
         (25.0, 20.0 * 2.0 + 5.0 * 8.0),
         (25.0, 20.0 + 5.0 * 4.0),
+        (25.0, 20.0 * 2.0 + 5.0 * 8.0),
     ];
     for (i, (lookups, queries)) in made.into_iter().enumerate() {
         assert_eq!(
@@ -264,7 +266,8 @@ fn back_to_back_lookups_are_one_record_and_one_trace_each() {
     github.sort();
     let glibc_walk = vec!["0", "0", "1", "1", "2", "2", "-1", "-1"];
     let python_walk = vec!["0", "1", "2", "-1"];
-    let expected: Vec<Vec<&str>> = [vec![glibc_walk; 35], vec![python_walk; 5]].concat();
+    // glibc and musl (30), Go and c-ares (5 each) walk A and AAAA per step; dnspython A only.
+    let expected: Vec<Vec<&str>> = [vec![glibc_walk; 40], vec![python_walk; 5]].concat();
     let mut expected = expected;
     expected.sort();
     assert_eq!(github, expected);
@@ -273,7 +276,7 @@ fn back_to_back_lookups_are_one_record_and_one_trace_each() {
         .map(|(_, q)| q.len())
         .collect();
     web.sort();
-    assert_eq!(web, [vec![1; 20], vec![2; 50]].concat());
+    assert_eq!(web, [vec![1; 20], vec![2; 70]].concat());
     assert!(
         anomaly_counts(&run.metrics).iter().all(|(_, n)| *n == 0.0),
         "{}",
