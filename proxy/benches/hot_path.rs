@@ -12,7 +12,8 @@ use hickory_proto::rr::{rdata, Name, RData, Record, RecordType};
 use prometheus_client::registry::Registry;
 
 use dnslens::cache::{Cache, CacheConfig, CacheKey, KeyBuf};
-use dnslens::config::LookupConfig;
+use dnslens::config::{LookupConfig, PodIdentityConfig};
+use dnslens::identity::{Identities, IdentityMetrics};
 use dnslens::lookup::{LookupMetrics, Tracker};
 use dnslens::metrics::Transport;
 use dnslens::record::QueryTrace;
@@ -108,17 +109,61 @@ fn hot_path(c: &mut Criterion) {
     .map(|n| query(n, RecordType::A))
     .collect();
     let client = "10.244.1.7:40000".parse().unwrap();
-    c.bench_function("lookup_track_walk_of_4", |b| {
-        b.iter(|| {
-            let now = Instant::now();
-            for q in &walk {
-                let info = wire::parse_query(q).unwrap();
-                let question = &q[wire::HEADER_LEN..info.question_end];
-                tracker.add(QueryTrace::new(client, Transport::Udp, question, 1, now));
-            }
-            tracker.expire(now + std::time::Duration::from_secs(60));
-        })
+    let track = |tracker: &mut Tracker| {
+        let now = Instant::now();
+        for q in &walk {
+            let info = wire::parse_query(q).unwrap();
+            let question = &q[wire::HEADER_LEN..info.question_end];
+            tracker.add(QueryTrace::new(client, Transport::Udp, question, 1, now));
+        }
+        tracker.expire(now + std::time::Duration::from_secs(60));
+    };
+    c.bench_function("lookup_track_walk_of_4", |b| b.iter(|| track(&mut tracker)));
+    // Node-local, without and with pod identity: 110 pods held (the kubelet's maximum), the
+    // client one of them, so every query reads its namespace and every lookup its pod.
+    let node_local = || {
+        let model = SearchModel::Kubernetes {
+            cluster_domain: "cluster.local".into(),
+            host_suffixes: Vec::new(),
+            ndots: 5,
+        };
+        Tracker::new(model, &LookupConfig::default(), &metrics, Vec::new())
+    };
+    let mut unnamed = node_local();
+    c.bench_function("lookup_track_walk_of_4_node_local", |b| {
+        b.iter(|| track(&mut unnamed))
     });
+    let mut named = node_local().with_identities(identities_of_110_pods());
+    c.bench_function("lookup_track_walk_of_4_node_local_pod_identity", |b| {
+        b.iter(|| track(&mut named))
+    });
+}
+
+/// A pod identity table as a full node has it: 110 running pods of `default` (the walk's
+/// namespace), 10.244.1.1 to .110.
+fn identities_of_110_pods() -> Identities {
+    let config = PodIdentityConfig {
+        enabled: true,
+        ..PodIdentityConfig::default()
+    };
+    let identities = Identities::new(
+        &config,
+        &IdentityMetrics::register(&mut Registry::default()),
+    );
+    for i in 1..=110 {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("web-7d9c5b-{i}"), "namespace": "default",
+                         "uid": format!("uid-{i}"), "labels": {"pod-template-hash": "7d9c5b"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "web-7d9c5b", "uid": "o", "controller": true}]},
+            "spec": {"containers": [{"name": "app"}], "nodeName": "node-1"},
+            "status": {"phase": "Running", "podIP": format!("10.244.1.{i}")},
+        }))
+        .unwrap();
+        identities.apply(&pod);
+    }
+    identities.watch_synced();
+    identities
 }
 
 criterion_group!(benches, hot_path);

@@ -4,8 +4,9 @@
 //!
 //! dnslens watches the pods of its own node through the API server (`watch.rs`: a list,
 //! then a watch from its resource version, field selector `spec.nodeName=NODE`) and keeps
-//! client IP → [`PodIdentity`] in a table the lookup tracker reads when it reports a lookup.
-//! DNS never waits for it: nothing on the query path reads the table.
+//! client IP → [`PodIdentity`] in a table the lookup tracker reads when it reports a lookup
+//! (and, with autopath on, the pipeline for a client's namespace). DNS never waits for the
+//! API: a read is a read lock and a map lookup.
 //!
 //! - **Correct under IP reuse**: an address belongs to the last running pod that had it; a
 //!   pod that ends (Succeeded, Failed, deleted) gives up only the addresses that are still

@@ -625,6 +625,50 @@ fn a_service_namespace_walk_right_after_the_full_name_was_asked_is_one_lookup() 
         t.add(query(t0, at + 4, c, full, RecordType::A, 0, 1));
     }
     t.expire(t0 + Duration::from_secs(10));
+    // 20 walks of 4 queries, 10 dig lookups.
+    assert_walks_answered(&collect, "kubernetes.default", 20, 30);
+}
+
+/// The same in node-local mode (the Kubernetes convention, namespaces read off the names):
+/// a pod of `team-a` asks `kubernetes.default.svc.cluster.local` itself, then walks
+/// `kubernetes.default` (`kubernetes.default.team-a.svc.cluster.local` first). Without pod
+/// identity the full name reads as `kubernetes` under the first suffix of a pod in
+/// `default`; the walk must still be one answered lookup each round.
+#[test]
+fn a_node_local_service_namespace_walk_after_the_full_name_is_one_lookup() {
+    let mut registry = Registry::default();
+    let metrics = LookupMetrics::register(&mut registry);
+    let collect = Collect::default();
+    let model = SearchModel::Kubernetes {
+        cluster_domain: "cluster.local".into(),
+        host_suffixes: Vec::new(),
+        ndots: 5,
+    };
+    let config = LookupConfig {
+        window: Duration::from_secs(2),
+        max_entries: 100,
+        queue: 16,
+    };
+    let mut t = Tracker::new(model, &config, &metrics, vec![Box::new(collect.clone())]);
+    let t0 = Instant::now();
+    let c = "10.244.1.7:40000";
+    let full = "kubernetes.default.svc.cluster.local";
+    let first = "kubernetes.default.team-a.svc.cluster.local";
+    for round in 0..10u64 {
+        let at = round * 10;
+        t.add(query(t0, at, c, full, RecordType::A, 0, 1));
+        t.add(query(t0, at + 1, c, first, RecordType::A, 3, 0));
+        t.add(query(t0, at + 1, c, first, RecordType::AAAA, 3, 0));
+        t.add(query(t0, at + 2, c, full, RecordType::A, 0, 1));
+        t.add(query(t0, at + 2, c, full, RecordType::AAAA, 0, 0));
+    }
+    t.expire(t0 + Duration::from_secs(10));
+    assert_walks_answered(&collect, "kubernetes.default", 10, 20);
+}
+
+/// Every lookup `collect` holds answered (no false NXDOMAIN lookup), `walks` lookups of
+/// `base` of 4 queries each (A and AAAA under two suffixes), `total` lookups in all.
+fn assert_walks_answered(collect: &Collect, base: &str, walks: usize, total: usize) {
     let lookups = collect.0.lock().unwrap();
     let outcomes: Vec<(&str, usize, LookupOutcome)> = lookups
         .iter()
@@ -634,16 +678,11 @@ fn a_service_namespace_walk_right_after_the_full_name_was_asked_is_one_lookup() 
         lookups.iter().all(|l| l.outcome == LookupOutcome::Answered),
         "a false NXDOMAIN lookup: {outcomes:?}"
     );
-    let walks = lookups
+    let sizes: Vec<usize> = lookups
         .iter()
-        .filter(|l| l.base == "kubernetes.default")
-        .count();
-    let walk_sizes: Vec<usize> = lookups
-        .iter()
-        .filter(|l| l.base == "kubernetes.default")
+        .filter(|l| l.base == base)
         .map(|l| l.attempts.len())
         .collect();
-    assert_eq!(walks, 20, "{outcomes:?}");
-    assert!(walk_sizes.iter().all(|n| *n == 4), "{walk_sizes:?}");
-    assert_eq!(lookups.len(), 30, "{outcomes:?}");
+    assert_eq!(sizes, vec![4; walks], "{outcomes:?}");
+    assert_eq!(lookups.len(), total, "{outcomes:?}");
 }

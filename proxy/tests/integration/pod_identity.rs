@@ -21,35 +21,20 @@ use crate::control_plane::ControlPlane;
 use crate::harness::*;
 use crate::otlp_receiver::Receiver;
 
-/// Asks `name` from a socket bound to `client`, then asks it again with the same ID from
-/// the same socket 300 ms later (a client retry: an anomaly); both must be answered.
-async fn retried_question(client: &str, server: SocketAddr, name: &str, id: u16) {
-    let socket = tokio::net::UdpSocket::bind((client.parse::<IpAddr>().unwrap(), 0))
+/// A UDP socket on the pod's address `client`, as its resolver would have.
+async fn pod_socket(client: &str) -> tokio::net::UdpSocket {
+    tokio::net::UdpSocket::bind((client.parse::<IpAddr>().unwrap(), 0))
         .await
-        .expect("bind the pod's address");
-    let query = query_bytes(name, RecordType::A, id, None);
-    for _ in 0..2 {
-        socket.send_to(&query, server).await.unwrap();
-        let mut buf = [0u8; 1500];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-            .await
-            .expect("answered")
-            .unwrap();
-        let answer = Message::from_vec(&buf[..n]).unwrap();
-        assert_eq!(answer.metadata.id, id);
-        // CoreDNS's answer, from the Service in the API server.
-        let addresses: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
-        assert_eq!(addresses, ["10.96.12.34"], "{name} from {client}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        .expect("bind the pod's address")
 }
 
-/// One A question for `name` from a socket bound to `client`; the answer.
-async fn ask_from(client: &str, server: SocketAddr, name: &str) -> Message {
-    let socket = tokio::net::UdpSocket::bind((client.parse::<IpAddr>().unwrap(), 0))
-        .await
-        .expect("bind the pod's address");
-    let id = rand::random();
+/// Sends A question `name` with `id` from `socket`; the answer, which must carry `id`.
+async fn ask_on(
+    socket: &tokio::net::UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    id: u16,
+) -> Message {
     socket
         .send_to(&query_bytes(name, RecordType::A, id, None), server)
         .await
@@ -62,6 +47,24 @@ async fn ask_from(client: &str, server: SocketAddr, name: &str) -> Message {
     let answer = Message::from_vec(&buf[..n]).unwrap();
     assert_eq!(answer.metadata.id, id);
     answer
+}
+
+/// Asks `name` from a socket bound to `client`, then asks it again with the same ID from
+/// the same socket 300 ms later (a client retry: an anomaly); both must be answered with
+/// CoreDNS's answer from the Service in the API server.
+async fn retried_question(client: &str, server: SocketAddr, name: &str, id: u16) {
+    let socket = pod_socket(client).await;
+    for _ in 0..2 {
+        let answer = ask_on(&socket, server, name, id).await;
+        let addresses: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(addresses, ["10.96.12.34"], "{name} from {client}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// One A question for `name` from a socket bound to `client`; the answer.
+async fn ask_from(client: &str, server: SocketAddr, name: &str) -> Message {
+    ask_on(&pod_socket(client).await, server, name, rand::random()).await
 }
 
 /// The journal's entries for `base` from `client`, once there are `count` of them.
