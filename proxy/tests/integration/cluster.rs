@@ -578,11 +578,11 @@ async fn alerts_in_state(api: std::net::SocketAddr, alert: &str, state: &str) ->
 /// hostNetwork pods that declare no ports) is applied, two of its pods made from its
 /// template on two nodes with podIPs on loopback where real dnslens processes serve their
 /// metrics: Prometheus must discover and scrape both with the labels the alerts aggregate
-/// by; the musl trap makes the trap alert active for that namespace and workload; a stopped
+/// by; the musl trap (a real musl client) makes the trap alert active for that namespace
+/// and workload; a stopped
 /// dnslens makes DNSLensDown active; with no dnslens pod left, DNSLensTargetsMissing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_prometheus_discovers_the_charts_node_local_pods_and_fires_the_alerts() {
-    use dnslens::demo::clients::{getaddrinfo, Libc};
     use dnslens::demo::{NDOTS, SEARCH};
     use std::time::Duration;
 
@@ -627,6 +627,8 @@ async fn a_plain_prometheus_discovers_the_charts_node_local_pods_and_fires_the_a
         worlds.push(
             World::start_with(|c| {
                 c.metrics_listen = metrics;
+                // Port 53 on the pod's address: a real resolver (musl's) can only ask there.
+                c.listen = vec![format!("{ip}:53").parse().unwrap()];
                 c.search = SEARCH.iter().map(|s| s.to_string()).collect();
                 c.ndots = Some(NDOTS as u32);
                 c.lookup.window = Duration::from_millis(300);
@@ -715,8 +717,36 @@ async fn a_plain_prometheus_discovers_the_charts_node_local_pods_and_fires_the_a
         body.matches("\"value\"").count() == 2
     })
     .await;
-    let result = getaddrinfo(worlds[0].dns(), "alauda.cn", &SEARCH, NDOTS, Libc::Musl).await;
-    assert_eq!(result, Err("Name does not resolve"));
+    // A real musl client (static getaddrinfo) with a pod's resolv.conf naming the first
+    // dnslens, in a mount namespace of its own (the network is the test's: loopback).
+    let client_dir = TempDir::new("musl-client");
+    let musl = crate::namespaces::musl_client(&client_dir.0);
+    let resolv = client_dir.0.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!(
+            "nameserver {}\nsearch {}\noptions ndots:{NDOTS}\n",
+            worlds[0].dns().ip(),
+            SEARCH.join(" ")
+        ),
+    )
+    .unwrap();
+    let lookup = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind '{}' /etc/resolv.conf && '{}' alauda.cn",
+            resolv.display(),
+            musl.display()
+        ))
+        .output()
+        .expect("unshare (util-linux) runs");
+    let said = String::from_utf8_lossy(&lookup.stdout);
+    assert_eq!(
+        lookup.status.code(),
+        Some(2),
+        "musl falls into the trap: {said}"
+    );
+    assert!(said.contains("error:"), "{said}");
     crate::prometheus::wait_until(Duration::from_secs(30), || async {
         !alerts_in_state(api, "DNSEmptyNoerrorOnSearchExpansion", "pending")
             .await
