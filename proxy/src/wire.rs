@@ -579,7 +579,8 @@ pub fn error_answer(query: &[u8], question_end: Option<usize>, rcode: Rcode) -> 
     let question = question_end
         .and_then(|end| query.get(HEADER_LEN..end))
         .unwrap_or(&[]);
-    let edns = !question.is_empty() && parse_query(query).is_ok_and(|info| info.edns);
+    let parsed = parse_query(query).ok().filter(|_| !question.is_empty());
+    let edns = parsed.is_some_and(|info| info.edns);
     let mut out = Vec::with_capacity(HEADER_LEN + question.len() + OPT_RECORD_LEN);
     out.extend_from_slice(query.get(..HEADER_LEN).unwrap_or(&[0; HEADER_LEN]));
     out.resize(HEADER_LEN, 0);
@@ -593,7 +594,12 @@ pub fn error_answer(query: &[u8], question_end: Option<usize>, rcode: Rcode) -> 
     out.extend_from_slice(question);
     if edns {
         out[11] = 1;
-        out.extend_from_slice(&proxy_opt_record());
+        let mut opt = proxy_opt_record();
+        // RFC 3225 §3: the DO bit of the query is copied into the response.
+        if parsed.is_some_and(|info| info.dnssec_ok) {
+            opt[OPT_DO_BYTE] |= OPT_DO_BIT;
+        }
+        out.extend_from_slice(&opt);
     }
     out
 }
@@ -625,6 +631,10 @@ pub fn minimal_any_answer(query: &[u8], question_end: usize) -> Vec<u8> {
 
 /// Length of an OPT record without options.
 const OPT_RECORD_LEN: usize = 11;
+/// The DO bit in an OPT record: the top bit of the flags after the TTL's extended RCODE and
+/// version bytes (owner 1, TYPE 2, CLASS 2, then byte 7).
+const OPT_DO_BYTE: usize = 7;
+const OPT_DO_BIT: u8 = 0x80;
 /// The UDP payload size dnslens advertises in OPT records of its own (DNS Flag Day 2020).
 pub const PROXY_UDP_PAYLOAD: u16 = 1232;
 /// RD: bit 0 of header byte 2. CD: bit 4 of header byte 3.

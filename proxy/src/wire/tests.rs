@@ -361,3 +361,23 @@ fn question_names_are_lower_case_text() {
     );
     assert_eq!(question_name(&[5, b'a']), None, "a label past the end");
 }
+
+/// RFC 3225 §3 (issue 24): the DO bit of a query's OPT is copied into the answer's OPT —
+/// the RFC 8482 minimal answer to ANY and every error answer alike.
+#[test]
+fn the_do_bit_of_the_query_comes_back_in_minimal_and_error_answers() {
+    let mut msg = Message::from_vec(&query("example.org.", RecordType::ANY, Some(1232))).unwrap();
+    msg.edns.as_mut().unwrap().set_dnssec_ok(true);
+    let with_do = msg.to_vec().unwrap();
+    let plain = query("example.org.", RecordType::ANY, Some(1232));
+    for (q, dnssec_ok) in [(&with_do, true), (&plain, false)] {
+        let info = parse_query(q).unwrap();
+        assert_eq!(info.dnssec_ok, dnssec_ok);
+        let minimal = Message::from_vec(&minimal_any_answer(q, info.question_end)).unwrap();
+        assert_eq!(minimal.answers[0].record_type(), RecordType::HINFO);
+        assert_eq!(minimal.edns.as_ref().unwrap().flags().dnssec_ok, dnssec_ok);
+        let error =
+            Message::from_vec(&error_answer(q, Some(info.question_end), Rcode::ServFail)).unwrap();
+        assert_eq!(error.edns.as_ref().unwrap().flags().dnssec_ok, dnssec_ok);
+    }
+}

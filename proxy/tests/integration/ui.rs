@@ -83,6 +83,13 @@ fn the_timeline_page_shows_the_trap_and_the_race_in_a_browser() {
         &d.join("before.html"),
         &profile,
     ));
+    // `to` alone: the hour before it (issue 24: the page showed the last hour instead).
+    after.push_str(&chromium(
+        "--dump-dom",
+        "http://127.0.0.1:9253/ui/?since=1h&to=$((now-3600))",
+        &d.join("to-only.html"),
+        &profile,
+    ));
     let screenshot = d.join("ui.png");
     after.push_str(&chromium(
         &format!("--screenshot='{}'", screenshot.display()),
@@ -141,6 +148,13 @@ fn the_timeline_page_shows_the_trap_and_the_race_in_a_browser() {
         "{before}"
     );
     assert_eq!(count(&before, "<tr class=\"entry"), 0);
+    let to_only = read("to-only.html");
+    assert!(to_only.contains("data-ready=\"1\""), "{to_only}");
+    assert_eq!(count(&to_only, "<tr class=\"entry"), 0, "{to_only}");
+    assert!(
+        to_only.contains("No abnormal lookups in this window."),
+        "{to_only}"
+    );
 
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
