@@ -71,6 +71,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::lookup::FastHash;
 use crate::lookup::LookupObserver;
 use crate::metrics::{CounterTable, QtypeLabel};
 use crate::record::{Attempt, Kind, LookupOutcome, LookupRecord};
@@ -146,7 +147,12 @@ type AnomalyCounter = CounterWithExemplar<TraceLabels>;
 struct AnomalyCounters {
     family: Family<KindLabels, AnomalyCounter>,
     unnamed: Vec<AnomalyCounter>,
-    by_workload: HashMap<(String, String), Vec<AnomalyCounter>, crate::lookup::FastHash>,
+    /// By namespace, then workload: probed with the pod's borrowed names, so a lookup of a
+    /// workload already seen allocates nothing.
+    by_workload: HashMap<String, HashMap<String, Vec<AnomalyCounter>, FastHash>, FastHash>,
+    workloads: usize,
+    /// `other`/`other`, once the cap is reached.
+    other: Option<Vec<AnomalyCounter>>,
 }
 
 impl AnomalyCounters {
@@ -156,6 +162,8 @@ impl AnomalyCounters {
             family,
             unnamed,
             by_workload: HashMap::default(),
+            workloads: 0,
+            other: None,
         }
     }
 
@@ -184,19 +192,22 @@ impl AnomalyCounters {
             return &self.unnamed;
         };
         let (ns, wl) = (client.pod.namespace.as_str(), client.pod.workload.as_str());
-        let key = if self
-            .by_workload
-            .contains_key(&(ns.to_string(), wl.to_string()))
-            || self.by_workload.len() < MAX_CLIENT_WORKLOADS
-        {
-            (ns.to_string(), wl.to_string())
-        } else {
-            ("other".to_string(), "other".to_string())
-        };
-        let family = &self.family;
-        self.by_workload
-            .entry(key)
-            .or_insert_with_key(|(ns, wl)| Self::series(family, ns, wl))
+        let known = self.by_workload.get(ns).is_some_and(|w| w.contains_key(wl));
+        if !known && self.workloads >= MAX_CLIENT_WORKLOADS {
+            let family = &self.family;
+            return self
+                .other
+                .get_or_insert_with(|| Self::series(family, "other", "other"));
+        }
+        if !known {
+            self.workloads += 1;
+            let series = Self::series(&self.family, ns, wl);
+            self.by_workload
+                .entry(ns.to_string())
+                .or_default()
+                .insert(wl.to_string(), series);
+        }
+        &self.by_workload[ns][wl]
     }
 }
 

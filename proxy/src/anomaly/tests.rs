@@ -647,3 +647,73 @@ fn the_same_question_over_tcp_after_udp_is_the_truncation_fallback_not_a_retry()
     let mut d = detectors();
     assert_eq!(see(&mut d, l).anomalies, Vec::<Kind>::new());
 }
+
+/// Node-local client workloads get series of their own, at 0 from their first lookup, up
+/// to the cap; beyond it they count as `other`/`other`.
+#[test]
+fn client_workloads_are_counted_apart_up_to_the_cap_then_as_other() {
+    let family = Family::<KindLabels, AnomalyCounter>::default();
+    let mut counters = AnomalyCounters::new(family.clone());
+    let mut record = lookup(&[]);
+    let named = |ns: &str, wl: &str| crate::record::ClientIdentity {
+        pod: std::sync::Arc::new(crate::record::PodIdentity {
+            namespace: ns.into(),
+            pod: format!("{wl}-0"),
+            workload_kind: "StatefulSet".into(),
+            workload: wl.into(),
+            uid: format!("uid-{ns}-{wl}"),
+        }),
+        stale: false,
+    };
+    for i in 0..MAX_CLIENT_WORKLOADS + 3 {
+        record.client_identity = Some(named("team-a", &format!("w{i}")));
+        counters.of(&record)[Kind::ClientRetry as usize].inc_by(1, None, None);
+        // Seen again: the same series, nothing new made.
+        counters.of(&record)[Kind::ClientRetry as usize].inc_by(1, None, None);
+    }
+    let mut text = String::new();
+    let mut registry = Registry::default();
+    registry.register("anomalies", "", family);
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let series = |labels: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("anomalies_total{{{labels}}}")))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    let retry = "kind=\"client_retry\"";
+    assert_eq!(
+        series(&format!(
+            "{retry},client_namespace=\"team-a\",client_workload=\"w0\""
+        ))
+        .as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        series(&format!(
+            "{retry},client_namespace=\"team-a\",client_workload=\"w255\""
+        ))
+        .as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        series(&format!(
+            "{retry},client_namespace=\"team-a\",client_workload=\"w256\""
+        )),
+        None
+    );
+    assert_eq!(
+        series(&format!(
+            "{retry},client_namespace=\"other\",client_workload=\"other\""
+        ))
+        .as_deref(),
+        Some("6")
+    );
+    // A workload's other kinds exist at 0 from its first lookup.
+    assert_eq!(
+        series("kind=\"parallel_race\",client_namespace=\"team-a\",client_workload=\"w7\"")
+            .as_deref(),
+        Some("0")
+    );
+    // Unnamed clients keep the plain `{kind}` series.
+    assert_eq!(series(retry).as_deref(), Some("0"));
+}
