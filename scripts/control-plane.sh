@@ -14,8 +14,12 @@
 #                                           CoreDNS on 127.0.0.1:PORT, its kubernetes plugin
 #                                           watching DIR's API server, other names forwarded to
 #                                           UPSTREAM or NXDOMAIN (background; pid in DIR)
+#   scripts/control-plane.sh jaeger DIR     Jaeger all-in-one on free loopback ports (OTLP in,
+#                                           query API out); writes DIR/jaeger.env; returns when
+#                                           ready. stop-jaeger DIR stops it.
 #
-# Also Prometheus (`path prometheus`): Debian's is built without Kubernetes service discovery.
+# Also Prometheus (`path prometheus`): Debian's is built without Kubernetes service discovery;
+# and Jaeger all-in-one (`path jaeger`), the tracing backend the cluster-wide view reads.
 # Binaries are pinned by version and cached outside the clone, in $DNSLENS_TOOLS_CACHE
 # (default ~/.cache/dnslens-tools), so a CI run on the same machine reuses them. A cold build
 # takes about 15 minutes on 2 cores (kube-apiserver is most of it), a warm one a second.
@@ -32,6 +36,8 @@ PROMETHEUS_VERSION=v0.316.0
 # The Prometheus Operator's CRDs (PodMonitor, ServiceMonitor, PrometheusRule), from its module,
 # so the chart's monitoring objects are validated by the API server against the real schemas.
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
+# Jaeger all-in-one (OTLP in, in-memory storage, query API out) for the cluster-wide view.
+JAEGER_VERSION=v1.75.0
 
 CACHE=${DNSLENS_TOOLS_CACHE:-$HOME/.cache/dnslens-tools}
 BIN=$CACHE/bin
@@ -138,6 +144,11 @@ build_prometheus() {
     github.com/prometheus/prometheus/cmd/prometheus "the Prometheus server, every service discovery in"
 }
 
+build_jaeger() {
+  module_program jaeger "$JAEGER_VERSION" github.com/jaegertracing/jaeger \
+    github.com/jaegertracing/jaeger/cmd/jaeger "Jaeger all-in-one"
+}
+
 fetch_crds() {
   local out=$CACHE/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION src
   [[ -f $out/monitoring.coreos.com_podmonitors.yaml ]] && return 0
@@ -156,6 +167,7 @@ path_of() {
     kube-apiserver | kubectl) echo "$BIN/$1-$KUBERNETES_VERSION" ;;
     coredns) echo "$BIN/coredns-$COREDNS_VERSION" ;;
     prometheus) echo "$BIN/prometheus-$PROMETHEUS_VERSION" ;;
+    jaeger) echo "$BIN/jaeger-$JAEGER_VERSION" ;;
     crds) echo "$CACHE/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION" ;;
     *) die "unknown program $1" ;;
   esac
@@ -275,6 +287,7 @@ stop_pid() {
 stop() {
   local dir=$1
   stop_pid "$dir/coredns.pid"
+  stop_pid "$dir/jaeger.pid"
   stop_pid "$dir/kube-apiserver.pid"
   stop_pid "$dir/etcd.pid"
 }
@@ -311,6 +324,70 @@ EOF
   echo $! >"$dir/coredns.pid"
 }
 
+# Jaeger all-in-one as a tracing backend: OTLP in (gRPC and HTTP), the query API and UI out,
+# in-memory storage, every port a free loopback one. Writes DIR/jaeger.env (JAEGER_OTLP_GRPC,
+# JAEGER_OTLP_HTTP, JAEGER_QUERY: URLs) and returns once the query API answers.
+jaeger() {
+  local dir=$1 bin grpc http query health i
+  bin=$(need jaeger)
+  dir=$(cd "$dir" && pwd)
+  grpc=$(free_port) http=$(free_port) query=$(free_port) health=$(free_port)
+  cat >"$dir/jaeger.yaml" <<EOF
+service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:$query
+    grpc:
+      endpoint: 127.0.0.1:$(free_port)
+  healthcheckv2:
+    use_v2: true
+    http:
+      endpoint: 127.0.0.1:$health
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:$grpc
+      http:
+        endpoint: 127.0.0.1:$http
+processors:
+  batch:
+    timeout: 100ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+EOF
+  "$bin" --config "$dir/jaeger.yaml" >"$dir/jaeger.log" 2>&1 &
+  echo $! >"$dir/jaeger.pid"
+  printf 'JAEGER_OTLP_GRPC=http://127.0.0.1:%s\nJAEGER_OTLP_HTTP=http://127.0.0.1:%s\nJAEGER_QUERY=http://127.0.0.1:%s\n' \
+    "$grpc" "$http" "$query" >"$dir/jaeger.env"
+  for i in $(seq 1 300); do
+    curl -fsS "http://127.0.0.1:$query/api/services" >/dev/null 2>&1 && return 0
+    running "$(cat "$dir/jaeger.pid")" || die "jaeger exited: $(tail -5 "$dir/jaeger.log")"
+    sleep 0.1
+  done
+  die "jaeger did not answer on 127.0.0.1:$query in 30 s"
+}
+
 case ${1:-} in
   build)
     mkdir -p "$BIN"
@@ -318,6 +395,7 @@ case ${1:-} in
     build_kubernetes
     build_coredns
     build_prometheus
+    build_jaeger
     fetch_crds
     echo "$BIN"
     ;;
@@ -327,5 +405,7 @@ case ${1:-} in
   start-apiserver) launch_apiserver "${2:?state directory}" && wait_ready "$2" ;;
   stop) stop "${2:?state directory}" ;;
   coredns) coredns "${2:?state directory}" "${3:?port}" "${4:-}" ;;
+  jaeger) jaeger "${2:?state directory}" ;;
+  stop-jaeger) stop_pid "${2:?state directory}/jaeger.pid" ;;
   *) sed -n '2,/^set -euo/{/^#/p}' "$0" >&2; exit 2 ;;
 esac

@@ -14,15 +14,21 @@
 //!   one-line reason. `/debug/*` shows query names and client addresses: it answers
 //!   loopback clients and `admin.debug_allow` (CIDRs) only; others get 403.
 //!
+//!   Also `namespace=`, `workload=`, `name=` (exact). `scope=cluster` reads the window across
+//!   every dnslens from the tracing backend of `ui.backend` instead (see `cluster`; 502 with
+//!   one line when it cannot be read, 404 when no backend is set).
 //! - `GET /ui/`: the anomaly timeline, one self-contained page (`admin/ui.html`: no external
 //!   asset, air-gapped clusters) that reads `/debug/anomalies` for the window in its URL;
 //!   the same clients as `/debug/*`.
 //!
-//! Anything else is 404; the server reads no request body.
+//! Anything else is 404; the server reads no request body. `dnslens ui --backend URL`
+//! serves only `/ui/` and `/debug/anomalies` (the cluster's window), from a workstation.
 //!
 //! Config: `admin: {debug_allow}` — networks that may read `/debug/*` and `/ui/` besides
 //! loopback [none]; `ui: {trace_url}` — the page's link to a lookup's trace, `{trace_id}`
-//! replaced (e.g. `https://tempo.example/explore?traceId={trace_id}`) [none: the id is shown].
+//! replaced (e.g. `https://tempo.example/explore?traceId={trace_id}`) [none: the id is shown];
+//! `ui: {backend}` — `jaeger=URL`, the backend of the cluster-wide window [none];
+//! `ui: {backend_service}` — the `service.name` the instances export under [dnslens].
 
 use std::sync::Arc;
 
@@ -36,7 +42,8 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::anomaly::journal::{Journal, Window};
+use crate::anomaly::journal::{EntryFilter, Journal, Window};
+use crate::cluster::ClusterView;
 use crate::forward::Forwarder;
 use crate::listen::Acl;
 use crate::record::Kind;
@@ -55,6 +62,26 @@ pub struct AdminConfig {
 pub struct UiConfig {
     /// The link to a lookup's trace: `{trace_id}` is replaced by its 32 hex digits.
     pub trace_url: Option<String>,
+    /// The tracing backend of the cluster-wide window (`jaeger=URL`).
+    pub backend: Option<crate::cluster::BackendConfig>,
+    /// The `service.name` the instances export under.
+    pub backend_service: Option<String>,
+}
+
+impl UiConfig {
+    /// The cluster-wide view of `backend`, if one is set.
+    pub fn cluster_view(&self) -> Result<Option<ClusterView>, crate::cluster::BackendError> {
+        self.backend
+            .as_ref()
+            .map(|b| {
+                let service = self
+                    .backend_service
+                    .as_deref()
+                    .unwrap_or(crate::cluster::DEFAULT_SERVICE);
+                ClusterView::build(b, service)
+            })
+            .transpose()
+    }
 }
 
 impl AdminConfig {
@@ -78,13 +105,23 @@ pub struct AdminState {
     pub forwarder: Arc<arc_swap::ArcSwap<Forwarder>>,
     /// Whether dnslens's loop probe came back (`?verbose`).
     pub loop_guard: Arc<crate::pipeline::LoopGuard>,
-    pub journal: Journal,
-    /// Who may read `/debug/*` and `/ui/`.
-    pub debug: Arc<Acl>,
-    /// The timeline page, its settings filled in.
-    pub ui_page: Arc<str>,
+    pub debug: DebugState,
     /// Cancelled when shutdown begins: `/readyz` turns 503.
     pub draining: CancellationToken,
+}
+
+/// What `/debug/anomalies` and `/ui/` read: this instance's journal, the cluster's backend,
+/// or both.
+#[derive(Clone)]
+pub struct DebugState {
+    /// This instance's journal (none when serving the cluster's window only).
+    pub journal: Option<Journal>,
+    /// The cluster-wide window's backend (`ui.backend`).
+    pub cluster: Option<ClusterView>,
+    /// Who may read `/debug/*` and `/ui/`.
+    pub allowed: Arc<Acl>,
+    /// The timeline page, its settings filled in.
+    pub ui_page: Arc<str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,7 +135,11 @@ struct AnomalyParams {
     from: Option<String>,
     to: Option<String>,
     kind: Option<String>,
+    namespace: Option<String>,
+    workload: Option<String>,
+    name: Option<String>,
     hints: Option<String>,
+    scope: Option<String>,
 }
 
 /// Tuning hints served at most.
@@ -114,19 +155,52 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/debug/anomalies", get(anomalies))
-        .route("/ui/", get(ui))
-        .route(
-            "/ui",
-            get(|| async { axum::response::Redirect::permanent("/ui/") }),
-        )
-        .with_state(state);
+        .with_state(state.clone())
+        .merge(debug_router(state.debug));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(stop.cancelled_owned())
     .await
+}
+
+/// `/debug/anomalies` and `/ui/`: part of every dnslens's admin server, and all of
+/// `dnslens ui`'s.
+pub fn debug_router(state: DebugState) -> Router {
+    Router::new()
+        .route("/debug/anomalies", get(anomalies))
+        .route("/ui/", get(ui))
+        .route(
+            "/ui",
+            get(|| async { axum::response::Redirect::permanent("/ui/") }),
+        )
+        .with_state(state)
+}
+
+/// `dnslens ui`: the timeline page of the cluster's window, on `listener` until `stop`.
+pub async fn serve_cluster_page(
+    listener: TcpListener,
+    config: &UiConfig,
+    allowed: Acl,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let cluster = config
+        .cluster_view()?
+        .ok_or_else(|| anyhow::anyhow!("no backend to read the cluster's window from"))?;
+    let state = DebugState {
+        journal: None,
+        cluster: Some(cluster),
+        allowed: Arc::new(allowed),
+        ui_page: ui_page(config, Scope::ClusterOnly).into(),
+    };
+    axum::serve(
+        listener,
+        debug_router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await?;
+    Ok(())
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -181,9 +255,19 @@ async fn readyz(
     (status, body)
 }
 
-/// The timeline page with its settings — the trace link and what each kind means, from
-/// `record::Kind` itself — in place of its `/*DNSLENS_SETTINGS*/` marker.
-pub fn ui_page(config: &UiConfig) -> String {
+/// Which windows the page offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This instance's journal, and the cluster's when `ui.backend` is set.
+    Instance,
+    /// Only the cluster's (`dnslens ui`).
+    ClusterOnly,
+}
+
+/// The timeline page with its settings — the trace link, what each kind means (from
+/// `record::Kind` itself), which windows it can show — in place of its
+/// `/*DNSLENS_SETTINGS*/` marker.
+pub fn ui_page(config: &UiConfig, scope: Scope) -> String {
     let kinds: serde_json::Map<String, serde_json::Value> = Kind::ALL
         .iter()
         .map(|k| (k.as_str().to_string(), k.explain().into()))
@@ -191,6 +275,8 @@ pub fn ui_page(config: &UiConfig) -> String {
     let settings = serde_json::json!({
         "trace_url": config.trace_url.clone().unwrap_or_default(),
         "kinds": kinds,
+        "cluster": config.backend.as_ref().map(ToString::to_string),
+        "instance": scope == Scope::Instance,
     });
     // `</` cannot end the script element from inside a string.
     let settings = settings.to_string().replace("</", "<\\/");
@@ -201,10 +287,10 @@ pub fn ui_page(config: &UiConfig) -> String {
 }
 
 async fn ui(
-    State(state): State<AdminState>,
+    State(state): State<DebugState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> axum::response::Response {
-    if !state.debug.allows(peer.ip()) {
+    if !state.allowed.allows(peer.ip()) {
         return (
             StatusCode::FORBIDDEN,
             "/ui answers loopback clients only; allow others with admin.debug_allow\n",
@@ -222,23 +308,32 @@ async fn ui(
 }
 
 async fn anomalies(
-    State(state): State<AdminState>,
+    State(state): State<DebugState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(params): Query<AnomalyParams>,
-) -> impl IntoResponse {
-    if !state.debug.allows(peer.ip()) {
+) -> axum::response::Response {
+    if !state.allowed.allows(peer.ip()) {
         return (
             StatusCode::FORBIDDEN,
             "/debug answers loopback clients only; allow others with admin.debug_allow\n",
         )
             .into_response();
     }
-    if params
+    let cluster_scope = params.scope.as_deref() == Some("cluster") || state.journal.is_none();
+    if let Some(scope) = params
+        .scope
+        .as_deref()
+        .filter(|s| !matches!(*s, "cluster" | "instance"))
+    {
+        let reason = format!("scope: '{scope}' is neither cluster nor instance\n");
+        return (StatusCode::BAD_REQUEST, reason).into_response();
+    }
+    let hints = params
         .hints
         .as_deref()
-        .is_some_and(|h| h != "0" && h != "false")
-    {
-        return Json(state.journal.hints(HINTS_SERVED)).into_response();
+        .is_some_and(|h| h != "0" && h != "false");
+    if let (Some(journal), true) = (&state.journal, hints) {
+        return Json(journal.hints(HINTS_SERVED)).into_response();
     }
     let window = match Window::parse(
         params.since.as_deref(),
@@ -252,7 +347,26 @@ async fn anomalies(
         Ok(kind) => kind,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("kind: {e}\n")).into_response(),
     };
-    Json(state.journal.query(&window, kind)).into_response()
+    let filter = EntryFilter {
+        kind,
+        namespace: params.namespace,
+        workload: params.workload,
+        name: params.name,
+    };
+    match (&state.journal, &state.cluster) {
+        (Some(journal), _) if !cluster_scope => {
+            Json(journal.query(&window, &filter)).into_response()
+        }
+        (_, Some(cluster)) => match cluster.anomalies(&window, &filter).await {
+            Ok(found) => Json(found.entries).into_response(),
+            Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+        },
+        (_, None) => (
+            StatusCode::NOT_FOUND,
+            "no cluster-wide window: set ui.backend (e.g. jaeger=http://jaeger-query:16686)\n",
+        )
+            .into_response(),
+    }
 }
 
 #[cfg(test)]
@@ -261,9 +375,13 @@ mod ui_tests {
 
     #[test]
     fn the_page_carries_its_settings_and_every_kind_explained() {
-        let page = ui_page(&UiConfig {
-            trace_url: Some("https://tempo.example/trace/{trace_id}</script>".into()),
-        });
+        let page = ui_page(
+            &UiConfig {
+                trace_url: Some("https://tempo.example/trace/{trace_id}</script>".into()),
+                ..Default::default()
+            },
+            Scope::Instance,
+        );
         assert!(!page.contains("/*DNSLENS_SETTINGS*/"));
         assert!(page.contains(r#""trace_url":"https://tempo.example/trace/{trace_id}<\/script>""#));
         for kind in Kind::ALL {

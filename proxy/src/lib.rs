@@ -17,6 +17,7 @@ pub mod anomaly;
 pub mod background;
 pub mod cache;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod forward;
@@ -80,6 +81,8 @@ pub enum StartError {
     Telemetry(#[from] telemetry::TelemetryError),
     #[error("{0}")]
     PodIdentity(#[from] identity::watch::WatchSetupError),
+    #[error("ui.backend: {0}")]
+    Backend(cluster::BackendError),
 }
 
 /// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
@@ -279,9 +282,12 @@ impl Proxy {
                 registry: Arc::new(root),
                 forwarder: forwarder_now.clone(),
                 loop_guard: shared.loop_guard.clone(),
-                journal: journal.clone(),
-                debug: Arc::new(config.admin.debug_acl()),
-                ui_page: admin::ui_page(&config.ui).into(),
+                debug: admin::DebugState {
+                    journal: Some(journal.clone()),
+                    cluster: config.ui.cluster_view().map_err(StartError::Backend)?,
+                    allowed: Arc::new(config.admin.debug_acl()),
+                    ui_page: admin::ui_page(&config.ui, admin::Scope::Instance).into(),
+                },
                 draining: draining.clone(),
             };
             let stop = shared.stop_all.clone();

@@ -519,6 +519,20 @@ impl Kind {
         Kind::UpstreamError,
     ];
 
+    /// The lookup span's attribute that marks this kind (`true`): one attribute per kind, so
+    /// a tracing backend that matches tags by their exact text (Jaeger) finds a kind with
+    /// one tag, whatever other kinds the lookup has.
+    pub fn span_attribute(self) -> &'static str {
+        match self {
+            Kind::EmptyNoerrorSearch => "dnslens.anomaly.empty_noerror_search",
+            Kind::EmptyNoerrorNoSoa => "dnslens.anomaly.empty_noerror_no_soa",
+            Kind::ParallelRace => "dnslens.anomaly.parallel_race",
+            Kind::ClientRetry => "dnslens.anomaly.client_retry",
+            Kind::UpstreamTimeout => "dnslens.anomaly.upstream_timeout",
+            Kind::UpstreamError => "dnslens.anomaly.upstream_error",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::EmptyNoerrorSearch => "empty_noerror_search",

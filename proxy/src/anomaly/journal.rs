@@ -85,6 +85,39 @@ pub struct Entry {
     /// Which pod asked (node-local with pod identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_identity: Option<EntryIdentity>,
+    /// The dnslens that saw the lookup (its pod, else its node): set when read from a
+    /// tracing backend across the cluster (see `cluster`), absent in a local journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+/// Which entries a reader wants: every field given must match exactly.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EntryFilter {
+    pub kind: Option<Kind>,
+    /// The client's namespace (pod identity).
+    pub namespace: Option<String>,
+    /// The client's workload name (pod identity).
+    pub workload: Option<String>,
+    /// The lookup's base name.
+    pub name: Option<String>,
+}
+
+impl EntryFilter {
+    pub fn matches(&self, entry: &Entry) -> bool {
+        let identity = entry.client_identity.as_ref();
+        self.kind
+            .is_none_or(|k| entry.kinds.iter().any(|x| x == k.as_str()))
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| identity.is_some_and(|id| &id.namespace == ns))
+            && self
+                .workload
+                .as_ref()
+                .is_none_or(|w| identity.is_some_and(|id| &id.workload == w))
+            && self.name.as_ref().is_none_or(|n| &entry.base == n)
+    }
 }
 
 /// The client's pod, as pod identity knew it when the lookup was reported.
@@ -170,6 +203,7 @@ impl Entry {
             repeats: 0,
             trace_id: format!("{:032x}", lookup.trace_id),
             client_identity: lookup.client_identity.as_ref().map(EntryIdentity::of),
+            instance: None,
         }
     }
 }
@@ -334,14 +368,14 @@ impl Journal {
         entries.push_back(entry);
     }
 
-    /// The entries of `window` (of `kind`, if given), newest first.
-    pub fn query(&self, window: &Window, kind: Option<Kind>) -> Vec<Entry> {
+    /// The entries of `window` that `filter` wants, newest first.
+    pub fn query(&self, window: &Window, filter: &EntryFilter) -> Vec<Entry> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
             .rev()
             .filter(|e| e.time >= window.from && e.time <= window.to)
-            .filter(|e| kind.is_none_or(|k| e.kinds.iter().any(|x| x == k.as_str())))
+            .filter(|e| filter.matches(e))
             .cloned()
             .collect()
     }

@@ -361,7 +361,10 @@ fn the_journal_folds_a_flood_of_one_anomaly_and_keeps_its_bound() {
     for _ in 0..50 {
         j.record(&musl, &found, &clock);
     }
-    let entries = j.query(&journal::Window::last(Duration::from_secs(600)), None);
+    let entries = j.query(
+        &journal::Window::last(Duration::from_secs(600)),
+        &Default::default(),
+    );
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].repeats, 49);
     // Another outcome is another entry; the ring keeps the newest 3.
@@ -373,13 +376,19 @@ fn the_journal_folds_a_flood_of_one_anomaly_and_keeps_its_bound() {
         l.base = format!("n{i}");
         j.record(&l, &found, &clock);
     }
-    let entries = j.query(&journal::Window::last(Duration::from_secs(600)), None);
+    let entries = j.query(
+        &journal::Window::last(Duration::from_secs(600)),
+        &Default::default(),
+    );
     assert_eq!(entries.len(), 3);
     assert_eq!(entries[0].base, "n4", "newest first");
     assert!(j
         .query(
             &journal::Window::last(Duration::from_secs(600)),
-            Some(Kind::ParallelRace),
+            &journal::EntryFilter {
+                kind: Some(Kind::ParallelRace),
+                ..Default::default()
+            },
         )
         .is_empty());
     assert!(entries[0].kinds.iter().any(|k| k == "empty_noerror_search"));
@@ -467,7 +476,7 @@ fn a_walk_answered_by_the_absolute_name_is_a_tallied_hint_not_a_journal_entry() 
     let window = journal::Window::last(Duration::from_secs(600));
     assert!(
         journal
-            .query(&window, None)
+            .query(&window, &Default::default())
             .iter()
             .all(|e| e.kinds.iter().all(|k| k.parse::<Kind>().is_ok())),
         "the journal holds anomalies only"

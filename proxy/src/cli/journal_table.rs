@@ -14,6 +14,11 @@ pub fn render(entries: &[Entry]) -> String {
     }
     let mut out = String::new();
     let mut seen: Vec<&str> = Vec::new();
+    // Read across the cluster: which dnslens saw each lookup, in a column of its own.
+    let instance_width = entries
+        .iter()
+        .filter_map(|e| e.instance.as_ref().map(String::len))
+        .max();
     for e in entries {
         let age = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -32,8 +37,11 @@ pub fn render(entries: &[Entry]) -> String {
             || e.client.clone(),
             |id| format!("{} {}", e.client, id.label()),
         );
+        let instance = instance_width.map_or(String::new(), |width| {
+            format!("{:<width$}  ", e.instance.as_deref().unwrap_or("-"))
+        });
         out.push_str(&format!(
-            "{:>7} ago  {:<15} {:<28} {:<9} {}{}{}\n",
+            "{:>7} ago  {instance}{:<15} {:<28} {:<9} {}{}{}\n",
             humantime::format_duration(Duration::from_secs(age as u64)).to_string(),
             client,
             e.base,
@@ -124,6 +132,7 @@ mod tests {
                 retransmission: true,
             }],
             client_identity: None,
+            instance: None,
         }
     }
 
@@ -142,6 +151,24 @@ mod tests {
             table.contains("10.0.0.7 team-a/web-7d9c5b-x2x9q (stale)"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn lookups_read_across_the_cluster_say_which_instance_saw_them() {
+        let mut sidecar = entry(&["client_retry"]);
+        sidecar.instance = Some("web-7d9c5b-x2x9q".into());
+        let mut node = entry(&["parallel_race"]);
+        node.instance = Some("node-1".into());
+        let table = render(&[sidecar, node]);
+        assert!(
+            table.contains(" ago  web-7d9c5b-x2x9q  10.0.0.7 "),
+            "{table}"
+        );
+        assert!(
+            table.contains(" ago  node-1            10.0.0.7 "),
+            "{table}"
+        );
+        assert!(!render(&[entry(&["client_retry"])]).contains(" ago  -"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Flags override `DNSLENS_*` environment variables (clap reads both), which override the
 //! YAML file.
 
+mod anomalies;
 mod journal_table;
 
 use std::net::SocketAddr;
@@ -48,30 +49,25 @@ pub enum Command {
         #[arg(long, env = "DNSLENS_CONFIG")]
         config: PathBuf,
     },
-    /// What was abnormal lately: the anomaly journal of a running dnslens, newest first.
-    Anomalies {
-        /// How far back, e.g. 10m, 1h.
-        #[arg(long, default_value = "10m")]
-        since: String,
-        /// The window's start instead (RFC 3339, e.g. 2026-11-30T04:00:00Z, or unix seconds).
+    /// What was abnormal lately: the anomaly journal of a running dnslens, or with
+    /// --backend of every dnslens in the cluster, newest first.
+    Anomalies(anomalies::AnomaliesArgs),
+    /// Serve the timeline page of the cluster's abnormal lookups, read from a tracing
+    /// backend (e.g. on a workstation: `dnslens ui --backend jaeger=http://localhost:16686`).
+    Ui {
+        /// Where the cluster's traces are: jaeger=URL (Jaeger's query service).
+        #[arg(long, env = "DNSLENS_UI_BACKEND")]
+        backend: crate::cluster::BackendConfig,
+        /// The service.name the instances export under.
+        #[arg(long, default_value = crate::cluster::DEFAULT_SERVICE)]
+        service: String,
+        /// Where to serve the page (loopback: it shows query names and client addresses).
+        #[arg(long, default_value = "127.0.0.1:9254")]
+        listen: SocketAddr,
+        /// The link to a lookup's trace, `{trace_id}` replaced (e.g. the Jaeger UI's
+        /// `http://localhost:16686/trace/{trace_id}`).
         #[arg(long)]
-        from: Option<String>,
-        /// The window's end (with --from or --since; default now).
-        #[arg(long)]
-        to: Option<String>,
-        /// The tuning hints instead: names that walked the whole search list, most queries first.
-        #[arg(long)]
-        hints: bool,
-        /// Only this kind (empty_noerror_search, empty_noerror_no_soa, parallel_race,
-        /// client_retry, upstream_timeout, upstream_error).
-        #[arg(long)]
-        kind: Option<String>,
-        /// dnslens's metrics address.
-        #[arg(long, default_value = "127.0.0.1:9253", env = "DNSLENS_METRICS_LISTEN")]
-        addr: SocketAddr,
-        /// Print the JSON as served.
-        #[arg(long)]
-        json: bool,
+        trace_url: Option<String>,
     },
     /// Run the proxy in front of an embedded Kubernetes-like upstream (no network needed).
     Demo {
@@ -340,25 +336,38 @@ pub fn run(cli: Cli) -> ExitCode {
                     .map_err(anyhow::Error::from)
             })
         }
-        Command::Anomalies {
-            since,
-            from,
-            to,
-            hints,
-            kind,
-            addr,
-            json,
-        } => anomalies(
-            addr,
-            JournalQuery {
-                since,
-                from,
-                to,
-                kind,
-                hints,
-            },
-            json,
-        ),
+        Command::Anomalies(args) => anomalies::run(args),
+        Command::Ui {
+            backend,
+            service,
+            listen,
+            trace_url,
+        } => {
+            let config = crate::admin::UiConfig {
+                trace_url,
+                backend: Some(backend),
+                backend_service: Some(service),
+            };
+            run_async(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                eprintln!(
+                    "dnslens: the cluster's abnormal lookups at http://{}/ui/",
+                    listener.local_addr()?
+                );
+                let stop = tokio_util::sync::CancellationToken::new();
+                tokio::spawn({
+                    let stop = stop.clone();
+                    async move {
+                        crate::wait_for_signal().await;
+                        stop.cancel();
+                    }
+                });
+                let loopback = crate::admin::AdminConfig::default().debug_acl();
+                crate::admin::serve_cluster_page(listener, &config, loopback, stop).await
+            })
+        }
         Command::Demo {
             listen,
             metrics_listen,
@@ -505,82 +514,8 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-/// What `dnslens anomalies` asks the journal for.
-struct JournalQuery {
-    since: String,
-    from: Option<String>,
-    to: Option<String>,
-    kind: Option<String>,
-    hints: bool,
-}
-
-fn anomalies(addr: SocketAddr, query: JournalQuery, json: bool) -> ExitCode {
-    let window = crate::anomaly::journal::Window::parse(
-        Some(&query.since),
-        query.from.as_deref(),
-        query.to.as_deref(),
-    );
-    if let Err(e) = window {
-        eprintln!("dnslens: --{e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    if let Some(Err(e)) = query.kind.as_deref().map(str::parse::<crate::record::Kind>) {
-        eprintln!("dnslens: --kind: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let path = if query.hints {
-        "/debug/anomalies?hints=1".to_string()
-    } else {
-        let mut path = format!("/debug/anomalies?since={}", query.since);
-        let filters = [
-            ("from", &query.from),
-            ("to", &query.to),
-            ("kind", &query.kind),
-        ];
-        for (key, value) in filters {
-            if let Some(value) = value {
-                path.push_str(&format!("&{key}={value}"));
-            }
-        }
-        path
-    };
-    let body = match http_get(addr, &path) {
-        Ok(body) => body,
-        Err(e) => {
-            eprintln!("dnslens: cannot read the journal from http://{addr}{path}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if json {
-        println!("{body}");
-        return ExitCode::SUCCESS;
-    }
-    if query.hints {
-        return match serde_json::from_str::<Vec<crate::anomaly::journal::Hint>>(&body) {
-            Ok(hints) => {
-                print!("{}", journal_table::render_hints(&hints));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("dnslens: the hints at {addr} are not what this version reads: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match serde_json::from_str::<Vec<crate::anomaly::journal::Entry>>(&body) {
-        Ok(entries) => {
-            print!("{}", journal_table::render(&entries));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("dnslens: the journal at {addr} is not what this version reads: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 /// A plain HTTP/1.0 GET with a timeout; the body of a 200 answer.
-fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let timeout = Duration::from_secs(5);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;

@@ -207,7 +207,7 @@ async fn simulated_clients(
         "{}",
         render_journal(&journal.query(
             &crate::anomaly::journal::Window::last(Duration::from_secs(600)),
-            None
+            &Default::default()
         ))
     );
     println!();

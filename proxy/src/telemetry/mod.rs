@@ -8,13 +8,16 @@
 //!   `no_data`, `server_failure`, `timeout`), `dnslens.lookup.attempts` (questions, less
 //!   retransmissions), `dnslens.lookup.outcome` (answered / nxdomain / nodata / servfail /
 //!   timeout), `dnslens.lookup.answered_by` (the suffix that answered, or `absolute`),
-//!   `dnslens.anomaly`, `dnslens.lookup.waited_ms` (the client's wait before asking again),
+//!   `dnslens.anomaly` (its kinds, a string array), `dnslens.anomalous` and one
+//!   `dnslens.anomaly.<kind>` per kind (`true`: exact tag matches, e.g. Jaeger's search),
+//!   `dnslens.lookup.waited_ms` (the client's wait before asking again),
 //!   `dnslens.lookup.tail` (only re-asks of an ended lookup), `dnslens.lookup.evicted`;
 //!   status Error for servfail and timeout.
 //! - `dns.query` (one per query received): `dns.question.name`, `dns.answers` (up to 4),
 //!   `dnslens.question.type`, `dnslens.search.suffix` (or `absolute`),
 //!   `dnslens.search.index` (-1 for absolute), `dnslens.response_code` and
-//!   `dnslens.answer.count` (as the upstream or cache answered), `dnslens.offset_ms` (from
+//!   `dnslens.answer.count` (as the upstream or cache answered), `dnslens.authority.soa`
+//!   (with no answer records: whether an SOA came with them), `dnslens.offset_ms` (from
 //!   the lookup's start), `dnslens.retransmission`, `dnslens.cache.hit`,
 //!   `network.transport`, `client.address`, `client.port`; when a mitigation acted:
 //!   `dnslens.cache.stale` (served stale), `dnslens.rewrite` (`empty_noerror_to_nxdomain`:
@@ -81,6 +84,15 @@ use crate::metrics::{ReasonCounters, ReasonLabels};
 use crate::record::LookupRecord;
 pub use sampling::OtlpObserver;
 pub use settings::{resource, ExportSettings, OtlpProtocol, TracingConfig};
+pub use tls::{client_tls, trusted_roots};
+
+/// The lookup span's attribute names that are searched for (see `cluster`).
+pub mod span_names {
+    pub use super::spans::{
+        ANOMALOUS, ANOMALY, CLIENT_IDENTITY_STALE, CLIENT_NAMESPACE, CLIENT_POD, CLIENT_POD_UID,
+        CLIENT_WORKLOAD, CLIENT_WORKLOAD_KIND,
+    };
+}
 pub use spans::lookup_spans;
 
 #[derive(Debug, thiserror::Error)]

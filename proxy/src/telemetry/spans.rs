@@ -81,6 +81,10 @@ impl AddressTexts {
     }
 }
 
+/// The lookup span's anomaly kinds (a string array) and its mark that it has any.
+pub const ANOMALY: &str = "dnslens.anomaly";
+pub const ANOMALOUS: &str = "dnslens.anomalous";
+
 /// The lookup span's attributes naming the client's pod (node-local pod identity).
 pub const CLIENT_NAMESPACE: &str = "dnslens.client.k8s.namespace.name";
 pub const CLIENT_POD: &str = "dnslens.client.k8s.pod.name";
@@ -131,8 +135,17 @@ pub fn lookup_spans(
         root_attributes.push(KeyValue::new("dnslens.lookup.evicted", true));
     }
     if !anomalies.is_empty() {
-        let kinds: Vec<&str> = anomalies.iter().map(|k| k.as_str()).collect();
-        root_attributes.push(KeyValue::new("dnslens.anomaly", kinds.join(",")));
+        // Three shapes of one fact, each for a kind of query (see the module doc): the kinds
+        // as a string array (TraceQL, array-aware backends), one `true` per kind and
+        // `dnslens.anomalous` (exact tag matches: Jaeger, Zipkin-style searches).
+        let kinds: Vec<StringValue> = anomalies.iter().map(|k| k.as_str().into()).collect();
+        root_attributes.push(KeyValue::new(ANOMALY, Value::Array(Array::String(kinds))));
+        root_attributes.push(KeyValue::new(ANOMALOUS, true));
+        root_attributes.extend(
+            anomalies
+                .iter()
+                .map(|k| KeyValue::new(k.span_attribute(), true)),
+        );
     }
     if let Some(client) = &lookup.client_identity {
         // The client's pod (node-local pod identity). The OpenTelemetry `k8s.*` names
@@ -203,6 +216,10 @@ pub fn lookup_spans(
         }
         if attempt.retransmission {
             attributes.push(KeyValue::new("dnslens.retransmission", true));
+        }
+        if q.answers == 0 {
+            // NODATA or NXDOMAIN said properly, or the "nothing" of a broken upstream.
+            attributes.push(KeyValue::new("dnslens.authority.soa", q.authority_soa));
         }
         if q.cache == CacheUse::Stale {
             attributes.push(KeyValue::new("dnslens.cache.stale", true));

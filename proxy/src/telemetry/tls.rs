@@ -45,8 +45,23 @@ pub(super) fn https_client(
     extra_ca: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<impl opentelemetry_http::HttpClient + 'static, String> {
+    let roots = trusted_roots(extra_ca)?;
+    if roots.is_empty() {
+        return Err("no trusted CA certificate: the system has none and no CA file is set".into());
+    }
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls(roots)?)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(opentelemetry_http::hyper::HyperClient::new(
+        connector, timeout, None,
+    ))
+}
+
+/// The system's trusted roots (unreadable ones skipped, as OpenSSL does) and `extra_ca`.
+pub fn trusted_roots(extra_ca: Option<&[u8]>) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
-    // Unreadable system certificates are skipped, as OpenSSL does.
     let system = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(system.certs);
     if let Some(pem) = extra_ca {
@@ -57,22 +72,17 @@ pub(super) fn https_client(
                 .map_err(|e| format!("CA certificate: {e}"))?;
         }
     }
-    if roots.is_empty() {
-        return Err("no trusted CA certificate: the system has none and no CA file is set".into());
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    Ok(roots)
+}
+
+/// A TLS client configuration trusting `roots` (also used to read traces back from a
+/// tracing backend, see `cluster`).
+pub fn client_tls(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    Ok(opentelemetry_http::hyper::HyperClient::new(
-        connector, timeout, None,
-    ))
+    .with_no_client_auth())
 }
