@@ -319,18 +319,15 @@ impl Span {
     }
 }
 
-/// The dnslens that saw the lookup: its pod (sidecar, or node-local's own pod), else its
-/// node, else its `service.instance.id`.
+/// The dnslens that saw the lookup: `node/pod` (a sidecar's pod is its application's; a
+/// node-local pod's name alone says little, its node much), else whichever of the two is
+/// known, else its `service.instance.id`.
 fn instance_of(process: Option<&Process>) -> Option<String> {
     let tags = Tags(process.map_or(&[][..], |p| &p.tags));
-    [
-        "k8s.pod.name",
-        "k8s.node.name",
-        "service.instance.id",
-        "host.name",
-    ]
-    .iter()
-    .find_map(|key| tags.text(key))
+    match (tags.text("k8s.node.name"), tags.text("k8s.pod.name")) {
+        (Some(node), Some(pod)) => Some(format!("{node}/{pod}")),
+        (node, pod) => pod.or(node).or_else(|| tags.text("service.instance.id")),
+    }
 }
 
 /// A trace id as 32 hex digits (Jaeger drops the high half when it is zero).

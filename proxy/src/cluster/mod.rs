@@ -3,7 +3,7 @@
 //! to, not from a home-made aggregator. Every anomalous lookup is always exported as a trace
 //! (see `telemetry`), so the backend holds the cluster's journal; this module finds those
 //! traces again and turns each into the journal's own [`Entry`], with an `instance` (the
-//! dnslens that saw it: its pod, else its node).
+//! dnslens that saw it: `node/pod`).
 //!
 //! Backends: Jaeger's query API (`jaeger=URL`, e.g. `jaeger=http://jaeger-query:16686`), see
 //! `jaeger`. The lookup span's exact tags are what is searched: `dnslens.anomalous`,

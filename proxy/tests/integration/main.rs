@@ -6,6 +6,7 @@
 mod control_plane;
 mod harness;
 mod image;
+mod jaeger;
 mod otlp_receiver;
 
 mod admin;
@@ -15,6 +16,7 @@ mod bad_input;
 mod cache;
 mod cli;
 mod cluster;
+mod cluster_view;
 mod data_path;
 mod differential;
 mod faults;
