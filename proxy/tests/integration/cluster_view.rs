@@ -6,7 +6,8 @@
 //! and the page `dnslens ui` serves (headless Chromium) list exactly the window's three,
 //! each with its instance and client; the filters narrow it; with Jaeger stopped the CLI
 //! fails with one line and DNS is unaffected. A second test reads a window of more lookups
-//! than one Jaeger search returns.
+//! than one Jaeger search returns; a third follows an anomaly counter's exemplar, as a real
+//! Prometheus with exemplar storage kept it, to its trace in Jaeger.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
@@ -485,5 +486,114 @@ async fn a_window_of_more_lookups_than_one_search_returns_is_read_whole() {
     assert!(found
         .windows(2)
         .all(|w| w[0]["time"].as_f64() >= w[1]["time"].as_f64()));
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anomaly_counters_exemplar_kept_by_prometheus_opens_its_trace_in_jaeger() {
+    use crate::prometheus::{start_prometheus_with, wait_until};
+    let jaeger = Jaeger::start();
+    let endpoint = jaeger.otlp_grpc.clone();
+    let world = World::start_with(|c| {
+        c.search = SEARCH.iter().map(|s| s.to_string()).collect();
+        c.ndots = Some(NDOTS as u32);
+        c.lookup.window = Duration::from_millis(300);
+        c.tracing.endpoint = Some(endpoint);
+        c.tracing.protocol = Some(dnslens::telemetry::OtlpProtocol::Grpc);
+    })
+    .await;
+    let dir = TempDir::new("exemplars");
+    std::fs::write(
+        dir.0.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dnslens\n    static_configs:\n      - targets: ['{}']\n",
+            world.proxy.metrics_addr
+        ),
+    )
+    .unwrap();
+    let (_prometheus, api) =
+        start_prometheus_with("prometheus", &dir.0, &["--enable-feature=exemplar-storage"]);
+    let series = "dnslens_anomalies_total%7Bkind%3D%22empty_noerror_search%22%7D";
+    wait_until(Duration::from_secs(30), || async {
+        let (_, body) = http_get(api, &format!("/api/v1/query?query={series}")).await;
+        body.contains("\"value\"")
+    })
+    .await;
+
+    let result = getaddrinfo(world.dns(), "alauda.cn", &SEARCH, NDOTS, Libc::Musl).await;
+    assert_eq!(result, Err("Name does not resolve"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let journal = loop {
+        let (_, body) = http_get(world.proxy.metrics_addr, "/debug/anomalies").await;
+        let journal: Vec<Value> = serde_json::from_str(&body).unwrap();
+        if !journal.is_empty() {
+            break journal;
+        }
+        assert!(Instant::now() < deadline, "the lookup never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(journal.len(), 1);
+    let trace_id = journal[0]["trace_id"].as_str().unwrap().to_string();
+
+    // Prometheus keeps the exemplar of the scrape after the lookup ...
+    let (start, end) = (unix_now() - 120.0, unix_now() + 120.0);
+    let query = format!("/api/v1/query_exemplars?query={series}&start={start}&end={end}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exemplars: Vec<String> = loop {
+        let (_, body) = http_get(api, &query).await;
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let found: Vec<String> = body["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
+            .map(|e| e["labels"]["trace_id"].as_str().unwrap_or("").to_string())
+            .collect();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no exemplar: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(exemplars, [trace_id.clone()]);
+    // ... and Jaeger returns the trace it names: the lookup, its kind, its walk.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let trace = loop {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("{}/api/traces/{trace_id}", jaeger.query)])
+            .output()
+            .expect("curl runs");
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(trace) = body["data"].as_array().and_then(|d| d.first()) {
+            break trace.clone();
+        }
+        assert!(Instant::now() < deadline, "Jaeger never had {trace_id}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let spans = trace["spans"].as_array().unwrap();
+    let root = spans
+        .iter()
+        .find(|s| s["operationName"] == "dns.lookup")
+        .unwrap();
+    let tag = |key: &str| {
+        root["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == key)
+            .map(|t| t["value"].clone())
+    };
+    assert_eq!(tag("dns.question.name"), Some(json!("alauda.cn")));
+    assert_eq!(
+        tag("dnslens.anomaly.empty_noerror_search"),
+        Some(json!(true))
+    );
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|s| s["operationName"] == "dns.query")
+            .count(),
+        2
+    );
     world.stop().await;
 }

@@ -71,12 +71,22 @@ pub fn start_prometheus(
     program: impl AsRef<std::ffi::OsStr>,
     dir: &std::path::Path,
 ) -> (Child, std::net::SocketAddr) {
+    start_prometheus_with(program, dir, &[])
+}
+
+/// As [`start_prometheus`], with more flags (e.g. `--enable-feature=exemplar-storage`).
+pub fn start_prometheus_with(
+    program: impl AsRef<std::ffi::OsStr>,
+    dir: &std::path::Path,
+    flags: &[&str],
+) -> (Child, std::net::SocketAddr) {
     let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
     let child = std::process::Command::new(program)
         .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
         .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address={api}"))
+        .args(flags)
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
