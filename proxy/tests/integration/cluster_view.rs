@@ -555,7 +555,7 @@ async fn an_anomaly_counters_exemplar_kept_by_prometheus_opens_its_trace_in_jaeg
         assert!(Instant::now() < deadline, "no exemplar: {body}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(exemplars, [trace_id.clone()]);
+    assert_eq!(exemplars, std::slice::from_ref(&trace_id));
     // ... and Jaeger returns the trace it names: the lookup, its kind, its walk.
     let deadline = Instant::now() + Duration::from_secs(20);
     let trace = loop {
