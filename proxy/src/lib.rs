@@ -20,6 +20,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod dnstap;
 pub mod forward;
 #[doc(hidden)]
 pub mod fuzz;
@@ -132,6 +133,11 @@ struct Shared {
     tasks: TaskTracker,
     /// Node-local pod identity, when on (started once; a reload keeps it).
     identities: Option<identity::Identities>,
+    /// The dnstap stream, when on (started once; a reload keeps it).
+    dnstap: Option<dnstap::Dnstap>,
+    /// Writers that outlive the data path and finish after it (dnstap's), awaited briefly
+    /// at the end of shutdown.
+    writers: TaskTracker,
     stop_all: CancellationToken,
 }
 
@@ -250,10 +256,27 @@ impl Proxy {
             None
         };
         let trace_sink = tracker.spawn(config.lookup.queue, &lookup_metrics, stop_all.clone());
+        let writers = TaskTracker::new();
+        let dnstap = dnstap::Dnstap::start(
+            &config.dnstap,
+            &dnstap::DnstapMetrics::register(registry),
+            &writers,
+            stop_all.clone(),
+        )
+        .map_err(|message| config::ConfigError::Invalid {
+            key: "dnstap",
+            message,
+        })?;
         let shared = Shared {
             forward_metrics,
             pipeline_metrics: PipelineMetrics::register(registry),
-            listen_metrics: Arc::new(ListenMetrics::register(registry, Some(trace_sink.clone()))),
+            listen_metrics: Arc::new(ListenMetrics::register(
+                registry,
+                Some(trace_sink.clone()),
+                dnstap.clone(),
+            )),
+            dnstap,
+            writers,
             trace_sink,
             trace_export,
             resource,
@@ -427,6 +450,12 @@ impl Proxy {
             );
         }
         self.shared.stop_all.cancel();
+        self.shared.writers.close();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            self.shared.writers.wait(),
+        )
+        .await;
         self.current.listeners.abort_all();
         self.retiring.abort_all();
         let _ = self.admin.await;
@@ -458,6 +487,7 @@ impl Generation {
                 timeout: config.upstream_timeout,
                 attempts: config.attempts,
                 tasks: shared.tasks.clone(),
+                dnstap: shared.dnstap.clone(),
             },
             &shared.forward_metrics,
         )

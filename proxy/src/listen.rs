@@ -47,12 +47,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::metrics::Transport;
 use crate::udp::DatagramSocket;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::dnstap::MessageKind;
 use crate::invalid::{check, Invalid};
 use crate::metrics::{ReasonCounters, ReasonLabels};
 use crate::pipeline::Pipeline;
@@ -132,7 +134,11 @@ pub struct ListenMetrics {
 
 impl ListenMetrics {
     /// Registers the listener's families. Answered queries' traces go to `trace_sink`.
-    pub fn register(registry: &mut Registry, trace_sink: Option<TraceSink>) -> Self {
+    pub fn register(
+        registry: &mut Registry,
+        trace_sink: Option<TraceSink>,
+        dnstap: Option<crate::dnstap::Dnstap>,
+    ) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -166,6 +172,7 @@ impl ListenMetrics {
                 truncated,
                 send_failed,
                 trace_sink,
+                dnstap,
             )),
             dropped,
             acl_refused,
@@ -441,6 +448,9 @@ fn serve_datagram(
     metrics: &ListenMetrics,
     acl: &Acl,
 ) {
+    metrics
+        .replies
+        .tap(MessageKind::ClientQuery, Transport::Udp, peer, packet);
     let reply = ReplyTo::Udp(endpoint.clone());
     match wire::parse_query(packet) {
         Ok(info) if acl.allows(peer.ip()) => match acl.rate(peer.ip(), received) {
@@ -644,6 +654,9 @@ async fn tcp_connection(
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
+        metrics
+            .replies
+            .tap(MessageKind::ClientQuery, Transport::Tcp, peer, &message);
         let reply = ReplyTo::Tcp(TcpReply {
             answers: answers_tx.clone(),
             permit,

@@ -145,6 +145,7 @@ where
 }
 
 /// Reason-labelled drop counters for a fixed list of reasons.
+#[derive(Clone)]
 pub struct ReasonCounters {
     reasons: &'static [&'static str],
     counters: Vec<Counter>,

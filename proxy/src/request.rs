@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::debug;
 
 use crate::cache::CacheKey;
+use crate::dnstap::{Dnstap, MessageKind};
 use crate::metrics::{CounterTable, QtypeLabel, RcodeLabel, Transport};
 use crate::record::{QueryTrace, TraceSink};
 use crate::wire::{self, QueryInfo, Rcode};
@@ -176,11 +177,19 @@ impl ReplyTo {
                 // query (the next step of its walk) cannot then reach the tracker first
                 // through another worker, which read as a rewind and cut the walk in two.
                 endpoint.replies.hand_over(trace);
+                let replies = &endpoint.replies;
                 let sent = if answer.len() > usize::from(info.udp_payload) {
-                    endpoint.replies.truncated.inc();
+                    replies.truncated.inc();
                     let truncated = wire::truncated_answer(answer);
+                    replies.tap(
+                        MessageKind::ClientResponse,
+                        Transport::Udp,
+                        peer,
+                        &truncated,
+                    );
                     endpoint.socket.send_to(&truncated, peer)
                 } else {
+                    replies.tap(MessageKind::ClientResponse, Transport::Udp, peer, answer);
                     endpoint.socket.send_to(answer, peer)
                 };
                 if let Err(e) = sent {
@@ -196,6 +205,8 @@ impl ReplyTo {
                 wire::echo_question(answer, query, info.question_end);
                 let rcode = wire::rcode(answer);
                 conn.replies.hand_over(trace);
+                conn.replies
+                    .tap(MessageKind::ClientResponse, Transport::Tcp, peer, answer);
                 if conn.answers.send((answer.to_vec(), conn.permit)).is_err() {
                     conn.replies.send_failed.inc();
                 } else {
@@ -268,6 +279,7 @@ pub struct Replies {
     truncated: Counter,
     send_failed: Counter,
     trace_sink: Option<TraceSink>,
+    dnstap: Option<Dnstap>,
 }
 
 impl Replies {
@@ -277,6 +289,7 @@ impl Replies {
         truncated: Counter,
         send_failed: Counter,
         trace_sink: Option<TraceSink>,
+        dnstap: Option<Dnstap>,
     ) -> Replies {
         Replies {
             requests: CounterTable::new(
@@ -287,6 +300,15 @@ impl Replies {
             truncated,
             send_failed,
             trace_sink,
+            dnstap,
+        }
+    }
+
+    /// Logs a client's message to dnstap, when it is on.
+    #[inline]
+    pub fn tap(&self, kind: MessageKind, transport: Transport, peer: SocketAddr, message: &[u8]) {
+        if let Some(dnstap) = &self.dnstap {
+            dnstap.log(kind, transport, peer, message);
         }
     }
 

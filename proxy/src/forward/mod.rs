@@ -80,6 +80,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::dnstap::{Dnstap, MessageKind};
 use crate::invalid::{check, Invalid};
 use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
 use crate::record::{InFlight, Outcome, QueryTrace, UpstreamTry};
@@ -278,6 +279,8 @@ pub struct Forwarder {
     failures: ReasonCounters,
     /// TCP fetches in flight (a task each), awaited at shutdown.
     tasks: TaskTracker,
+    /// Queries to and answers from the upstreams, logged when dnstap wants them.
+    dnstap: Option<Dnstap>,
 }
 
 /// What the forwarder is built from besides `forward:`.
@@ -291,6 +294,7 @@ pub struct ForwardParts {
     /// `attempts`: tries per query.
     pub attempts: u32,
     pub tasks: TaskTracker,
+    pub dnstap: Option<Dnstap>,
 }
 
 /// One zone's upstreams, as [`ForwardParts`] carries them.
@@ -564,7 +568,15 @@ impl Forwarder {
             responses_dropped: ResponseDrops::new(&metrics.responses_dropped, addrs),
             failures: ReasonCounters::new(&metrics.failures, FAILURE_REASONS),
             tasks: parts.tasks,
+            dnstap: parts.dnstap,
         }))
+    }
+
+    #[inline]
+    fn tap(&self, kind: MessageKind, transport: Transport, upstream: SocketAddr, message: &[u8]) {
+        if let Some(dnstap) = &self.dnstap {
+            dnstap.log(kind, transport, upstream, message);
+        }
     }
 
     /// Starts the receive task of every socket and the sweeper. They run until `stop`.
@@ -662,6 +674,14 @@ impl Forwarder {
             (id, copy)
         };
         let sent = socket.socket.send_to(copy.bytes(), upstream.addr);
+        if sent.is_ok() {
+            self.tap(
+                MessageKind::ForwarderQuery,
+                Transport::Udp,
+                upstream.addr,
+                copy.bytes(),
+            );
+        }
         if let Err(e) = sent {
             let Some(mut entry) = lock(&socket.pending).remove(&id) else {
                 return;
@@ -781,6 +801,7 @@ impl Forwarder {
         let Some(mut entry) = entry else { return };
         self.inflight.dec();
         let upstream = &self.upstreams[entry.upstream];
+        self.tap(MessageKind::ForwarderResponse, Transport::Udp, from, answer);
         let now = Instant::now();
         let outcome = if info.truncated {
             Outcome::Truncated
@@ -856,7 +877,21 @@ impl Forwarder {
             let upstream = &self.upstreams[index];
             let started = Instant::now();
             let timeout = self.settings.timeout;
+            self.tap(
+                MessageKind::ForwarderQuery,
+                Transport::Tcp,
+                upstream.addr,
+                query,
+            );
             let result = upstream.tcp.exchange(query, question_end, timeout).await;
+            if let Ok(answer) = &result {
+                self.tap(
+                    MessageKind::ForwarderResponse,
+                    Transport::Tcp,
+                    upstream.addr,
+                    answer,
+                );
+            }
             if let Err(e) = &result {
                 debug!(upstream = %upstream.addr, error = %e, "tcp try failed");
             }

@@ -19,6 +19,7 @@ mod cluster;
 mod cluster_view;
 mod data_path;
 mod differential;
+mod dnstap;
 mod faults;
 mod flood;
 mod forwarding;
