@@ -243,20 +243,15 @@ impl Dnstap {
             return Ok(None);
         };
         let (queue, events) = mpsc::channel(config.queue.max(1));
-        let header = writer::Header {
-            identity: config
-                .identity
-                .clone()
-                .or_else(host_name)
-                .map(String::into_bytes),
-            version: Some(
-                config
-                    .version
-                    .clone()
-                    .unwrap_or_else(|| format!("dnslens {}", env!("CARGO_PKG_VERSION")))
-                    .into_bytes(),
-            ),
-        };
+        let identity = config.identity.clone().or_else(host_name);
+        let version = config
+            .version
+            .clone()
+            .unwrap_or_else(|| format!("dnslens {}", env!("CARGO_PKG_VERSION")));
+        let header = Header::new(
+            identity.as_deref().map(str::as_bytes),
+            Some(version.as_bytes()),
+        );
         tasks.spawn(writer::run(target, header, events, metrics.clone(), stop));
         let mut wanted = [false; 4];
         for kind in &config.messages {
@@ -300,8 +295,25 @@ fn host_name() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-/// An event as dnstap's protobuf message.
-pub(crate) fn encode(event: Event, header: &writer::Header) -> Vec<u8> {
+/// What every message carries, encoded once: `identity`, `version` and the `type` of the
+/// `Dnstap` wrapper (protobuf fields may come in any order; the `message` field follows).
+pub(crate) struct Header(Vec<u8>);
+
+impl Header {
+    pub(crate) fn new(identity: Option<&[u8]>, version: Option<&[u8]>) -> Header {
+        let wrapper = proto::Dnstap {
+            identity: identity.map(<[u8]>::to_vec),
+            version: version.map(<[u8]>::to_vec),
+            message: None,
+            r#type: proto::DNSTAP_TYPE_MESSAGE,
+        };
+        Header(prost::Message::encode_to_vec(&wrapper))
+    }
+}
+
+/// Appends `event` to `out` as one Frame Streams data frame holding a `Dnstap` message —
+/// the header's bytes and the `message` field written in place, no copy in between.
+pub(crate) fn encode_frame(event: Event, header: &Header, out: &mut Vec<u8>) {
     let (sec, nsec) = event
         .at
         .duration_since(std::time::UNIX_EPOCH)
@@ -338,13 +350,11 @@ pub(crate) fn encode(event: Event, header: &writer::Header) -> Vec<u8> {
         message.response_time_nsec = Some(nsec);
         message.response_message = Some(event.message);
     }
-    let dnstap = proto::Dnstap {
-        identity: header.identity.clone(),
-        version: header.version.clone(),
-        message: Some(message),
-        r#type: proto::DNSTAP_TYPE_MESSAGE,
-    };
-    prost::Message::encode_to_vec(&dnstap)
+    const MESSAGE_FIELD: u32 = 14;
+    let len = header.0.len() + prost::encoding::message::encoded_len(MESSAGE_FIELD, &message);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&header.0);
+    prost::encoding::message::encode(MESSAGE_FIELD, &message, out);
 }
 
 /// Shared so the tests can build an event.

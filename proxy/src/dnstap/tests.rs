@@ -6,7 +6,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::frame::{self, Control, FrameError};
 use super::proto;
-use super::writer::Header;
 use super::*;
 
 #[test]
@@ -46,15 +45,21 @@ fn a_bad_control_frame_is_an_error_not_a_panic() {
     );
 }
 
+/// One event as a data frame; its payload, after checking the frame's length prefix.
+fn frame_payload(event: Event, header: &Header) -> Vec<u8> {
+    let mut frame = Vec::new();
+    encode_frame(event, header, &mut frame);
+    let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    assert_eq!(len, frame.len() - 4, "the length prefix covers the payload");
+    frame[4..].to_vec()
+}
+
 #[test]
 fn a_client_query_is_encoded_with_its_client_time_and_bytes() {
     let at = UNIX_EPOCH + Duration::new(1_796_000_000, 123_456_789);
     let peer: SocketAddr = "10.244.1.7:40001".parse().unwrap();
-    let header = Header {
-        identity: Some(b"node-1".to_vec()),
-        version: Some(b"dnslens 0.1.0".to_vec()),
-    };
-    let bytes = encode(
+    let header = Header::new(Some(b"node-1"), Some(b"dnslens 0.1.0"));
+    let bytes = frame_payload(
         event_for_test(
             MessageKind::ClientQuery,
             Transport::Udp,
@@ -66,6 +71,7 @@ fn a_client_query_is_encoded_with_its_client_time_and_bytes() {
     );
     let decoded: proto::Dnstap = prost::Message::decode(bytes.as_slice()).expect("decodes");
     assert_eq!(decoded.identity.as_deref(), Some(&b"node-1"[..]));
+    assert_eq!(decoded.version.as_deref(), Some(&b"dnslens 0.1.0"[..]));
     assert_eq!(decoded.r#type, proto::DNSTAP_TYPE_MESSAGE);
     let m = decoded.message.expect("message");
     assert_eq!(m.r#type, proto::CLIENT_QUERY);
@@ -82,7 +88,7 @@ fn a_client_query_is_encoded_with_its_client_time_and_bytes() {
 
     // An upstream's answer over TCP: the upstream is the response side.
     let upstream: SocketAddr = "[fd00::a]:53".parse().unwrap();
-    let bytes = encode(
+    let bytes = frame_payload(
         event_for_test(
             MessageKind::ForwarderResponse,
             Transport::Tcp,

@@ -11,20 +11,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::frame::{self, Control, FrameError};
-use super::{encode, DnstapMetrics, Event, Target};
-
-/// What every message carries.
-pub(crate) struct Header {
-    pub identity: Option<Vec<u8>>,
-    pub version: Option<Vec<u8>>,
-}
+use super::{encode_frame, DnstapMetrics, Event, Header, Target};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The handshake, and the goodbye at shutdown, take at most this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bytes written per batch at most (then the next batch).
+/// A batch is written once it holds this many bytes, or when the queue is quiet.
 const BATCH_BYTES: usize = 64 * 1024;
+/// Once woken by a message the writer looks at the queue again this often, without being
+/// woken by every message in between (a wake-up per message cost more than the rest of
+/// dnstap together); a message waits at most about this long while traffic flows.
+const BATCH_TICK: Duration = Duration::from_millis(5);
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -154,7 +152,9 @@ async fn stream_to(
     stop: &CancellationToken,
 ) -> Result<(), WriteError> {
     let mut batch = Vec::with_capacity(BATCH_BYTES + 4096);
+    let mut count = 0;
     loop {
+        // Idle: park until a message comes.
         let first = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             event = events.recv() => match event {
@@ -162,19 +162,51 @@ async fn stream_to(
                 None => return Ok(()),
             },
         };
-        let mut count = 1;
-        frame::data(&mut batch, &encode(first, header));
-        while batch.len() < BATCH_BYTES {
-            let Ok(event) = events.try_recv() else { break };
-            frame::data(&mut batch, &encode(event, header));
-            count += 1;
+        encode_frame(first, header, &mut batch);
+        count += 1;
+        // Busy: take what queued up every tick, writing full batches, until a tick finds
+        // the queue empty; then write the rest and park again.
+        loop {
+            while let Ok(event) = events.try_recv() {
+                encode_frame(event, header, &mut batch);
+                count += 1;
+                if batch.len() >= BATCH_BYTES {
+                    write(stream, &mut batch, &mut count, metrics, stop).await?;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(BATCH_TICK) => {}
+            }
+            if events.is_empty() {
+                break;
+            }
         }
-        // A reader that stopped reading holds this write: shutdown must not wait for it.
-        tokio::select! {
-            written = stream.write_all(&batch) => written?,
-            _ = stop.cancelled() => return Ok(()),
+        write(stream, &mut batch, &mut count, metrics, stop).await?;
+        if stop.is_cancelled() {
+            return Ok(());
         }
-        batch.clear();
-        metrics.written.inc_by(count);
     }
+}
+
+/// Writes the batch (a reader that stopped reading holds this write: shutdown does not wait
+/// for it) and counts its messages.
+async fn write(
+    stream: &mut Box<dyn Stream>,
+    batch: &mut Vec<u8>,
+    count: &mut u64,
+    metrics: &DnstapMetrics,
+    stop: &CancellationToken,
+) -> Result<(), WriteError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    tokio::select! {
+        written = stream.write_all(batch) => written?,
+        _ = stop.cancelled() => return Ok(()),
+    }
+    metrics.written.inc_by(*count);
+    *count = 0;
+    batch.clear();
+    Ok(())
 }

@@ -135,6 +135,8 @@ fn the_chart_applies_strictly_upgrades_and_uninstalls_in_both_modes_and_every_ex
                 "cache.maxEntries=5000",
                 "--set",
                 "nodeLocal.rateLimitPerClient=200",
+                "--set",
+                "dnstap.socket=tcp://vector.logging:6000",
             ],
         ),
         (
@@ -146,7 +148,14 @@ fn the_chart_applies_strictly_upgrades_and_uninstalls_in_both_modes_and_every_ex
                 "--set",
                 "nodeLocal.exposure=linkLocal",
             ],
-            &["--set", "cache.maxEntries=5000"],
+            &[
+                "--set",
+                "cache.maxEntries=5000",
+                "--set",
+                "dnstap.socket=/var/run/dnstap/dnstap.sock",
+                "--set",
+                "tracing.backend=jaeger=http://jaeger-query.observability:16686",
+            ],
         ),
         (
             "node-local, link-local intercepting the cluster DNS IP",

@@ -77,6 +77,16 @@ async fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     Some(http_get(addr, path).await.0)
 }
 
+/// Sends `packet` from `socket` and waits for its answer.
+async fn exchange_on(socket: &UdpSocket, server: SocketAddr, packet: &[u8]) {
+    socket.send_to(packet, server).await.unwrap();
+    let mut buf = [0u8; 1500];
+    tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+}
+
 /// A stub resolver's retry: `name` asked from a socket on `client`, then the same question
 /// with the same ID 300 ms later; both answered.
 async fn client_retry(server: SocketAddr, client: &str, name: &str) {
@@ -85,12 +95,7 @@ async fn client_retry(server: SocketAddr, client: &str, name: &str) {
         .unwrap();
     let packet = query_bytes(name, RecordType::A, rand::random(), None);
     for _ in 0..2 {
-        socket.send_to(&packet, server).await.unwrap();
-        let mut buf = [0u8; 1500];
-        tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-            .await
-            .expect("answered")
-            .unwrap();
+        exchange_on(&socket, server, &packet).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -101,12 +106,7 @@ async fn lost_aaaa(server: SocketAddr) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for (qtype, pause) in [(RecordType::A, 1000), (RecordType::AAAA, 0)] {
         let packet = query_bytes("example.org.", qtype, rand::random(), None);
-        socket.send_to(&packet, server).await.unwrap();
-        let mut buf = [0u8; 1500];
-        tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-            .await
-            .expect("answered")
-            .unwrap();
+        exchange_on(&socket, server, &packet).await;
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }

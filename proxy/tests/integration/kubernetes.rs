@@ -318,7 +318,7 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
     let values = dir.0.join("values.yaml");
     std::fs::write(
         &values,
-        "mode: node-local\nnodeLocal:\n  exposure: linkLocal\n  clientCIDRs: [10.244.0.0/16, 192.168.0.0/24]\n  linkLocal:\n    interceptClusterDNS: true\nclusterDNS: 10.96.0.10\ntracing:\n  endpoint: http://otel.observability:4317\n",
+        "mode: node-local\nnodeLocal:\n  exposure: linkLocal\n  clientCIDRs: [10.244.0.0/16, 192.168.0.0/24]\n  linkLocal:\n    interceptClusterDNS: true\nclusterDNS: 10.96.0.10\ntracing:\n  endpoint: http://otel.observability:4317\n  backend: jaeger=http://jaeger-query.observability:16686\ndnstap:\n  socket: /var/run/dnstap/dnstap.sock\n  messages: [client_query, client_response, forwarder_query]\n",
     )
     .unwrap();
     let docs = render(&["-f", values.to_str().unwrap()]);
@@ -405,6 +405,25 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
         parsed.tracing.endpoint.as_deref(),
         Some("http://otel.observability:4317")
     );
+    assert_eq!(
+        parsed.ui.backend.map(|b| b.to_string()),
+        Some("Jaeger at http://jaeger-query.observability:16686/".to_string())
+    );
+    assert_eq!(
+        parsed.dnstap.target(),
+        Ok(Some(dnslens::dnstap::Target::Unix(
+            "/var/run/dnstap/dnstap.sock".into()
+        )))
+    );
+    assert_eq!(parsed.dnstap.messages.len(), 3);
+    // The reader's socket directory is the node's.
+    let dnstap_volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "dnstap")
+        .expect("the dnstap volume");
+    assert_eq!(dnstap_volume["hostPath"]["path"], "/var/run/dnstap");
     // And the binary accepts it.
     let file = dir.0.join("dnslens.yaml");
     std::fs::write(&file, &text).unwrap();
