@@ -4,7 +4,13 @@ response logging on, side by side in one run (rounds interleaved, medians report
 off (every query forwarded to Knot) and on. The reader is Debian's `dnstap` decoding to
 /dev/null on the load generator's core, as a log shipper would sit beside the proxy.
 
-    loadtest/dnstap_cost.py --dnslens target/release/dnslens [--rounds 3] [--seconds 6]
+The load is a fixed rate (`--rate`, default 40k QPS), the same for both: at saturation the
+reader shares the load generator's core with dnsperf, dnsperf then offers less to the
+dnstap run, and CPU per query rises from the lower load alone; and a reader that cannot
+keep up makes dnslens drop messages, which is cheaper than logging them. The table says how
+many were dropped; a fair run drops none.
+
+    loadtest/dnstap_cost.py --dnslens target/release/dnslens [--rounds 3] [--seconds 6] [--rate 40000]
 
 Prints a Markdown table: CPU µs per query (server process, user + system) and the on/off
 ratio; the target is at most 1.15.
@@ -15,10 +21,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (the shared helpers: servers, dnsperf, CPU ticks)
+
+
+def dropped(metrics_port):
+    """dnslens_dnstap_dropped_total, every reason."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("dnslens_dnstap_dropped_total"))
 
 
 def measure(args, work, upstream, qfile, cache, dnstap):
@@ -35,14 +49,17 @@ def measure(args, work, upstream, qfile, cache, dnstap):
             time.sleep(0.05)
         extra = f"dnstap:\n  socket: {socket}\n  messages: [client_query, client_response]\n"
     name = f"dnslens-{'cache' if cache else 'nocache'}-{'dnstap' if dnstap else 'plain'}"
+    metrics_port = compare.free_port()
     server = compare.Server(name, compare.target_argv("dnslens", cache, work, port, upstream, args.dnslens,
-                                                      dnslens_yaml=extra), port, work)
+                                                      metrics_port=metrics_port, dnslens_yaml=extra), port, work)
     try:
-        compare.dnsperf(port, qfile, 1)  # warm-up
+        compare.dnsperf(port, qfile, 1, rate=args.rate)  # warm-up
         before = compare.cpu_ticks(server.proc.pid)
-        run = compare.dnsperf(port, qfile, args.seconds)
+        dropped_before = dropped(metrics_port)
+        run = compare.dnsperf(port, qfile, args.seconds, rate=args.rate)
         cpu = (compare.cpu_ticks(server.proc.pid) - before) / compare.CLK_TCK
-        return {"qps": run["qps"], "cpu_us": cpu * 1e6 / max(run["completed"], 1)}
+        return {"qps": run["qps"], "cpu_us": cpu * 1e6 / max(run["completed"], 1),
+                "dropped": dropped(metrics_port) - dropped_before}
     finally:
         server.stop()
         if reader:
@@ -55,6 +72,7 @@ def main():
     ap.add_argument("--dnslens", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--rate", type=int, default=40000, help="queries per second offered to both")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dnslens-dnstap-"))
     qfile = work / "queries.txt"
@@ -69,21 +87,24 @@ def main():
                     m = measure(args, work, upstream, qfile, cache, dnstap)
                     results.setdefault((cache, dnstap), []).append(m)
                     print(f"  cache {'on' if cache else 'off'}, dnstap {'on' if dnstap else 'off'}: "
-                          f"{m['cpu_us']:.2f} µs/query, {m['qps']:,.0f} QPS", file=sys.stderr)
+                          f"{m['cpu_us']:.2f} µs/query, {m['qps']:,.0f} QPS, {m['dropped']:.0f} dropped",
+                          file=sys.stderr)
     finally:
         knot.stop()
-    print(f"dnstap cost, {time.strftime('%Y-%m-%d')}, medians of {args.rounds} interleaved rounds "
-          f"(server on core {compare.SERVER_CPU}; dnsperf and the dnstap reader on core {compare.LOADGEN_CPU})\n")
-    print("| cache | dnstap | QPS (saturation) | CPU µs/query | × off |")
-    print("|---|---|---|---|---|")
+    print(f"dnstap cost, {time.strftime('%Y-%m-%d')}, medians of {args.rounds} interleaved rounds of "
+          f"{args.seconds} s at {args.rate:,} QPS (server on core {compare.SERVER_CPU}; dnsperf and the "
+          f"dnstap reader on core {compare.LOADGEN_CPU})\n")
+    print("| cache | dnstap | QPS answered | CPU µs/query | × off | messages dropped |")
+    print("|---|---|---|---|---|---|")
     for cache in (False, True):
         off = statistics.median(m["cpu_us"] for m in results[(cache, False)])
         for dnstap in (False, True):
             runs = results[(cache, dnstap)]
             cpu = statistics.median(m["cpu_us"] for m in runs)
             qps = statistics.median(m["qps"] for m in runs)
+            lost = max(m["dropped"] for m in runs)
             print(f"| {'on' if cache else 'off'} | {'client query + response' if dnstap else 'off'} | "
-                  f"{qps:,.0f} | {cpu:.2f} | {cpu / off:.2f} |")
+                  f"{qps:,.0f} | {cpu:.2f} | {cpu / off:.2f} | {lost:.0f} |")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 # The control plane the cluster tests start (etcd, kube-apiserver, kubectl, CoreDNS,
 # Prometheus with Kubernetes discovery, the Prometheus Operator's CRDs), built from Go
-# modules and cached outside the clone: ~15 min cold on 2 cores, a second warm
+# modules and cached outside the clone: ~19 min cold on 2 cores, a second warm
 # (scripts/control-plane.sh).
 scripts/control-plane.sh build
 export PATH="$PATH:/usr/sbin:/sbin"   # knotd lives in /usr/sbin
