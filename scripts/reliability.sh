@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long forms of the reliability checks, for the README "Reliability" table:
+# The long forms of the reliability checks, for the table in docs/reliability.md:
 #   scripts/reliability.sh [FUZZ_SECONDS_PER_TARGET] [SOAK_SECONDS] [FLOOD_NAMES]
 # (defaults 600, 3600, 1000000). Prints the figures as `reliability:` lines and keeps them
 # in target/reliability.txt. The suite (scripts/test.sh) runs the same tests short: fuzz
