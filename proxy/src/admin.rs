@@ -25,7 +25,9 @@
 //! serves only `/ui/` and `/debug/anomalies` (the cluster's window), from a workstation.
 //!
 //! Config: `admin: {debug_allow}` — networks that may read `/debug/*` and `/ui/` besides
-//! loopback [none]; `ui: {trace_url}` — the page's link to a lookup's trace, `{trace_id}`
+//! loopback [none]; `admin: {node_setup_status}` — `node-setup hold`'s status file, exported
+//! as `dnslens_node_setup_repairs_total` and `dnslens_node_setup_last_check_timestamp_seconds`
+//! [none]; `ui: {trace_url}` — the page's link to a lookup's trace, `{trace_id}`
 //! replaced (e.g. `https://tempo.example/explore?traceId={trace_id}`) [none: the id is shown];
 //! `ui: {backend}` — `jaeger=URL`, the backend of the cluster-wide window [none];
 //! `ui: {backend_service}` — the `service.name` the instances export under [dnslens].
@@ -54,6 +56,9 @@ use crate::record::Kind;
 pub struct AdminConfig {
     /// Client networks that may read `/debug/*` and `/ui/`, besides loopback.
     pub debug_allow: Vec<ipnet::IpNet>,
+    /// `node-setup hold`'s status file (node-local on the link-local address): its repairs
+    /// are exported with this process's metrics.
+    pub node_setup_status: Option<std::path::PathBuf>,
 }
 
 /// The `ui:` section (the timeline page).

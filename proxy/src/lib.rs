@@ -219,6 +219,9 @@ impl Proxy {
         root.register_collector(Box::new(metrics::ProcessCollector));
         let registry = root.sub_registry_with_prefix("dnslens");
         metrics::register_build_info(registry);
+        if let Some(file) = &config.admin.node_setup_status {
+            registry.register_collector(Box::new(node_setup::StatusCollector(file.clone())));
+        }
         let stop_all = CancellationToken::new();
         let env = |key: &str| std::env::var(key).ok();
         let lookup_metrics = LookupMetrics::register(registry);

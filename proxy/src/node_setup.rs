@@ -15,8 +15,13 @@
 //! to it, or to the wildcard, on the port: `/proc/net/udp`, `/proc/net/udp6`), which is the
 //! new pod of a rolling update: then everything stays.
 //!
-//! `hold`: `up`, wait for SIGTERM, then `down`. Run as a native sidecar of the node-local
-//! pod, it is stopped after dnslens itself, so `down` sees whether another dnslens serves.
+//! `hold`: `up`, then `up` again every `--check-every` (60 s, as node-cache re-asserts its
+//! rules: a firewall reload or another agent flushing the tables would otherwise remove them
+//! for good), each repair logged and counted in `--status-file` (`repairs N`, `checked
+//! UNIX_SECONDS`), which the node-local dnslens exports as `dnslens_node_setup_repairs_total`
+//! and `dnslens_node_setup_last_check_timestamp_seconds` (`admin.node_setup_status`); on
+//! SIGTERM, `down`. Run as a native sidecar of the node-local pod, it is stopped after
+//! dnslens itself, so `down` sees whether another dnslens serves.
 //!
 //! Tools: `ip` (iproute2) and `iptables` / `ip6tables` (`-w`: waits for the xtables lock that
 //! kube-proxy also takes), as node-cache uses them: they follow the node's iptables backend
@@ -41,6 +46,110 @@ pub struct NodeSetup {
     pub interface: String,
     pub addresses: Vec<IpAddr>,
     pub port: u16,
+}
+
+/// What `hold` reports to the node-local dnslens through the status file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Pieces found missing and put back since `hold` started.
+    pub repairs: u64,
+    /// The last check.
+    pub checked: std::time::SystemTime,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            repairs: 0,
+            checked: std::time::SystemTime::now(),
+        }
+    }
+}
+
+impl Status {
+    /// `repairs N` and `checked UNIX_SECONDS`, one per line.
+    pub fn to_text(&self) -> String {
+        let checked = self
+            .checked
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("repairs {}\nchecked {checked}\n", self.repairs)
+    }
+
+    /// From [`Status::to_text`]'s form; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Status> {
+        let mut repairs = None;
+        let mut checked = None;
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some(("repairs", n)) => repairs = n.trim().parse().ok(),
+                Some(("checked", t)) => {
+                    checked = t
+                        .trim()
+                        .parse()
+                        .ok()
+                        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+                }
+                _ => {}
+            }
+        }
+        Some(Status {
+            repairs: repairs?,
+            checked: checked?,
+        })
+    }
+
+    /// Writes the file whole (a temporary file renamed over it: a reader never sees half).
+    pub fn write(&self, file: Option<&Path>) {
+        let Some(file) = file else { return };
+        let tmp = file.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, self.to_text()).and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            tracing::warn!(file = %file.display(), error = %e, "cannot write the node setup status");
+        }
+    }
+}
+
+/// `dnslens_node_setup_repairs_total` and `dnslens_node_setup_last_check_timestamp_seconds`,
+/// read from `hold`'s status file at each scrape (`admin.node_setup_status`); no series while
+/// the file is missing or unreadable.
+#[derive(Debug)]
+pub struct StatusCollector(pub std::path::PathBuf);
+
+impl prometheus_client::collector::Collector for StatusCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(status) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|t| Status::parse(&t))
+        else {
+            return Ok(());
+        };
+        let repairs = ConstCounter::new(status.repairs);
+        repairs.encode(encoder.encode_descriptor(
+            "node_setup_repairs",
+            "Pieces of the node setup (interface, address, rule) found missing and put back by node-setup hold",
+            None,
+            repairs.metric_type(),
+        )?)?;
+        let checked = status
+            .checked
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let gauge = ConstGauge::new(checked);
+        gauge.encode(encoder.encode_descriptor(
+            "node_setup_last_check_timestamp_seconds",
+            "When node-setup hold last checked the node setup",
+            None,
+            gauge.metric_type(),
+        )?)
+    }
 }
 
 /// One rule: table, chain, and the match/target arguments.
@@ -99,31 +208,33 @@ impl NodeSetup {
         rules
     }
 
-    /// Sets everything up; what is already there is left as it is.
-    pub fn up(&self) -> Result<(), SetupError> {
+    /// Sets everything up; what is already there is left as it is. Returns how many pieces
+    /// (the interface, an address, a rule) were missing and added.
+    pub fn up(&self) -> Result<usize, SetupError> {
+        let mut added = 0;
         if !run_ok("ip", &["link", "show", "dev", &self.interface]) {
             run("ip", &["link", "add", &self.interface, "type", "dummy"])?;
+            added += 1;
         }
         run("ip", &["link", "set", "dev", &self.interface, "up"])?;
+        let present =
+            output("ip", &["-o", "addr", "show", "dev", &self.interface]).unwrap_or_default();
         for addr in &self.addresses {
             let prefix = if addr.is_ipv6() { 128 } else { 32 };
-            run(
-                "ip",
-                &[
-                    "addr",
-                    "replace",
-                    &format!("{addr}/{prefix}"),
-                    "dev",
-                    &self.interface,
-                ],
-            )?;
+            let cidr = format!("{addr}/{prefix}");
+            if present.split_whitespace().any(|word| word == cidr) {
+                continue;
+            }
+            run("ip", &["addr", "replace", &cidr, "dev", &self.interface])?;
+            added += 1;
         }
         for rule in self.rules() {
             if !run_ok(rule.tool(), &rule.args("-C")) {
                 run(rule.tool(), &rule.args("-I"))?;
+                added += 1;
             }
         }
-        Ok(())
+        Ok(added)
     }
 
     /// Removes what `up` added, unless another DNS server answers on one of the addresses.

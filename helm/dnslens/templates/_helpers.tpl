@@ -89,6 +89,19 @@ seccompProfile:
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: NODE_NAME
   valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+{{- with include "dnslens.resourceAttributes" . }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* tracing.resourceAttributes as OTEL_RESOURCE_ATTRIBUTES: k=v,k=v (sorted). */}}
+{{- define "dnslens.resourceAttributes" -}}
+{{- $pairs := list }}
+{{- range $k, $v := .Values.tracing.resourceAttributes }}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $pairs }}
 {{- end -}}
 
 {{- /* Placement and pull secrets of a pod spec (DaemonSet and webhook Deployment);

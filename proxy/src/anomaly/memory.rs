@@ -182,9 +182,12 @@ fn twin_answered_beside(a: &Attempt, lookup: &LookupRecord) -> bool {
     twin_beside(a, lookup, |b| b.query.rcode != Rcode::SERVFAIL)
 }
 
-/// Whether `lookup` holds `a`'s A/AAAA twin asked at the same moment from another socket (Go
-/// asks A and AAAA from a socket each): the twin came, so `a` is no lonely partner — and its
-/// socket's port, reused by the next query of some later lookup, must not pair with it.
+/// Whether `lookup` holds `a`'s A/AAAA twin asked at the same moment, or from another
+/// socket at any time (Go asks A and AAAA from a socket each; dnspython asks the AAAA from a
+/// new socket once the A is answered, which a loaded client may take more than the pair
+/// window to do): the twin came, so `a` is no lonely partner — and its socket's port, reused
+/// by the next query of some later lookup, must not pair with it. (A twin lost on `a`'s own
+/// socket comes back on that socket, where the lonely memory waits for it.)
 fn twin_asked_elsewhere(a: &Attempt, lookup: &LookupRecord) -> bool {
     let Some(twin) = wire::address_twin(a.query.qtype) else {
         return false;
@@ -192,7 +195,8 @@ fn twin_asked_elsewhere(a: &Attempt, lookup: &LookupRecord) -> bool {
     lookup.attempts.iter().any(|b| {
         b.query.qtype == twin
             && b.qname == a.qname
-            && abs_diff(a.query.received, b.query.received) <= PARALLEL_WINDOW
+            && (abs_diff(a.query.received, b.query.received) <= PARALLEL_WINDOW
+                || b.query.client != a.query.client)
     })
 }
 

@@ -17,7 +17,7 @@ use crate::config::{Config, ConfigError, Mode, Overrides, UpstreamAddr};
 #[derive(Debug, Parser)]
 #[command(
     name = "dnslens",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DNSLENS_REVISION"), ")"),
     about = "A DNS forwarder for Kubernetes that makes DNS visible"
 )]
 pub struct Cli {
@@ -117,6 +117,13 @@ pub enum Command {
         /// With `hold`: a file written once the node is set up (a startup probe's).
         #[arg(long, value_name = "FILE")]
         ready_file: Option<PathBuf>,
+        /// With `hold`: how often the setup is checked and repaired (node-cache: 60 s).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        check_every: Duration,
+        /// With `hold`: where the repairs are counted (read by the node-local dnslens,
+        /// `admin.node_setup_status`).
+        #[arg(long, value_name = "FILE")]
+        status_file: Option<PathBuf>,
     },
     /// Copies this binary to FILE: the chart's init container hands it to the setup image,
     /// which has `ip` and `iptables` (dnslens's own image has no shell and no `cp`).
@@ -390,6 +397,8 @@ pub fn run(cli: Cli) -> ExitCode {
             interface,
             port,
             ready_file,
+            check_every,
+            status_file,
         } => node_setup(
             action,
             crate::node_setup::NodeSetup {
@@ -397,7 +406,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 addresses,
                 port,
             },
-            ready_file,
+            HoldOptions {
+                ready_file,
+                check_every,
+                status_file,
+            },
         ),
         Command::InstallBinary { file } => {
             match std::env::current_exe().and_then(|me| std::fs::copy(me, &file)) {
@@ -432,27 +445,31 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// What `node-setup hold` does besides holding.
+struct HoldOptions {
+    ready_file: Option<PathBuf>,
+    check_every: Duration,
+    status_file: Option<PathBuf>,
+}
+
 fn node_setup(
     action: NodeSetupAction,
     setup: crate::node_setup::NodeSetup,
-    ready_file: Option<PathBuf>,
+    hold: HoldOptions,
 ) -> ExitCode {
     let result = match action {
-        NodeSetupAction::Up => setup.up().map(|()| "set up"),
+        NodeSetupAction::Up => setup.up().map(|_| "set up"),
         NodeSetupAction::Down => setup
             .down()
             .map(|done| if done { "removed" } else { "left in place: another DNS server answers there" }),
-        NodeSetupAction::Hold => setup.up().and_then(|()| {
-            tracing::info!(addresses = ?setup.addresses, interface = %setup.interface, "node set up; holding until SIGTERM");
-            if let Some(file) = &ready_file {
+        NodeSetupAction::Hold => setup.up().and_then(|_| {
+            tracing::info!(addresses = ?setup.addresses, interface = %setup.interface, check_every = ?hold.check_every, "node set up; holding until SIGTERM");
+            if let Some(file) = &hold.ready_file {
                 if let Err(e) = std::fs::write(file, "ready\n") {
                     tracing::warn!(file = %file.display(), error = %e, "cannot write the ready file");
                 }
             }
-            let _ = run_async(async {
-                crate::wait_for_signal().await;
-                Ok(())
-            });
+            let _ = run_async(keep_set_up(&setup, &hold));
             setup
                 .down()
                 .map(|done| if done { "removed" } else { "left in place: another DNS server answers there" })
@@ -467,6 +484,39 @@ fn node_setup(
             eprintln!("dnslens: node setup failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Until SIGTERM: the setup checked every `check_every` and what went missing put back, the
+/// repairs counted in the status file.
+async fn keep_set_up(
+    setup: &crate::node_setup::NodeSetup,
+    hold: &HoldOptions,
+) -> anyhow::Result<()> {
+    let mut status = crate::node_setup::Status::default();
+    status.write(hold.status_file.as_deref());
+    let signal = crate::wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => return Ok(()),
+            _ = tokio::time::sleep(hold.check_every) => {}
+        }
+        match setup.up() {
+            Ok(0) => {}
+            Ok(added) => {
+                status.repairs += added as u64;
+                tracing::warn!(
+                    added,
+                    "node setup repaired: pieces had gone missing (a firewall reload or flush?)"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "node setup check failed; retrying at the next check")
+            }
+        }
+        status.checked = std::time::SystemTime::now();
+        status.write(hold.status_file.as_deref());
     }
 }
 

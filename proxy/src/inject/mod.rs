@@ -32,7 +32,7 @@
 //! `image_pull_policy`, `upstreams` (the cluster DNS Service's IP — never guessed:
 //! `dnslens inject` requires it, `dnslens webhook` falls back to its own pod's resolv.conf,
 //! which is the cluster DNS under `ClusterFirst`), `cluster_domain`, `kube_version`, `tracing_endpoint`,
-//! `sample_ratio`, `cache`, `musl_shield`, `autopath`, `metrics_port`, `run_as_user`,
+//! `sample_ratio`, `resource_attributes`, `cache`, `musl_shield`, `autopath`, `metrics_port`, `run_as_user`,
 //! `resources`. No metrics (the webhook's are in [`webhook`]).
 
 pub mod webhook;
@@ -107,6 +107,9 @@ pub struct InjectConfig {
     pub kube_version: String,
     pub tracing_endpoint: Option<String>,
     pub sample_ratio: Option<f64>,
+    /// Extra resource attributes of exported traces (`OTEL_RESOURCE_ATTRIBUTES`, e.g.
+    /// `k8s.cluster.name=prod`).
+    pub resource_attributes: Option<String>,
     pub cache: bool,
     pub musl_shield: bool,
     pub autopath: bool,
@@ -126,6 +129,7 @@ impl Default for InjectConfig {
             kube_version: "1.31".into(),
             tracing_endpoint: None,
             sample_ratio: None,
+            resource_attributes: None,
             cache: true,
             musl_shield: true,
             autopath: false,
@@ -469,6 +473,13 @@ fn sidecar_container(config: &InjectConfig, dns: &PodDns, native: bool) -> Value
     if let Some(ratio) = config.sample_ratio {
         env.push(json!({"name": "OTEL_TRACES_SAMPLER", "value": "traceidratio"}));
         env.push(json!({"name": "OTEL_TRACES_SAMPLER_ARG", "value": ratio.to_string()}));
+    }
+    if let Some(attributes) = config
+        .resource_attributes
+        .as_ref()
+        .filter(|a| !a.is_empty())
+    {
+        env.push(json!({"name": "OTEL_RESOURCE_ATTRIBUTES", "value": attributes}));
     }
     let mut limits = json!({"memory": config.resources.limits_memory});
     if let Some(cpu) = &config.resources.limits_cpu {

@@ -128,11 +128,27 @@ impl ExportSettings {
 }
 
 /// The service's resource: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, service.name
-/// `dnslens` by default, and the Kubernetes attributes of the downward API.
+/// `dnslens` by default, `service.version`, `service.instance.id` (as the OpenTelemetry
+/// Kubernetes conventions build it, `<namespace>.<pod>.<container>`, else a random UUID; one
+/// in OTEL_RESOURCE_ATTRIBUTES wins), and the Kubernetes attributes of the downward API.
 pub fn resource(env: impl Fn(&str) -> Option<String>) -> Resource {
     let mut builder = Resource::builder();
     if env("OTEL_SERVICE_NAME").is_none() {
         builder = builder.with_service_name("dnslens");
+    }
+    builder = builder.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    let given = env("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    if !given
+        .split(',')
+        .any(|kv| kv.trim().starts_with("service.instance.id="))
+    {
+        let instance = match (env("POD_NAMESPACE"), env("POD_NAME")) {
+            (Some(namespace), Some(pod)) => {
+                format!("{namespace}.{pod}.{}", crate::inject::CONTAINER)
+            }
+            _ => random_uuid(),
+        };
+        builder = builder.with_attribute(KeyValue::new("service.instance.id", instance));
     }
     let k8s = [
         ("POD_NAME", "k8s.pod.name"),
@@ -145,4 +161,20 @@ pub fn resource(env: impl Fn(&str) -> Option<String>) -> Resource {
                 .filter_map(|(var, key)| env(var).map(|v| KeyValue::new(*key, v))),
         )
         .build()
+}
+
+/// A version 4 UUID (RFC 9562), for a `service.instance.id` nothing else names.
+fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }

@@ -115,9 +115,36 @@ fn resource_carries_service_and_kubernetes_attributes() {
     assert_eq!(get("k8s.pod.name").as_deref(), Some("web-1"));
     assert_eq!(get("k8s.namespace.name").as_deref(), Some("team-a"));
     assert_eq!(get("k8s.node.name").as_deref(), Some("node-7"));
+    assert_eq!(
+        get("service.version").as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        get("service.instance.id").as_deref(),
+        Some("team-a.web-1.dnslens")
+    );
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         assert_eq!(get("service.name").as_deref(), Some("dnslens"));
     }
+    // Outside Kubernetes: a UUID, different per process; one given explicitly wins.
+    let bare = resource(env(&[]));
+    let id = bare
+        .get(&opentelemetry::Key::from("service.instance.id"))
+        .map(|v| v.to_string())
+        .expect("an instance id");
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(&id[14..15], "4", "version 4: {id}");
+    let given = resource(env(&[(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "k8s.cluster.name=prod,service.instance.id=mine",
+    )]));
+    assert_ne!(
+        given
+            .get(&opentelemetry::Key::from("service.instance.id"))
+            .map(|v| v.to_string())
+            .as_deref(),
+        Some("team-a.web-1.dnslens")
+    );
 }
 
 fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {

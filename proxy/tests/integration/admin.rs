@@ -46,8 +46,9 @@ async fn endpoints_answer_and_metrics_name_every_family() {
         series_value(
             &body,
             &format!(
-                "dnslens_build_info{{version=\"{}\"}}",
-                env!("CARGO_PKG_VERSION")
+                "dnslens_build_info{{version=\"{}\",revision=\"{}\"}}",
+                env!("CARGO_PKG_VERSION"),
+                dnslens::metrics::REVISION
             )
         ),
         1.0

@@ -55,6 +55,27 @@ async fn the_musl_trap_is_counted_as_empty_noerror_on_a_search_expansion() {
         metric(m, "dnslens_lookups_total{outcome=\"nodata\"}").await,
         1.0
     );
+    // What the client's getaddrinfo waited on DNS: one lookup, its walk's two queries
+    // answered at once by the embedded upstream.
+    assert_eq!(
+        metric(m, "dnslens_lookup_duration_seconds_count{outcome=\"nodata\"}").await,
+        1.0
+    );
+    let waited = metric(m, "dnslens_lookup_duration_seconds_sum{outcome=\"nodata\"}").await;
+    assert!(waited > 0.0 && waited < 0.5, "{waited}");
+    assert_eq!(
+        metric(
+            m,
+            "dnslens_lookup_duration_seconds_bucket{le=\"10.0\",outcome=\"nodata\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(m, "dnslens_lookup_duration_seconds_count{outcome=\"answered\"}").await,
+        0.0,
+        "every outcome's series exists from the start"
+    );
     assert_eq!(
         metric(m, "dnslens_parallel_queries_total").await,
         1.0,

@@ -342,7 +342,11 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
             "node-setup",
             "hold",
             "--ready-file",
-            "/opt/dnslens/ready"
+            "/opt/dnslens/ready",
+            "--check-every",
+            "60s",
+            "--status-file",
+            "/opt/dnslens/node-setup-status"
         ])
     );
     assert_eq!(
@@ -356,6 +360,22 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
     assert_eq!(
         setup["securityContext"]["capabilities"]["add"],
         json!(["NET_ADMIN", "NET_RAW"])
+    );
+    // iptables -w takes the host's xtables lock, the one kube-proxy takes.
+    assert!(setup["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "xtables-lock" && m["mountPath"] == "/run/xtables.lock"));
+    let lock = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "xtables-lock")
+        .expect("the xtables lock volume");
+    assert_eq!(
+        lock["hostPath"],
+        json!({"path": "/run/xtables.lock", "type": "FileOrCreate"})
     );
     // Before native sidecars (1.29): set up only.
     let old_kube = render(&["-f", values.to_str().unwrap(), "--kube-version", "1.28.0"]);
@@ -416,6 +436,11 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
         )))
     );
     assert_eq!(parsed.dnstap.messages.len(), 3);
+    // The setup's repairs, read from the status file the hold writes.
+    assert_eq!(
+        parsed.admin.node_setup_status.as_deref(),
+        Some(std::path::Path::new("/opt/dnslens/node-setup-status"))
+    );
     // The reader's socket directory is the node's.
     let dnstap_volume = pod["volumes"]
         .as_array()

@@ -93,3 +93,76 @@ snapshot down
     }
     assert!(!read("links-down.txt").contains("nodelocaldns"));
 }
+
+/// `hold` re-asserts the setup, as node-cache re-asserts its rules: a rule and an address
+/// deleted behind its back (a firewall reload, another agent's flush) are back at the next
+/// check, the repairs counted in the status file and exported by the node-local dnslens
+/// (`admin.node_setup_status`) as `dnslens_node_setup_repairs_total`; SIGTERM still tears
+/// everything down.
+#[test]
+fn hold_puts_back_what_went_missing_and_counts_it() {
+    let dir = TempDir::new("node-setup-hold");
+    let d = &dir.0;
+    let script = format!(
+        r#"set -eu
+cd "{d}"
+ip link set lo up
+if ip link add probe0 type dummy 2>/dev/null; then ip link del probe0; IF=nodelocaldns; else IF=lo; fi
+"{dnslens}" node-setup hold --interface $IF --address 169.254.20.10 --check-every 300ms \
+  --status-file "{d}/status" --ready-file "{d}/ready" 2>hold.log & hold=$!
+for i in $(seq 100); do [ -f ready ] && break; sleep 0.05; done
+printf 'admin:\n  node_setup_status: {d}/status\n' >dnslens.yaml
+"{dnslens}" serve --config dnslens.yaml --listen 127.0.0.1:5353 --upstream 127.0.0.1:5300 \
+  --metrics-listen 127.0.0.1:9253 2>serve.log & srv=$!
+for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/9253) 2>/dev/null && break; sleep 0.05; done
+exec 3<>/dev/tcp/127.0.0.1/9253; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3 >metrics-before.txt
+# Behind hold's back: one rule and the address go.
+iptables -w -t raw -D PREROUTING -d 169.254.20.10/32 -p udp -m udp --dport 53 -m comment --comment dnslens -j NOTRACK
+ip addr del 169.254.20.10/32 dev $IF
+iptables -w -t raw -S >rules-broken.txt
+for i in $(seq 100); do grep -q '^repairs 2$' status && break; sleep 0.05; done
+{{ iptables -w -t raw -S; iptables -w -t filter -S; }} >rules-repaired.txt
+ip -o addr show >addrs-repaired.txt
+exec 3<>/dev/tcp/127.0.0.1/9253; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3 >metrics-after.txt
+kill $srv; wait $srv || true
+kill $hold; wait $hold || true
+{{ iptables -w -t raw -S; iptables -w -t filter -S; }} >rules-down.txt
+"#,
+        d = d.display(),
+        dnslens = env!("CARGO_BIN_EXE_dnslens"),
+    );
+    let status = Command::new("unshare")
+        .args(["-n", "bash", "-c", &script])
+        .status()
+        .expect("unshare (util-linux) is needed, as root");
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+    assert!(status.success(), "script failed:\nhold: {}", read("hold.log"));
+    let rule = "-A PREROUTING -d 169.254.20.10/32 -p udp -m udp --dport 53 -m comment --comment dnslens -j NOTRACK";
+    assert!(!read("rules-broken.txt").contains(rule), "the rule was deleted");
+    // Put back: the rule once, the address once; both counted.
+    assert_eq!(count(&read("rules-repaired.txt"), rule), 1);
+    assert_eq!(count(&read("rules-repaired.txt"), "--comment dnslens"), 10);
+    assert_eq!(
+        count(&read("addrs-repaired.txt"), "inet 169.254.20.10/32"),
+        1
+    );
+    assert!(read("status").starts_with("repairs 2\nchecked "), "{}", read("status"));
+    assert!(read("hold.log").contains("node setup repaired"), "{}", read("hold.log"));
+    // Exported by dnslens: 0 before, 2 after.
+    assert_eq!(
+        series_value(&read("metrics-before.txt"), "dnslens_node_setup_repairs_total"),
+        0.0
+    );
+    assert_eq!(
+        series_value(&read("metrics-after.txt"), "dnslens_node_setup_repairs_total"),
+        2.0
+    );
+    assert!(
+        series_value(
+            &read("metrics-after.txt"),
+            "dnslens_node_setup_last_check_timestamp_seconds"
+        ) > 1.7e9
+    );
+    // SIGTERM: torn down as before.
+    assert_eq!(count(&read("rules-down.txt"), "dnslens"), 0, "{}", read("rules-down.txt"));
+}
