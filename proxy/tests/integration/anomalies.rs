@@ -58,7 +58,11 @@ async fn the_musl_trap_is_counted_as_empty_noerror_on_a_search_expansion() {
     // What the client's getaddrinfo waited on DNS: one lookup, its walk's two queries
     // answered at once by the embedded upstream.
     assert_eq!(
-        metric(m, "dnslens_lookup_duration_seconds_count{outcome=\"nodata\"}").await,
+        metric(
+            m,
+            "dnslens_lookup_duration_seconds_count{outcome=\"nodata\"}"
+        )
+        .await,
         1.0
     );
     let waited = metric(m, "dnslens_lookup_duration_seconds_sum{outcome=\"nodata\"}").await;
@@ -72,7 +76,11 @@ async fn the_musl_trap_is_counted_as_empty_noerror_on_a_search_expansion() {
         1.0
     );
     assert_eq!(
-        metric(m, "dnslens_lookup_duration_seconds_count{outcome=\"answered\"}").await,
+        metric(
+            m,
+            "dnslens_lookup_duration_seconds_count{outcome=\"answered\"}"
+        )
+        .await,
         0.0,
         "every outcome's series exists from the start"
     );

@@ -136,9 +136,16 @@ kill $hold; wait $hold || true
         .status()
         .expect("unshare (util-linux) is needed, as root");
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
-    assert!(status.success(), "script failed:\nhold: {}", read("hold.log"));
+    assert!(
+        status.success(),
+        "script failed:\nhold: {}",
+        read("hold.log")
+    );
     let rule = "-A PREROUTING -d 169.254.20.10/32 -p udp -m udp --dport 53 -m comment --comment dnslens -j NOTRACK";
-    assert!(!read("rules-broken.txt").contains(rule), "the rule was deleted");
+    assert!(
+        !read("rules-broken.txt").contains(rule),
+        "the rule was deleted"
+    );
     // Put back: the rule once, the address once; both counted.
     assert_eq!(count(&read("rules-repaired.txt"), rule), 1);
     assert_eq!(count(&read("rules-repaired.txt"), "--comment dnslens"), 10);
@@ -146,15 +153,29 @@ kill $hold; wait $hold || true
         count(&read("addrs-repaired.txt"), "inet 169.254.20.10/32"),
         1
     );
-    assert!(read("status").starts_with("repairs 2\nchecked "), "{}", read("status"));
-    assert!(read("hold.log").contains("node setup repaired"), "{}", read("hold.log"));
+    assert!(
+        read("status").starts_with("repairs 2\nchecked "),
+        "{}",
+        read("status")
+    );
+    assert!(
+        read("hold.log").contains("node setup repaired"),
+        "{}",
+        read("hold.log")
+    );
     // Exported by dnslens: 0 before, 2 after.
     assert_eq!(
-        series_value(&read("metrics-before.txt"), "dnslens_node_setup_repairs_total"),
+        series_value(
+            &read("metrics-before.txt"),
+            "dnslens_node_setup_repairs_total"
+        ),
         0.0
     );
     assert_eq!(
-        series_value(&read("metrics-after.txt"), "dnslens_node_setup_repairs_total"),
+        series_value(
+            &read("metrics-after.txt"),
+            "dnslens_node_setup_repairs_total"
+        ),
         2.0
     );
     assert!(
@@ -164,5 +185,10 @@ kill $hold; wait $hold || true
         ) > 1.7e9
     );
     // SIGTERM: torn down as before.
-    assert_eq!(count(&read("rules-down.txt"), "dnslens"), 0, "{}", read("rules-down.txt"));
+    assert_eq!(
+        count(&read("rules-down.txt"), "dnslens"),
+        0,
+        "{}",
+        read("rules-down.txt")
+    );
 }
