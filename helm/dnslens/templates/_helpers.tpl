@@ -1,6 +1,6 @@
 {{/* Names and labels shared by every object. */}}
 {{- define "dnslens.name" -}}
-{{- .Release.Name | trunc 55 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | default .Release.Name | trunc 55 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "dnslens.labels" -}}
@@ -17,8 +17,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{- /* repository:tag, or repository@digest when image.digest pins it. */ -}}
 {{- define "dnslens.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
 {{- end -}}
 
 {{/* The Kubernetes version injected pods run on, MAJOR.MINOR. */}}
@@ -122,6 +127,10 @@ tolerations:
 {{- end }}
 {{- with $v.imagePullSecrets }}
 imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpread }}
+topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}

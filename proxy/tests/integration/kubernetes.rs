@@ -246,7 +246,7 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
     let ds = find(&docs, "DaemonSet", "dns");
     let strategy = &ds["spec"]["updateStrategy"]["rollingUpdate"];
     assert_eq!(strategy["maxUnavailable"], 0);
-    assert_eq!(strategy["maxSurge"], 1);
+    assert_eq!(strategy["maxSurge"], "10%");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["priorityClassName"], "system-node-critical");
     assert!(pod.get("hostNetwork").is_none());
@@ -384,7 +384,10 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
     assert!(old_setup.get("restartPolicy").is_none());
     assert_eq!(old_setup["command"][2], "up");
     // The new pod binds beside the old one (SO_REUSEPORT): no gap, no host ports.
-    assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"], 1);
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"],
+        "10%"
+    );
     assert_eq!(
         ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
         0
@@ -977,4 +980,119 @@ fn the_chart_readme_documents_every_value() {
         missing.is_empty(),
         "values missing from helm/dnslens/README.md: {missing:?}"
     );
+}
+
+/// The knobs a platform team expects from the CoreDNS chart: updates that surge on a tenth of
+/// the nodes at once, extra env and args, replaceable security contexts, a name override, an
+/// image pinned by digest, resources on every container, the webhook spread over nodes.
+#[test]
+fn chart_knobs_as_in_the_coredns_chart() {
+    // The defaults.
+    let docs = render(&["--set", "mode=node-local", "--set", "clusterDNS=10.96.0.10"]);
+    let ds = find(&docs, "DaemonSet", "dns");
+    assert_eq!(
+        ds["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "10%"}})
+    );
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"]["sysctls"][0]["name"],
+        "net.ipv4.ip_unprivileged_port_start"
+    );
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["runAsNonRoot"],
+        true
+    );
+
+    // Every knob set.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let docs = render(&[
+        "--set",
+        "mode=node-local",
+        "--set",
+        "clusterDNS=10.96.0.10",
+        "--set",
+        "nodeLocal.exposure=linkLocal",
+        "--set",
+        "fullnameOverride=node-dns",
+        "--set",
+        &format!("image.digest={digest}"),
+        "--set",
+        "nodeLocal.updateStrategy.rollingUpdate.maxSurge=25%",
+        "--set",
+        "nodeLocal.extraArgs[0]=--upstream-timeout",
+        "--set",
+        "nodeLocal.extraArgs[1]=1s",
+        "--set",
+        "nodeLocal.env[0].name=RUST_LOG",
+        "--set",
+        "nodeLocal.env[0].value=debug",
+        "--set",
+        "nodeLocal.securityContext.runAsUser=0",
+        "--set",
+        "nodeLocal.podSecurityContext.fsGroup=2000",
+    ]);
+    let ds = find(&docs, "DaemonSet", "node-dns");
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"],
+        "25%"
+    );
+    let pod = &ds["spec"]["template"]["spec"];
+    let dnslens = &pod["containers"][0];
+    assert_eq!(
+        dnslens["image"],
+        format!("ghcr.io/dnslens/dnslens@{digest}")
+    );
+    let args = dnslens["args"].as_array().unwrap();
+    assert_eq!(
+        &args[args.len() - 2..],
+        [json!("--upstream-timeout"), json!("1s")]
+    );
+    assert!(dnslens["env"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "RUST_LOG", "value": "debug"})));
+    assert_eq!(dnslens["securityContext"], json!({"runAsUser": 0}));
+    assert_eq!(pod["securityContext"], json!({"fsGroup": 2000}));
+    // Resources on every container, the setup containers too.
+    for container in pod["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pod["containers"].as_array().unwrap())
+    {
+        assert!(
+            container["resources"]["requests"]["memory"].is_string(),
+            "{}",
+            container["name"]
+        );
+        assert!(container["resources"]["limits"]["memory"].is_string());
+    }
+    find(&docs, "ConfigMap", "node-dns");
+    find(&docs, "ServiceAccount", "node-dns");
+
+    // The webhook's replicas spread over nodes by default.
+    let docs = render(&["--set", "clusterDNS=10.96.0.10"]);
+    let webhook = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the webhook Deployment");
+    let spread = &webhook["spec"]["template"]["spec"]["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(spread["whenUnsatisfiable"], "ScheduleAnyway");
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "webhook"
+    );
+    // A digest that is not one is refused by the schema.
+    let (ok, _, stderr) = run_helm_template(
+        &repo().join("helm/dnslens"),
+        &[
+            "--set",
+            "image.digest=latest",
+            "--set",
+            "clusterDNS=10.96.0.10",
+        ],
+    );
+    assert!(!ok && stderr.contains("digest"), "{stderr}");
 }
