@@ -10,7 +10,10 @@
 //!   whether the name was a search-list expansion (the musl trap: musl stops its walk there
 //!   and the lookup fails), `soa` whether the authority section carried an SOA (a
 //!   well-formed NODATA) or nothing (an upstream misbehaving). An AAAA NODATA while the A of
-//!   the same name has data is ordinary (IPv4-only names): counted, not an anomaly.
+//!   the same name has data is ordinary (IPv4-only names): counted, not an anomaly. A
+//!   lookup of the trap whose every such answer the musl shield turned into NXDOMAIN is also
+//!   counted in `dnslens_empty_noerror_shielded_total`: the alerts tell clients breaking
+//!   from an upstream the shield hides.
 //! - **Parallel A/AAAA**: A and AAAA for one name from one client socket, the later one
 //!   received before the first was answered (or within 5 ms of it: both already queued)
 //!   and within 50 ms (`dnslens_parallel_queries_total`, pairs). A resolver asking one type
@@ -250,6 +253,8 @@ pub struct Detectors {
     parallel: Counter,
     race_suspected: Counter,
     ndots_hints: Counter,
+    /// Lookups of the musl trap that the shield answered NXDOMAIN instead.
+    shielded: Counter,
 }
 
 impl Detectors {
@@ -316,6 +321,12 @@ impl Detectors {
             "Parallel A/AAAA pairs one of which the client had to ask again (conntrack race suspected)",
             race_suspected.clone(),
         );
+        let shielded = Counter::default();
+        registry.register(
+            "empty_noerror_shielded",
+            "Lookups with empty NOERROR on a search expansion (counted in dnslens_anomalies_total) whose every such answer the musl shield turned into NXDOMAIN: the client walked on; the upstream is still wrong",
+            shielded.clone(),
+        );
         let ndots_hints = Counter::default();
         registry.register(
             "ndots_hints",
@@ -374,6 +385,7 @@ impl Detectors {
             parallel,
             race_suspected,
             ndots_hints,
+            shielded,
         }
     }
 }
@@ -439,6 +451,9 @@ impl LookupObserver for Detectors {
             for kind in found {
                 counters[*kind as usize].inc_by(1, Some(exemplar.clone()), None);
             }
+            if found.contains(&Kind::EmptyNoerrorSearch) && shielded(lookup) {
+                self.shielded.inc();
+            }
             self.journal.record(lookup, found, &self.clock);
         }
         self.count_queries(lookup);
@@ -478,6 +493,16 @@ impl Detectors {
             }
         }
     }
+}
+
+/// Whether every empty NOERROR answer to a search expansion in `lookup` reached the client as
+/// the shield's NXDOMAIN: the trap was there, the client never saw it.
+fn shielded(lookup: &LookupRecord) -> bool {
+    lookup
+        .attempts
+        .iter()
+        .filter(|a| a.suffix.is_some() && is_empty_noerror(a))
+        .all(|a| a.query.rewritten)
 }
 
 /// The `dnslens_empty_noerror_total` series of one label combination.

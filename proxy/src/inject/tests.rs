@@ -419,3 +419,8 @@ fn a_dry_run_admission_is_answered_with_the_patch_but_not_counted_as_injected() 
     assert_eq!(result, ReviewResult::Injected);
     assert_eq!(dry["response"]["patch"], real["response"]["patch"]);
 }
+
+#[test]
+fn the_traces_instance_id_names_the_container_the_injector_adds() {
+    assert_eq!(crate::telemetry::CONTAINER, crate::inject::CONTAINER);
+}

@@ -83,7 +83,7 @@ use crate::lookup::LookupObserver;
 use crate::metrics::{ReasonCounters, ReasonLabels};
 use crate::record::LookupRecord;
 pub use sampling::OtlpObserver;
-pub use settings::{resource, ExportSettings, OtlpProtocol, TracingConfig};
+pub use settings::{resource, ExportSettings, OtlpProtocol, TracingConfig, CONTAINER};
 pub use tls::{client_tls, trusted_roots};
 
 /// The lookup span's attribute names that are searched for (see `cluster`).

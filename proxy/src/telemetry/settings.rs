@@ -127,6 +127,10 @@ impl ExportSettings {
     }
 }
 
+/// The name of dnslens's container in its pod (the chart's and the injector's,
+/// `inject::CONTAINER`; a unit test keeps them equal — `telemetry` sits below `inject`).
+pub const CONTAINER: &str = "dnslens";
+
 /// The service's resource: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, service.name
 /// `dnslens` by default, `service.version`, `service.instance.id` (as the OpenTelemetry
 /// Kubernetes conventions build it, `<namespace>.<pod>.<container>`, else a random UUID; one
@@ -144,7 +148,7 @@ pub fn resource(env: impl Fn(&str) -> Option<String>) -> Resource {
     {
         let instance = match (env("POD_NAMESPACE"), env("POD_NAME")) {
             (Some(namespace), Some(pod)) => {
-                format!("{namespace}.{pod}.{}", crate::inject::CONTAINER)
+                format!("{namespace}.{pod}.{CONTAINER}")
             }
             _ => random_uuid(),
         };

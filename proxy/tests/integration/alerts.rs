@@ -1,5 +1,6 @@
-//! The alert rules in config/alerts.yaml: valid for Prometheus, and their unit tests
-//! (config/alerts_test.yaml: which alert fires when, with what text) pass under promtool.
+//! The alert rules in config/alerts.yaml: valid for Prometheus, their unit tests
+//! (config/alerts_test.yaml: which alert fires when, with what text) pass under promtool, and
+//! every alert has one name prefix, a severity, and a runbook section of its own.
 
 use std::process::Command;
 
@@ -22,11 +23,47 @@ fn promtool(args: &[&str]) -> (bool, String) {
 fn alert_rules_are_valid() {
     let (ok, text) = promtool(&["check", "rules", "alerts.yaml"]);
     assert!(ok, "{text}");
-    assert!(text.contains("14 rules found"), "{text}");
+    assert!(text.contains("17 rules found"), "{text}");
 }
 
 #[test]
 fn alert_rules_pass_their_promtool_tests() {
     let (ok, text) = promtool(&["test", "rules", "alerts_test.yaml"]);
     assert!(ok, "{text}");
+}
+
+/// One prefix, a severity, and a `runbook_url` whose anchor is a section of
+/// docs/operations.md (GitHub's anchor of `### NAME` is the lowercased name).
+#[test]
+fn every_alert_has_the_prefix_a_severity_and_a_runbook_section() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rules: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("config/alerts.yaml")).unwrap())
+            .unwrap();
+    let runbooks = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let sections: Vec<String> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .map(|h| h.trim().to_lowercase())
+        .collect();
+    let mut count = 0;
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        let name = rule["alert"].as_str().unwrap();
+        count += 1;
+        assert!(name.starts_with("DNSLens"), "{name}");
+        let severity = rule["labels"]["severity"].as_str().unwrap_or("");
+        assert!(
+            ["critical", "warning", "info"].contains(&severity),
+            "{name}: {severity}"
+        );
+        let url = rule["annotations"]["runbook_url"].as_str().unwrap_or("");
+        let anchor = url
+            .strip_prefix("https://github.com/dnslens/dnslens/blob/main/docs/operations.md#")
+            .unwrap_or_else(|| panic!("{name}: {url}"));
+        assert!(
+            sections.iter().any(|s| s == anchor),
+            "{name}: no section for #{anchor} in docs/operations.md"
+        );
+    }
+    assert_eq!(count, 17);
 }

@@ -769,12 +769,12 @@ async fn a_plain_prometheus_discovers_the_charts_node_local_pods_and_fires_the_a
     );
     assert!(said.contains("error:"), "{said}");
     crate::prometheus::wait_until(Duration::from_secs(30), || async {
-        !alerts_in_state(api, "DNSEmptyNoerrorOnSearchExpansion", "pending")
+        !alerts_in_state(api, "DNSLensEmptyNoerrorBreakingClients", "pending")
             .await
             .is_empty()
     })
     .await;
-    let trap = alerts_in_state(api, "DNSEmptyNoerrorOnSearchExpansion", "pending").await;
+    let trap = alerts_in_state(api, "DNSLensEmptyNoerrorBreakingClients", "pending").await;
     assert_eq!(trap.len(), 1);
     assert_eq!(trap[0]["labels"]["namespace"], "kube-system");
     assert_eq!(trap[0]["labels"]["workload"], "dns");

@@ -437,6 +437,8 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
         run.metric("dnslens_anomalies_total{kind=\"empty_noerror_search\"}"),
         1.0
     );
+    // No shield: the client saw the trap.
+    assert_eq!(run.metric("dnslens_empty_noerror_shielded_total"), 0.0);
     // The counter's exemplar is the trace id of the lookup's exported trace.
     let line = run
         .metrics
@@ -490,6 +492,8 @@ fn musl_walks_on_with_the_shield_and_glibc_still_succeeds() {
         run.metric("dnslens_anomalies_total{kind=\"empty_noerror_search\"}"),
         2.0
     );
+    // ... and both lookups are counted as shielded: no client saw the trap.
+    assert_eq!(run.metric("dnslens_empty_noerror_shielded_total"), 2.0);
     // The musl trace shows the whole walk, with the rewrite on the first pair.
     let (root, queries, _) =
         lookup_tree(&run.spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");

@@ -43,7 +43,8 @@ async fn prometheus_scrapes_dnslens_and_the_empty_noerror_alert_becomes_active()
 
     wait_until(Duration::from_secs(30), || async {
         let (_, body) = http_get(api, "/api/v1/alerts").await;
-        body.contains("DNSEmptyNoerrorOnSearchExpansion") && body.contains("\"state\":\"pending\"")
+        body.contains("DNSLensEmptyNoerrorBreakingClients")
+            && body.contains("\"state\":\"pending\"")
     })
     .await;
     world.stop().await;
