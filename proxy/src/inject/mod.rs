@@ -29,7 +29,7 @@
 //! `dnslens.io/musl-shield`, `dnslens.io/autopath` (`"true"`/`"false"`).
 //!
 //! Config keys ([`InjectConfig`], YAML for `--config`, or flags): `image`,
-//! `image_pull_policy`, `upstreams` (the cluster DNS Service's IP — never guessed:
+//! `image_pull_policy`, `image_pull_secrets`, `upstreams` (the cluster DNS Service's IP — never guessed:
 //! `dnslens inject` requires it, `dnslens webhook` falls back to its own pod's resolv.conf,
 //! which is the cluster DNS under `ClusterFirst`), `cluster_domain`, `kube_version`, `tracing_endpoint`,
 //! `sample_ratio`, `resource_attributes`, `cache`, `musl_shield`, `autopath`, `metrics_port`, `run_as_user`,
@@ -100,6 +100,9 @@ impl Default for Resources {
 pub struct InjectConfig {
     pub image: String,
     pub image_pull_policy: String,
+    /// Secrets the kubelet needs to pull `image` (the chart's `imagePullSecrets`), added to
+    /// each injected pod's own.
+    pub image_pull_secrets: Vec<String>,
     /// The cluster DNS service (kube-dns ClusterIP), the sidecar's upstream.
     pub upstreams: Vec<String>,
     pub cluster_domain: String,
@@ -123,6 +126,7 @@ impl Default for InjectConfig {
         InjectConfig {
             image: concat!("ghcr.io/dnslens/dnslens:", env!("CARGO_PKG_VERSION")).into(),
             image_pull_policy: "IfNotPresent".into(),
+            image_pull_secrets: Vec::new(),
             // No guess: `dnslens inject` requires it, the webhook reads its own resolv.conf.
             upstreams: Vec::new(),
             cluster_domain: "cluster.local".into(),
@@ -284,6 +288,7 @@ fn inject_template(
     spec.insert("dnsPolicy".into(), json!("None"));
     spec.insert("dnsConfig".into(), dns.to_value());
     allow_unprivileged_port_53(spec)?;
+    add_image_pull_secrets(spec, &config.image_pull_secrets)?;
     let metadata = pod
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
@@ -298,6 +303,28 @@ fn inject_template(
             .insert(ANNOTATION_INJECTED.into(), json!("true"));
     }
     Ok(Outcome::Injected)
+}
+
+/// The secrets that pull the sidecar's image, added to the pod's `imagePullSecrets` (those it
+/// has already are kept, none twice): a private registry for dnslens must not stop the pod.
+fn add_image_pull_secrets(spec: &mut Map<String, Value>, names: &[String]) -> Result<(), String> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let secrets = spec
+        .entry("imagePullSecrets")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .ok_or("imagePullSecrets is not a list")?;
+    for name in names {
+        let present = secrets
+            .iter()
+            .any(|s| s.get("name").and_then(Value::as_str) == Some(name.as_str()));
+        if !present {
+            secrets.push(json!({ "name": name }));
+        }
+    }
+    Ok(())
 }
 
 /// The pod's sysctl that lets the non-root sidecar bind :53 without any capability:

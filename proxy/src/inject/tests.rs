@@ -424,3 +424,40 @@ fn a_dry_run_admission_is_answered_with_the_patch_but_not_counted_as_injected() 
 fn the_traces_instance_id_names_the_container_the_injector_adds() {
     assert_eq!(crate::telemetry::CONTAINER, crate::inject::CONTAINER);
 }
+
+#[test]
+fn the_sidecar_images_pull_secrets_join_the_pods_own() {
+    let config = InjectConfig {
+        upstreams: vec!["10.96.0.10".into()],
+        image_pull_secrets: vec!["regcred".into(), "mirror".into()],
+        ..InjectConfig::default()
+    };
+    let mut pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "imagePullSecrets": [{"name": "mirror"}, {"name": "app-registry"}],
+            "containers": [{"name": "app", "image": "registry.example/app:1"}],
+        },
+    });
+    assert!(matches!(
+        inject(&mut pod, "shop", &config),
+        Ok(Outcome::Injected)
+    ));
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        serde_json::json!([{"name": "mirror"}, {"name": "app-registry"}, {"name": "regcred"}])
+    );
+    // None configured: the pod's list is left as it was (or absent).
+    let mut bare = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+    });
+    let plain = InjectConfig {
+        upstreams: vec!["10.96.0.10".into()],
+        ..InjectConfig::default()
+    };
+    inject(&mut bare, "shop", &plain).unwrap();
+    assert!(bare["spec"].get("imagePullSecrets").is_none());
+}

@@ -1084,6 +1084,20 @@ fn chart_knobs_as_in_the_coredns_chart() {
         spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"],
         "webhook"
     );
+    // The chart's pull secrets reach the injected pods through the injector's settings.
+    let docs = render(&[
+        "--set",
+        "clusterDNS=10.96.0.10",
+        "--set",
+        "imagePullSecrets[0].name=regcred",
+    ]);
+    let inject: dnslens::inject::InjectConfig = serde_yaml_ng::from_str(
+        find(&docs, "ConfigMap", "dns")["data"]["inject.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .expect("inject.yaml is an InjectConfig");
+    assert_eq!(inject.image_pull_secrets, ["regcred"]);
     // A digest that is not one is refused by the schema.
     let (ok, _, stderr) = run_helm_template(
         &repo().join("helm/dnslens"),

@@ -11,6 +11,15 @@ fn count(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
 }
 
+/// Runs `script` (bash) in a network namespace of its own; whether it succeeded.
+fn in_own_network(script: &str) -> bool {
+    Command::new("unshare")
+        .args(["-n", "bash", "-c", script])
+        .status()
+        .expect("unshare (util-linux) is needed, as root")
+        .success()
+}
+
 #[test]
 fn setup_is_idempotent_kept_while_served_and_leaves_nothing_behind() {
     let dir = TempDir::new("node-setup");
@@ -43,13 +52,10 @@ snapshot down
         d = d.display(),
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
     );
-    let status = Command::new("unshare")
-        .args(["-n", "bash", "-c", &script])
-        .status()
-        .expect("unshare (util-linux) is needed, as root");
+    let ok = in_own_network(&script);
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
     assert!(
-        status.success(),
+        ok,
         "script failed:\nup: {}\ndown: {}\nserve: {}",
         read("up1.log"),
         read("down.log"),
@@ -131,16 +137,9 @@ kill $hold; wait $hold || true
         d = d.display(),
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
     );
-    let status = Command::new("unshare")
-        .args(["-n", "bash", "-c", &script])
-        .status()
-        .expect("unshare (util-linux) is needed, as root");
+    let ok = in_own_network(&script);
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
-    assert!(
-        status.success(),
-        "script failed:\nhold: {}",
-        read("hold.log")
-    );
+    assert!(ok, "script failed:\nhold: {}", read("hold.log"));
     let rule = "-A PREROUTING -d 169.254.20.10/32 -p udp -m udp --dport 53 -m comment --comment dnslens -j NOTRACK";
     assert!(
         !read("rules-broken.txt").contains(rule),
