@@ -26,6 +26,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* Kubernetes 1.29+ (native sidecars: the injected sidecar and node-local's setup), or
+     a clear refusal. */}}
+{{- define "dnslens.requireKube" -}}
+{{- if not (semverCompare ">=1.29-0" (include "dnslens.kubeVersion" .)) }}
+{{- fail (printf "dnslens needs Kubernetes 1.29 or newer (native sidecars); this cluster is %s. Before 1.29 an injected sidecar would be a regular container, and a Job's pod would never complete." (include "dnslens.kubeVersion" .)) }}
+{{- end }}
+{{- end -}}
+
 {{/* The Kubernetes version injected pods run on, MAJOR.MINOR. */}}
 {{- define "dnslens.kubeVersion" -}}
 {{- if .Values.sidecar.kubeVersion -}}

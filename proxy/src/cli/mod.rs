@@ -153,7 +153,8 @@ pub struct InjectArgs {
     pub upstreams: Vec<String>,
     #[arg(long)]
     pub cluster_domain: Option<String>,
-    /// The target cluster's Kubernetes version: native sidecars from 1.29.
+    /// The target cluster's Kubernetes version: 1.29 or newer (native sidecars); older
+    /// ones are refused.
     #[arg(long)]
     pub kube_version: Option<String>,
     /// OTLP endpoint for the sidecar's traces.
@@ -219,7 +220,7 @@ impl InjectArgs {
                 *value = flag;
             }
         }
-        config.native_sidecar()?;
+        config.check_kube_version()?;
         if config.upstreams.is_empty() {
             let Some(path) = upstreams_from else {
                 anyhow::bail!(

@@ -8,8 +8,10 @@
 //!   downward-API variables behind the `k8s.*` resource attributes, a readiness probe on
 //!   `/readyz`, small resources, and a locked-down securityContext (non-root, only
 //!   `NET_BIND_SERVICE`, read-only root filesystem, no privilege escalation, seccomp
-//!   RuntimeDefault). On Kubernetes 1.29+ (`kube_version`) it is a native sidecar: an init
-//!   container with `restartPolicy: Always`, started before and stopped after the app.
+//!   RuntimeDefault). A native sidecar: an init container with `restartPolicy: Always`,
+//!   started before and stopped after the app — so Kubernetes 1.29+ (`kube_version`) is
+//!   required: before it the sidecar would be a regular container and a Job's pod would
+//!   never complete, so injection for an older cluster is refused, not done wrong.
 //! - the pod sysctl `net.ipv4.ip_unprivileged_port_start: "53"` (merged with its own): a
 //!   strict runtime gives a non-root container no effective capability from `add`, and
 //!   `no_new_privs` voids file capabilities, so this is what lets the sidecar bind :53
@@ -59,6 +61,10 @@ pub enum InjectError {
     Yaml(String),
     #[error("kube_version '{0}' is not MAJOR.MINOR")]
     KubeVersion(String),
+    #[error(
+        "Kubernetes {0} has no native sidecars: dnslens needs 1.29 or newer (a sidecar in a regular container would keep Jobs from completing)"
+    )]
+    KubeTooOld(String),
 }
 
 /// What became of one object.
@@ -145,8 +151,8 @@ impl Default for InjectConfig {
 }
 
 impl InjectConfig {
-    /// Whether the target cluster runs native sidecars (Kubernetes 1.29+).
-    pub fn native_sidecar(&self) -> Result<bool, InjectError> {
+    /// Checks that the target cluster runs native sidecars (Kubernetes 1.29+).
+    pub fn check_kube_version(&self) -> Result<(), InjectError> {
         let bad = || InjectError::KubeVersion(self.kube_version.clone());
         let version = self.kube_version.trim_start_matches('v');
         let mut parts = version.split('.');
@@ -155,7 +161,11 @@ impl InjectConfig {
             .next()
             .and_then(|p| p.trim_end_matches('+').parse().ok())
             .ok_or_else(bad)?;
-        Ok(major > 1 || (major == 1 && minor >= NATIVE_SIDECAR_MINOR))
+        if major > 1 || (major == 1 && minor >= NATIVE_SIDECAR_MINOR) {
+            Ok(())
+        } else {
+            Err(InjectError::KubeTooOld(self.kube_version.clone()))
+        }
     }
 
     /// This config with a pod's `dnslens.io/*` annotations applied.
@@ -271,19 +281,14 @@ fn inject_template(
         // Without one the sidecar would read the pod's resolv.conf: itself.
         return Err("no upstream configured (the cluster DNS Service's IP)".into());
     }
-    let native = config.native_sidecar().map_err(|e| e.to_string())?;
+    config.check_kube_version().map_err(|e| e.to_string())?;
     let dns = pod_dns_config(spec, namespace, &config.cluster_domain);
-    let sidecar = sidecar_container(&config, &dns, native);
-    let list = if native {
-        "initContainers"
-    } else {
-        "containers"
-    };
+    let sidecar = sidecar_container(&config, &dns);
     let containers = spec
-        .entry(list)
+        .entry("initContainers")
         .or_insert_with(|| json!([]))
         .as_array_mut()
-        .ok_or_else(|| format!("{list} is not a list"))?;
+        .ok_or("initContainers is not a list")?;
     containers.insert(0, sidecar);
     spec.insert("dnsPolicy".into(), json!("None"));
     spec.insert("dnsConfig".into(), dns.to_value());
@@ -460,7 +465,7 @@ fn pod_dns_config(spec: &Map<String, Value>, namespace: &str, cluster_domain: &s
     }
 }
 
-fn sidecar_container(config: &InjectConfig, dns: &PodDns, native: bool) -> Value {
+fn sidecar_container(config: &InjectConfig, dns: &PodDns) -> Value {
     let mut args: Vec<String> = vec![
         "serve".into(),
         "--listen".into(),
@@ -545,15 +550,13 @@ fn sidecar_container(config: &InjectConfig, dns: &PodDns, native: bool) -> Value
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     });
-    if native {
-        container["restartPolicy"] = json!("Always");
-        // A native sidecar's startup probe gates the app containers' start.
-        container["startupProbe"] = json!({
-            "httpGet": {"path": "/healthz", "port": config.metrics_port},
-            "periodSeconds": 1,
-            "failureThreshold": 30,
-        });
-    }
+    container["restartPolicy"] = json!("Always");
+    // A native sidecar's startup probe gates the app containers' start.
+    container["startupProbe"] = json!({
+        "httpGet": {"path": "/healthz", "port": config.metrics_port},
+        "periodSeconds": 1,
+        "failureThreshold": 30,
+    });
     container
 }
 

@@ -92,24 +92,36 @@ fn a_pod_gets_a_native_sidecar_and_cluster_first_dns() {
 }
 
 #[test]
-fn before_1_29_the_sidecar_is_a_regular_container() {
+fn before_1_29_injection_is_refused_not_done_wrong() {
+    // A sidecar in a regular container would keep a Job's pod from ever completing.
     let mut p = pod(app_spec());
+    let before = p.clone();
     let old = InjectConfig {
         kube_version: "1.28".into(),
         ..config()
     };
-    inject(&mut p, "default", &old).unwrap();
-    assert!(p["spec"].get("initContainers").is_none());
-    let containers = p["spec"]["containers"].as_array().unwrap();
-    assert_eq!(containers[0]["name"], "dnslens");
-    assert!(containers[0].get("restartPolicy").is_none());
-    assert_eq!(containers[1]["name"], "app");
-    assert!(InjectConfig {
-        kube_version: "one.two".into(),
-        ..config()
+    let refused = inject(&mut p, "default", &old).unwrap_err().to_string();
+    assert!(refused.contains("needs 1.29 or newer"), "{refused}");
+    assert_eq!(p, before, "nothing changed");
+    assert!(matches!(
+        old.check_kube_version(),
+        Err(InjectError::KubeTooOld(v)) if v == "1.28"
+    ));
+    for ok in ["1.29", "v1.31", "1.32+", "2.0"] {
+        let config = InjectConfig {
+            kube_version: ok.into(),
+            ..config()
+        };
+        assert!(config.check_kube_version().is_ok(), "{ok}");
     }
-    .native_sidecar()
-    .is_err());
+    assert!(matches!(
+        InjectConfig {
+            kube_version: "one.two".into(),
+            ..config()
+        }
+        .check_kube_version(),
+        Err(InjectError::KubeVersion(_))
+    ));
 }
 
 #[test]

@@ -189,7 +189,7 @@ fn sidecar_mode_renders_the_webhook_with_cert_manager() {
         "no clusterDNS and no cluster to look it up in: the webhook's own nameserver"
     );
     assert_eq!(inject.kube_version, "1.31");
-    assert!(inject.native_sidecar().unwrap());
+    inject.check_kube_version().expect("1.29 or newer");
     // The alert rules are config/alerts.yaml, not a copy.
     let rule = find(&docs, "PrometheusRule", "dns");
     assert_eq!(rule["spec"]["groups"], alert_groups());
@@ -212,7 +212,7 @@ fn sidecar_mode_without_cert_manager_makes_its_own_certificate() {
         "--set",
         "sidecar.webhook.failurePolicy=Fail,sidecar.webhook.replicas=1",
         "--kube-version",
-        "1.28.0",
+        "1.29.0",
     ]);
     assert!(!kinds(&docs).iter().any(|k| k == "Certificate"));
     assert!(
@@ -231,8 +231,70 @@ fn sidecar_mode_without_cert_manager_makes_its_own_certificate() {
     let config = find(&docs, "ConfigMap", "dns");
     let inject: dnslens::inject::InjectConfig =
         serde_yaml_ng::from_str(config["data"]["inject.yaml"].as_str().unwrap()).unwrap();
-    assert_eq!(inject.kube_version, "1.28");
-    assert!(!inject.native_sidecar().unwrap());
+    assert_eq!(inject.kube_version, "1.29");
+    inject.check_kube_version().expect("1.29 or newer");
+}
+
+/// Kubernetes 1.29+ or a clear refusal: the chart will not render for an older cluster, and
+/// `dnslens inject` will not inject for one (a sidecar in a regular container would keep a
+/// Job's pod from ever completing).
+#[test]
+fn clusters_before_1_29_are_refused_with_the_reason() {
+    for mode in ["sidecar", "node-local"] {
+        // Helm sees the cluster: the chart's kubeVersion refuses it.
+        let (ok, _, stderr) = run_helm_template(
+            &repo().join("helm/dnslens"),
+            &[
+                "--set",
+                &format!("mode={mode}"),
+                "--set",
+                "clusterDNS=10.96.0.10",
+                "--kube-version",
+                "1.28.0",
+            ],
+        );
+        assert!(!ok, "{mode} rendered for 1.28");
+        assert!(
+            stderr.contains(
+                "requires kubeVersion: >=1.29.0-0 which is incompatible with Kubernetes v1.28.0"
+            ),
+            "{stderr}"
+        );
+        // The version given by hand (rendered away from the cluster): refused with the reason.
+        let (ok, _, stderr) = run_helm_template(
+            &repo().join("helm/dnslens"),
+            &[
+                "--set",
+                &format!("mode={mode}"),
+                "--set",
+                "clusterDNS=10.96.0.10",
+                "--set",
+                "sidecar.kubeVersion=1.28",
+            ],
+        );
+        assert!(!ok, "{mode} rendered for 1.28");
+        assert!(
+            stderr.contains(
+                "dnslens needs Kubernetes 1.29 or newer (native sidecars); this cluster is 1.28"
+            ),
+            "{stderr}"
+        );
+    }
+    let out = output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_dnslens")).args([
+            "inject",
+            "--upstream",
+            "10.96.0.10",
+            "--kube-version",
+            "1.28",
+        ]),
+        b"apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec: {containers: [{name: app, image: nginx}]}\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs 1.29 or newer"), "{stderr}");
+    assert!(out.stdout.is_empty());
 }
 
 #[test]
@@ -377,12 +439,6 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
         lock["hostPath"],
         json!({"path": "/run/xtables.lock", "type": "FileOrCreate"})
     );
-    // Before native sidecars (1.29): set up only.
-    let old_kube = render(&["-f", values.to_str().unwrap(), "--kube-version", "1.28.0"]);
-    let old_setup =
-        &find(&old_kube, "DaemonSet", "dns")["spec"]["template"]["spec"]["initContainers"][1];
-    assert!(old_setup.get("restartPolicy").is_none());
-    assert_eq!(old_setup["command"][2], "up");
     // The new pod binds beside the old one (SO_REUSEPORT): no gap, no host ports.
     assert_eq!(
         ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"],
@@ -619,7 +675,7 @@ fn the_injector_output_on_the_example_workloads_is_valid_kubernetes() {
         .map(|w| serde_yaml_ng::to_string(w).unwrap())
         .collect::<Vec<_>>()
         .join("---\n");
-    for (kube, native) in [("1.31.0", true), ("1.28.0", false)] {
+    for kube in ["1.29.0", "1.31.0"] {
         let (out, report) = inject_cli(
             &input,
             &["--upstream", "10.96.0.10", "--kube-version", &kube[..4]],
@@ -633,12 +689,8 @@ fn the_injector_output_on_the_example_workloads_is_valid_kubernetes() {
         );
         let injected = yaml_documents(&out);
         let deployment = &injected[0]["spec"]["template"]["spec"];
-        let list = if native {
-            "initContainers"
-        } else {
-            "containers"
-        };
-        assert_eq!(deployment[list][0]["name"], "dnslens", "{kube}");
+        assert_eq!(deployment["initContainers"][0]["name"], "dnslens", "{kube}");
+        assert_eq!(deployment["initContainers"][0]["restartPolicy"], "Always");
         assert_eq!(
             deployment["dnsConfig"]["searches"][0],
             "dnslens-demo.svc.cluster.local"
