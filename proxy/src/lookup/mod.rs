@@ -35,10 +35,11 @@
 //!   their own that the detectors recognise as that lookup's tail.
 //! - **Close**: a lookup with its final answer is reported after `linger` (250 ms) of quiet
 //!   (a missing twin's grace, and retransmissions of a lost answer); any lookup `lookup.window`
-//!   after its last query, and while the forwarder has queries in flight ([`InFlight`]) the
-//!   longest upstream wait later still: a query is only seen once answered, so the next step
-//!   of a walk waiting on dnslens's retry of a lost upstream try (2 s or more) must not cut
-//!   the walk in two. Each tick reads the time and the in-flight count before draining, so
+//!   after its last query. While the forwarder has queries in flight ([`InFlight`]), both
+//!   the window and the missing twin's linger last the longest upstream wait longer still: a
+//!   query is only seen once answered, so the next step of a walk waiting on dnslens's retry
+//!   of a lost upstream try (2 s or more), or a twin whose upstream answers slowly, must not
+//!   cut the lookup in two. Each tick reads the time and the in-flight count before draining, so
 //!   every query answered before that time is in the batch, however long the batch takes.
 //! - **Bounds**: at most `lookup.max_entries` open lookups; the oldest is evicted (counted) and
 //!   still reported. A lookup holds at most 32 queries; a full one is closed and reported.
@@ -623,7 +624,8 @@ impl Tracker {
     }
 
     /// Closes lookups that have their final answer and are quiet, or are past their window
-    /// (and, while queries wait on upstreams, past the longest wait too).
+    /// (and, while queries wait on upstreams, a lookup missing its twin or its final answer
+    /// past the longest wait too).
     pub fn expire(&mut self, now: Instant) {
         let grace = self.in_flight.grace();
         self.expire_with(now, grace);
@@ -633,9 +635,11 @@ impl Tracker {
         let (answered, unanswered) = (LINGER.min(self.window), self.window + grace);
         let done = self.open.keys_where(|l| {
             let quiet = now.saturating_duration_since(l.last_activity);
-            let enough = match l.final_answer {
-                Some(_) => answered,
-                None => unanswered,
+            let enough = match (&l.final_answer, l.finished) {
+                (Some(_), true) => answered,
+                // The twin may be waiting on an upstream: it is only seen once answered.
+                (Some(_), false) => answered + grace,
+                (None, _) => unanswered,
             };
             quiet >= enough
         });

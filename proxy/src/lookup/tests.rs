@@ -591,6 +591,34 @@ fn a_missing_twin_gets_its_linger_and_then_the_next_query_is_a_new_lookup() {
     assert_eq!(shapes(&collect), [(2, "answered"), (1, "answered")]);
 }
 
+/// Go asks A and AAAA at once from two sockets; the AAAA's upstream answers 600 ms after
+/// the A (a loaded node). The lookup stays open for its twin while a query is in flight, so
+/// it is one lookup, not an A lookup and an AAAA lookup; nothing in flight, the linger alone.
+#[test]
+fn a_twin_waiting_on_a_slow_upstream_joins_its_lookup() {
+    let (t, collect, _) = tracker(10);
+    let queries = Gauge::default();
+    let in_flight = InFlight::new(queries.clone());
+    in_flight.set_longest(Duration::from_secs(4));
+    let mut t = t.with_in_flight(in_flight);
+    let t0 = Instant::now();
+    let (go_a, go_aaaa) = ("127.0.0.1:45100", "127.0.0.1:45101");
+    let name = "web.default.svc.cluster.local";
+    t.add(query(t0, 0, go_a, name, RecordType::A, 0, 1));
+    queries.set(1); // the AAAA waits on the upstream
+    t.expire(t0 + Duration::from_millis(500));
+    assert_eq!(t.open_lookups(), 1, "closed while its twin waits");
+    t.add(query(t0, 0, go_aaaa, name, RecordType::AAAA, 0, 0));
+    queries.set(0);
+    t.expire(t0 + Duration::from_millis(700));
+    assert_eq!(shapes(&collect), [(2, "answered")]);
+
+    // Nothing in flight: the missing twin gets the linger only.
+    t.add(query(t0, 1000, go_a, name, RecordType::A, 0, 1));
+    t.expire(t0 + Duration::from_millis(1300));
+    assert_eq!(shapes(&collect), [(2, "answered"), (1, "answered")]);
+}
+
 #[test]
 fn outcomes_are_listed_in_declaration_order() {
     for (i, outcome) in LookupOutcome::ALL.iter().enumerate() {
