@@ -528,6 +528,44 @@ pub fn question_name(question: &[u8]) -> Option<String> {
     }
 }
 
+/// The query name of a question section as it was asked — case kept, no trailing dot —
+/// for telemetry (the OpenTelemetry `dns.question.name`): bytes outside 32..=126 as
+/// `\DDD` (tab, CR and LF as `\t`, `\r`, `\n`), backslash, quote and a dot inside a label
+/// escaped. Only the first `labels` labels when given (a lookup's base name).
+pub fn question_name_as_asked(question: &[u8], labels: Option<usize>) -> Option<String> {
+    let mut text = String::with_capacity(question.len());
+    let mut rest = question;
+    let mut taken = 0;
+    while labels.is_none_or(|most| taken < most) {
+        let (&len, tail) = rest.split_first()?;
+        if len == 0 {
+            break;
+        }
+        let label = tail.get(..usize::from(len)).filter(|_| len < 64)?;
+        if taken > 0 {
+            text.push('.');
+        }
+        for &byte in label {
+            match byte {
+                b'\\' => text.push_str("\\\\"),
+                b'"' => text.push_str("\\\""),
+                b'.' => text.push_str("\\."),
+                b'\t' => text.push_str("\\t"),
+                b'\r' => text.push_str("\\r"),
+                b'\n' => text.push_str("\\n"),
+                32..=126 => text.push(char::from(byte)),
+                _ => text.push_str(&format!("\\{byte:03}")),
+            }
+        }
+        taken += 1;
+        rest = &tail[usize::from(len)..];
+    }
+    if text.is_empty() {
+        text.push('.');
+    }
+    Some(text)
+}
+
 /// A copy of `query` asking for `qtype` instead (same name, flags and EDNS).
 pub fn with_qtype(query: &[u8], question_end: usize, qtype: u16) -> Vec<u8> {
     let mut out = query.to_vec();

@@ -71,7 +71,10 @@ impl Jaeger {
         let exact = [
             (names::CLIENT_NAMESPACE, &filter.namespace),
             (names::CLIENT_WORKLOAD, &filter.workload),
-            ("dns.question.name", &filter.name),
+            (
+                names::LOOKUP_NAME,
+                &filter.name.as_ref().map(|n| normalized_name(n)),
+            ),
         ];
         for (key, value) in exact {
             if let Some(value) = value {
@@ -368,7 +371,11 @@ pub(super) fn entry_of(trace: &Trace) -> Option<Entry> {
     Some(Entry {
         time: root.start as f64 / 1e6,
         client: tags.text("client.address").unwrap_or_default(),
-        base: tags.text("dns.question.name").unwrap_or_default(),
+        // Before dnslens.lookup.name, the root's dns.question.name was the normalized name.
+        base: tags
+            .text(names::LOOKUP_NAME)
+            .or_else(|| tags.text("dns.question.name"))
+            .unwrap_or_default(),
         outcome: tags.text("dnslens.lookup.outcome").unwrap_or_default(),
         kinds,
         queries,
@@ -378,6 +385,15 @@ pub(super) fn entry_of(trace: &Trace) -> Option<Entry> {
         client_identity,
         instance: instance_of(trace.processes.get(&root.process)),
     })
+}
+
+/// A name as lookups are keyed: lower case, no trailing dot.
+fn normalized_name(name: &str) -> String {
+    let name = name.trim().to_ascii_lowercase();
+    match name.trim_end_matches('.') {
+        "" => ".".to_string(),
+        trimmed => trimmed.to_string(),
+    }
 }
 
 fn query_of(span: &Span, trace: &Trace) -> EntryQuery {

@@ -8,7 +8,7 @@
 //! Backends: Jaeger's query API (`jaeger=URL`, e.g. `jaeger=http://jaeger-query:16686`), see
 //! `jaeger`. The lookup span's exact tags are what is searched: `dnslens.anomalous`,
 //! `dnslens.anomaly.<kind>`, `dnslens.client.k8s.namespace.name`,
-//! `dnslens.client.k8s.workload.name`, `dns.question.name` (the shapes are measured against a
+//! `dnslens.client.k8s.workload.name`, `dnslens.lookup.name` (the shapes are measured against a
 //! real Jaeger by the integration tests).
 //!
 //! Used by `dnslens anomalies --backend jaeger=URL` and by the timeline page: `ui.backend`

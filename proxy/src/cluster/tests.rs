@@ -163,10 +163,10 @@ fn the_search_asks_for_the_exact_tags_of_the_filter() {
         kind: Some(crate::record::Kind::ParallelRace),
         namespace: Some("team-a".into()),
         workload: Some("web".into()),
-        name: Some("api.example.com".into()),
+        name: Some("API.Example.com.".into()),
     });
     assert_eq!(
         narrow,
-        r#"{"dnslens.anomaly.parallel_race":"true","dnslens.client.k8s.namespace.name":"team-a","dnslens.client.k8s.workload.name":"web","dns.question.name":"api.example.com"}"#
+        r#"{"dnslens.anomaly.parallel_race":"true","dnslens.client.k8s.namespace.name":"team-a","dnslens.client.k8s.workload.name":"web","dnslens.lookup.name":"api.example.com"}"#
     );
 }

@@ -3,9 +3,11 @@
 //! Span model (attribute names follow the OpenTelemetry conventions where one exists —
 //! `dns.question.name`, `dns.answers`, `error.type`, `client.*`, `server.*`,
 //! `network.transport` — and everything else is under `dnslens.`):
-//! - `dns.lookup` (root): `dns.question.name` (the base name), `client.address`,
-//!   `dns.answers` (up to 8 addresses), `error.type` when it got none (`host_not_found`,
-//!   `no_data`, `server_failure`, `timeout`), `dnslens.lookup.attempts` (questions, less
+//! - `dns.lookup` (root): `dns.question.name` (the base name as asked: case kept, the
+//!   unprintable escaped), `dnslens.lookup.name` (the base name lower case: exact searches),
+//!   `client.address`, `dns.answers` (up to 8 addresses), `error.type` when it got none
+//!   (as `getaddrinfo` fails: `host_not_found` for NXDOMAIN and NODATA, `try_again` for
+//!   SERVFAIL and timeouts), `dnslens.lookup.attempts` (questions, less
 //!   retransmissions), `dnslens.lookup.outcome` (answered / nxdomain / nodata / servfail /
 //!   timeout), `dnslens.lookup.answered_by` (the suffix that answered, or `absolute`),
 //!   `dnslens.anomaly` (its kinds, a string array), `dnslens.anomalous` and one
@@ -13,7 +15,7 @@
 //!   `dnslens.lookup.waited_ms` (the client's wait before asking again),
 //!   `dnslens.lookup.tail` (only re-asks of an ended lookup), `dnslens.lookup.evicted`;
 //!   status Error for servfail and timeout.
-//! - `dns.query` (one per query received): `dns.question.name`, `dns.answers` (up to 4),
+//! - `dns.query` (one per query received): `dns.question.name` (as asked), `dns.answers` (up to 4),
 //!   `dnslens.question.type`, `dnslens.search.suffix` (or `absolute`),
 //!   `dnslens.search.index` (-1 for absolute), `dnslens.response_code` and
 //!   `dnslens.answer.count` (as the upstream or cache answered), `dnslens.authority.soa`
@@ -24,7 +26,8 @@
 //!   the client got NXDOMAIN), `dnslens.autopath.name` (the client got a CNAME to this name).
 //! - `dns.upstream` (one per upstream try): `server.address`, `server.port`,
 //!   `network.transport`, `dnslens.upstream.try`, `dnslens.upstream.outcome`; `error.type`
-//!   and status Error when the try brought no answer.
+//!   (`timeout`, `SERVFAIL`, `REFUSED`, `connection_error`, `send_error`) and status Error
+//!   when the try brought no answer.
 //!
 //! Timestamps are the real receive/send instants, so a 5-second client retry shows as a gap.
 //!
@@ -90,7 +93,7 @@ pub use tls::{client_tls, trusted_roots};
 pub mod span_names {
     pub use super::spans::{
         ANOMALOUS, ANOMALY, CLIENT_IDENTITY_STALE, CLIENT_NAMESPACE, CLIENT_POD, CLIENT_POD_UID,
-        CLIENT_WORKLOAD, CLIENT_WORKLOAD_KIND,
+        CLIENT_WORKLOAD, CLIENT_WORKLOAD_KIND, LOOKUP_NAME,
     };
 }
 pub use spans::lookup_spans;

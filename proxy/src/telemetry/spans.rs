@@ -17,6 +17,7 @@ use crate::metrics::{QtypeLabel, RcodeLabel};
 use crate::record::{
     AnswerAddresses, Attempt, CacheUse, Clock, Kind, LookupOutcome, LookupRecord, Outcome,
 };
+use crate::wire;
 
 /// Builds the spans of one trace.
 struct TraceBuilder<'a> {
@@ -85,6 +86,10 @@ impl AddressTexts {
 pub const ANOMALY: &str = "dnslens.anomaly";
 pub const ANOMALOUS: &str = "dnslens.anomalous";
 
+/// The lookup span's base name as dnslens correlates it (lower case; `dns.question.name`
+/// keeps the client's case): what searches by name match exactly.
+pub const LOOKUP_NAME: &str = "dnslens.lookup.name";
+
 /// The lookup span's attributes naming the client's pod (node-local pod identity).
 pub const CLIENT_NAMESPACE: &str = "dnslens.client.k8s.namespace.name";
 pub const CLIENT_POD: &str = "dnslens.client.k8s.pod.name";
@@ -109,7 +114,8 @@ pub fn lookup_spans(
     let mut spans = Vec::with_capacity(span_count(lookup));
     let mut addresses = AddressTexts::default();
     let mut root_attributes = vec![
-        KeyValue::new("dns.question.name", lookup.base.clone()),
+        KeyValue::new("dns.question.name", base_as_asked(lookup)),
+        KeyValue::new(LOOKUP_NAME, lookup.base.clone()),
         KeyValue::new("client.address", addresses.get(lookup.client)),
         KeyValue::new("dnslens.lookup.attempts", lookup.questions() as i64),
         KeyValue::new("dnslens.lookup.outcome", lookup.outcome.as_str()),
@@ -184,7 +190,11 @@ pub fn lookup_spans(
         let q = &attempt.query;
         let query_id = SpanId::from_bytes(rand::random());
         let mut attributes = vec![
-            KeyValue::new("dns.question.name", attempt.qname.clone()),
+            KeyValue::new(
+                "dns.question.name",
+                wire::question_name_as_asked(&q.question, None)
+                    .unwrap_or_else(|| attempt.qname.clone()),
+            ),
             KeyValue::new(
                 "dnslens.question.type",
                 QtypeLabel::from_qtype(q.qtype).as_str(),
@@ -254,7 +264,7 @@ pub fn lookup_spans(
             // A try that brought no usable answer (truncation goes on over TCP: not an error).
             let failed = !matches!(t.outcome, Outcome::Answer | Outcome::Truncated);
             if failed {
-                attributes.push(KeyValue::new("error.type", t.outcome.as_str()));
+                attributes.push(KeyValue::new("error.type", try_error_type(t.outcome)));
             }
             let mut span = trace.span(
                 (SpanId::from_bytes(rand::random()), query_id),
@@ -272,15 +282,46 @@ pub fn lookup_spans(
     spans
 }
 
-/// `error.type` of a lookup that did not get an address, in the words `getaddrinfo` errors
-/// use (as the OpenTelemetry DNS conventions ask): none for an answered lookup.
+/// The lookup's base name as the client asked it (case kept): the base's labels of its first
+/// query's name (the base itself where they differ in more than case: escaped bytes).
+fn base_as_asked(lookup: &LookupRecord) -> String {
+    let labels = if lookup.base == "." {
+        0
+    } else {
+        lookup.base.split('.').count()
+    };
+    lookup
+        .attempts
+        .first()
+        .and_then(|a| wire::question_name_as_asked(&a.query.question, Some(labels)))
+        .filter(|asked| asked.eq_ignore_ascii_case(&lookup.base))
+        .unwrap_or_else(|| lookup.base.clone())
+}
+
+/// `error.type` of a lookup that did not get an address: the error `getaddrinfo` gives the
+/// client, in the well-known words the OpenTelemetry DNS conventions use (.NET's
+/// `SocketError` names for `EAI_*`): NXDOMAIN and NODATA are `EAI_NONAME`/`EAI_NODATA`
+/// (`host_not_found`), SERVFAIL and no answer at all `EAI_AGAIN` (`try_again`). Which of
+/// them it was is `dnslens.lookup.outcome`. None for an answered lookup.
 fn error_type(outcome: LookupOutcome) -> Option<&'static str> {
     match outcome {
         LookupOutcome::Answered => None,
-        LookupOutcome::NxDomain => Some("host_not_found"),
-        LookupOutcome::NoData => Some("no_data"),
-        LookupOutcome::ServFail => Some("server_failure"),
-        LookupOutcome::Timeout => Some("timeout"),
+        LookupOutcome::NxDomain | LookupOutcome::NoData => Some("host_not_found"),
+        LookupOutcome::ServFail | LookupOutcome::Timeout => Some("try_again"),
+    }
+}
+
+/// `error.type` of an upstream try that brought no usable answer: `timeout` as in the
+/// OpenTelemetry network conventions, the response code's name for an answer that refused
+/// or failed (as HTTP client spans use the status code), else what went wrong.
+fn try_error_type(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::ServFail => "SERVFAIL",
+        Outcome::Refused => "REFUSED",
+        Outcome::Timeout => "timeout",
+        Outcome::Error => "connection_error",
+        Outcome::LocalError => "send_error",
+        Outcome::Answer | Outcome::Truncated => "_OTHER",
     }
 }
 

@@ -362,6 +362,39 @@ fn question_names_are_lower_case_text() {
     assert_eq!(question_name(&[5, b'a']), None, "a label past the end");
 }
 
+/// OpenTelemetry's `dns.question.name`: as it appears in the query, escaped where it is not
+/// printable.
+#[test]
+fn question_names_as_asked_keep_case_and_escape_the_unprintable() {
+    let q = query("WWW.Example.ORG.", RecordType::A, None);
+    let end = parse_query(&q).unwrap().question_end;
+    let question = &q[HEADER_LEN..end];
+    assert_eq!(
+        question_name_as_asked(question, None).as_deref(),
+        Some("WWW.Example.ORG")
+    );
+    assert_eq!(
+        question_name_as_asked(question, Some(2)).as_deref(),
+        Some("WWW.Example")
+    );
+    assert_eq!(
+        question_name_as_asked(&[0, 0, 1, 0, 1], None).as_deref(),
+        Some(".")
+    );
+    let odd = [
+        7, b'a', b'.', b'"', b'\\', b'\t', 0xC9, 0x01, 1, b'B', 0, 0, 1, 0, 1,
+    ];
+    assert_eq!(
+        question_name_as_asked(&odd, None).as_deref(),
+        Some(r#"a\.\"\\\t\201\001.B"#)
+    );
+    assert_eq!(
+        question_name_as_asked(&[5, b'a'], None),
+        None,
+        "a label past the end"
+    );
+}
+
 /// RFC 3225 §3 (issue 24): the DO bit of a query's OPT is copied into the answer's OPT —
 /// the RFC 8482 minimal answer to ANY and every error answer alike.
 #[test]

@@ -414,7 +414,7 @@ fn musl_stops_at_empty_noerror_and_its_trace_shows_where() {
     let (root, queries, _) =
         lookup_tree(spans, "alauda.cn").expect("a dns.lookup trace for alauda.cn");
     assert_eq!(root.attr("dnslens.lookup.outcome"), "nodata");
-    assert_eq!(root.attr("error.type"), "no_data");
+    assert_eq!(root.attr("error.type"), "host_not_found");
     assert_eq!(root.attr("dnslens.anomaly"), "empty_noerror_search");
     let mut got = walk(&queries);
     got.sort();

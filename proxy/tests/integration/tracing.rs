@@ -34,7 +34,7 @@ pub fn lookup_tree(
 ) -> Option<(ReceivedSpan, Vec<ReceivedSpan>, Vec<ReceivedSpan>)> {
     let root = spans
         .iter()
-        .find(|s| s.name == "dns.lookup" && s.attr("dns.question.name") == base)?
+        .find(|s| s.name == "dns.lookup" && s.attr("dnslens.lookup.name") == base)?
         .clone();
     let mut queries: Vec<ReceivedSpan> = spans
         .iter()
@@ -57,7 +57,8 @@ async fn a_glibc_search_walk_is_one_trace_over_grpc() {
     let receiver = Receiver::start().await;
     let endpoint = format!("http://{}", receiver.grpc);
     let world = World::start_with(|c| traced(c, endpoint, OtlpProtocol::Grpc, 1.0)).await;
-    let addrs = getaddrinfo(world.dns(), "alauda.cn", &SEARCH, NDOTS, Libc::Glibc)
+    // Asked in mixed case: spans show the name as asked, correlation goes by lower case.
+    let addrs = getaddrinfo(world.dns(), "Alauda.CN", &SEARCH, NDOTS, Libc::Glibc)
         .await
         .unwrap();
     assert_eq!(addrs, ["203.0.113.10".parse::<std::net::IpAddr>().unwrap()]);
@@ -71,6 +72,12 @@ async fn a_glibc_search_walk_is_one_trace_over_grpc() {
     assert_eq!(root.attr("dnslens.lookup.outcome"), "answered");
     assert_eq!(root.attr("dnslens.lookup.answered_by"), "absolute");
     assert_eq!(root.attr("dnslens.lookup.attempts"), "8");
+    assert_eq!(root.attr("dns.question.name"), "Alauda.CN");
+    assert_eq!(
+        root.attr("error.type"),
+        "",
+        "an answered lookup has no error.type"
+    );
     assert_eq!(
         root.resource.get("service.name").map(String::as_str),
         Some("dnslens")
@@ -97,10 +104,10 @@ async fn a_glibc_search_walk_is_one_trace_over_grpc() {
     assert_eq!(
         pairs,
         [
-            vec![expect("alauda.cn.default.svc.cluster.local", "0", "NOERROR"); 2],
-            vec![expect("alauda.cn.svc.cluster.local", "1", "NXDOMAIN"); 2],
-            vec![expect("alauda.cn.cluster.local", "2", "NXDOMAIN"); 2],
-            vec![expect("alauda.cn", "-1", "NOERROR"); 2],
+            vec![expect("Alauda.CN.default.svc.cluster.local", "0", "NOERROR"); 2],
+            vec![expect("Alauda.CN.svc.cluster.local", "1", "NXDOMAIN"); 2],
+            vec![expect("Alauda.CN.cluster.local", "2", "NXDOMAIN"); 2],
+            vec![expect("Alauda.CN", "-1", "NOERROR"); 2],
         ]
     );
     let qtypes: Vec<&str> = queries
@@ -185,6 +192,9 @@ async fn ordinary_lookups_are_sampled_but_failures_are_always_exported() {
     assert_eq!(root.attr("dnslens.lookup.outcome"), "timeout");
     assert_eq!(queries.len(), 1);
     assert_eq!(upstream[0].attr("dnslens.upstream.outcome"), "timeout");
+    // What getaddrinfo tells the client (EAI_AGAIN), and the try's own error.
+    assert_eq!(root.attr("error.type"), "try_again");
+    assert_eq!(upstream[0].attr("error.type"), "timeout");
     // Let the sampled-out lookups end, then check none of them was exported.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(lookup_tree(&receiver.spans(), "web").is_none());
