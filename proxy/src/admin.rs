@@ -21,13 +21,19 @@
 //!   asset, air-gapped clusters) that reads `/debug/anomalies` for the window in its URL;
 //!   the same clients as `/debug/*`.
 //!
+//! With `admin.probe_socket`, `/healthz` and `/readyz` are also served on that unix socket,
+//! which only this process holds: node-local on the host's network shares the TCP port with
+//! the other pod of a surge update (SO_REUSEPORT), so an HTTP probe there can be answered
+//! by either process, while `dnslens probe ready --socket PATH` (an exec probe, the socket
+//! in the pod's own emptyDir) asks this one.
+//!
 //! Anything else is 404; the server reads no request body. `dnslens ui --backend URL`
 //! serves only `/ui/` and `/debug/anomalies` (the cluster's window), from a workstation.
 //!
 //! Config: `admin: {debug_allow}` — networks that may read `/debug/*` and `/ui/` besides
 //! loopback [none]; `admin: {node_setup_status}` — `node-setup hold`'s status file, exported
 //! as `dnslens_node_setup_repairs_total` and `dnslens_node_setup_last_check_timestamp_seconds`
-//! [none]; `ui: {trace_url}` — the page's link to a lookup's trace, `{trace_id}`
+//! [none]; `admin: {probe_socket}` — the probes' unix socket [none]; `ui: {trace_url}` — the page's link to a lookup's trace, `{trace_id}`
 //! replaced (e.g. `https://tempo.example/explore?traceId={trace_id}`) [none: the id is shown];
 //! `ui: {backend}` — `jaeger=URL`, the backend of the cluster-wide window [none];
 //! `ui: {backend_service}` — the `service.name` the instances export under [dnslens].
@@ -59,6 +65,8 @@ pub struct AdminConfig {
     /// `node-setup hold`'s status file (node-local on the link-local address): its repairs
     /// are exported with this process's metrics.
     pub node_setup_status: Option<std::path::PathBuf>,
+    /// A unix socket serving `/healthz` and `/readyz` of this process alone (`dnslens probe`).
+    pub probe_socket: Option<std::path::PathBuf>,
 }
 
 /// The `ui:` section (the timeline page).
@@ -168,6 +176,38 @@ pub async fn serve(
     )
     .with_graceful_shutdown(stop.cancelled_owned())
     .await
+}
+
+/// Binds the probes' unix socket at `path`, replacing a socket a previous run left there
+/// (anything else at the path is an error, not removed).
+pub fn bind_probe_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            ))
+        }
+        Err(_) => {}
+    }
+    tokio::net::UnixListener::bind(path)
+}
+
+/// `/healthz` and `/readyz` of this process on its probe socket, until `stop`.
+pub async fn serve_probes(
+    listener: tokio::net::UnixListener,
+    state: AdminState,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
 }
 
 /// `/debug/anomalies` and `/ui/`: part of every dnslens's admin server, and all of

@@ -230,7 +230,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml_ng::from_str(text).map_err(|e| e.to_string().replace('\n', " "))
+        crate::yaml::from_str(text)
     }
 
     /// Applies environment/flag overrides on top of the file's values.

@@ -44,6 +44,7 @@ pub mod telemetry;
 pub(crate) mod test_messages;
 pub mod udp;
 pub mod wire;
+pub mod yaml;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,11 +77,13 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("{0}")]
+    #[error("admin.probe_socket {path}: {error}")]
+    ProbeSocket { path: String, error: std::io::Error },
+    #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Telemetry(#[from] telemetry::TelemetryError),
-    #[error("{0}")]
+    #[error(transparent)]
     PodIdentity(#[from] identity::watch::WatchSetupError),
     #[error("ui.backend: {0}")]
     Backend(cluster::BackendError),
@@ -195,7 +198,7 @@ impl ReloadMetrics {
 /// Why a reload was refused; the running configuration stays.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Start(#[from] StartError),
@@ -301,6 +304,16 @@ impl Proxy {
                 addr: config.metrics_listen,
                 error,
             })?;
+        let probe_listener =
+            match &config.admin.probe_socket {
+                Some(path) => Some(admin::bind_probe_socket(path).map_err(|error| {
+                    StartError::ProbeSocket {
+                        path: path.display().to_string(),
+                        error,
+                    }
+                })?),
+                None => None,
+            };
         let forwarder_now = Arc::new(ArcSwap::new(current.forwarder.clone()));
         let draining = CancellationToken::new();
         let admin = tokio::spawn({
@@ -318,8 +331,19 @@ impl Proxy {
             };
             let stop = shared.stop_all.clone();
             async move {
+                let probes = probe_listener.map(|listener| {
+                    let (state, stop) = (state.clone(), stop.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = admin::serve_probes(listener, state, stop).await {
+                            tracing::error!(error = %e, "probe socket server failed");
+                        }
+                    })
+                });
                 if let Err(e) = admin::serve(admin_listener, state, stop).await {
                     tracing::error!(error = %e, "metrics server failed");
+                }
+                if let Some(probes) = probes {
+                    let _ = probes.await;
                 }
             }
         });

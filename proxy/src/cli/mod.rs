@@ -4,6 +4,7 @@
 
 mod anomalies;
 mod journal_table;
+mod probe;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,17 @@ pub enum Command {
         /// `http://localhost:16686/trace/{trace_id}`).
         #[arg(long)]
         trace_url: Option<String>,
+    },
+    /// Ask this pod's dnslens whether it is ready (or live) over its probe socket
+    /// (`admin.probe_socket`): exit 0 when it answers 200, else 1. An exec probe's command.
+    Probe {
+        #[arg(value_enum)]
+        check: probe::ProbeCheck,
+        #[arg(long)]
+        socket: PathBuf,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Run the proxy in front of an embedded Kubernetes-like upstream (no network needed).
     Demo {
@@ -183,13 +195,8 @@ impl InjectArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("injection config {}", path.display()))?;
-                serde_yaml_ng::from_str(&text).map_err(|e| {
-                    anyhow::anyhow!(
-                        "injection config {}: {}",
-                        path.display(),
-                        e.to_string().replace('\n', " ")
-                    )
-                })?
+                crate::yaml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("injection config {}: {e}", path.display()))?
             }
             None => Default::default(),
         };
@@ -345,6 +352,11 @@ pub fn run(cli: Cli) -> ExitCode {
             })
         }
         Command::Anomalies(args) => anomalies::run(args),
+        Command::Probe {
+            check,
+            socket,
+            timeout,
+        } => probe::run(check, &socket, timeout),
         Command::Ui {
             backend,
             service,

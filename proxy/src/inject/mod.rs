@@ -95,7 +95,7 @@ impl Default for Resources {
             requests_cpu: "10m".into(),
             requests_memory: "16Mi".into(),
             limits_cpu: None,
-            limits_memory: "64Mi".into(),
+            limits_memory: "128Mi".into(),
         }
     }
 }
@@ -569,9 +569,8 @@ pub fn inject_yaml(
 ) -> Result<(String, Vec<String>), InjectError> {
     let mut out = String::new();
     let mut report = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
-        let mut object =
-            Value::deserialize(document).map_err(|e| InjectError::Yaml(e.to_string()))?;
+    let documents: Vec<Value> = crate::yaml::from_documents(text).map_err(InjectError::Yaml)?;
+    for mut object in documents {
         if object.is_null() {
             continue;
         }
@@ -593,9 +592,7 @@ pub fn inject_yaml(
         if !out.is_empty() {
             out.push_str("---\n");
         }
-        out.push_str(
-            &serde_yaml_ng::to_string(&object).map_err(|e| InjectError::Yaml(e.to_string()))?,
-        );
+        out.push_str(&crate::yaml::to_string(&object).map_err(InjectError::Yaml)?);
     }
     Ok((out, report))
 }

@@ -261,9 +261,7 @@ fn yaml_documents_round_trip_with_a_report() {
         report,
         ["Pod a: injected", "ConfigMap c: not a workload, unchanged"]
     );
-    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&out)
-        .map(|d| Value::deserialize(d).unwrap())
-        .collect();
+    let docs: Vec<Value> = crate::yaml::from_documents(&out).unwrap();
     assert_eq!(docs.len(), 2);
     assert_eq!(docs[1]["data"]["k"], "v");
     // Key order is kept: apiVersion first, as written.

@@ -38,7 +38,7 @@ fn alert_rules_pass_their_promtool_tests() {
 fn every_alert_has_the_prefix_a_severity_and_a_runbook_section() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let rules: serde_json::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("config/alerts.yaml")).unwrap())
+        dnslens::yaml::from_str(&std::fs::read_to_string(root.join("config/alerts.yaml")).unwrap())
             .unwrap();
     let runbooks = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
     let sections: Vec<String> = runbooks

@@ -354,7 +354,7 @@ fn patch_json(patch: &[Value]) -> String {
 /// defaulted by the API server (a server-side dry run in a namespace the webhook leaves
 /// alone) so it compares with what the webhook's pod became.
 fn injected_by_the_cli(cp: &ControlPlane, pod: &Value, namespace: &str, config: &Path) -> Value {
-    let yaml = serde_yaml_ng::to_string(pod).unwrap();
+    let yaml = dnslens::yaml::to_string(pod).unwrap();
     let (out, report) = inject_cli(
         &yaml,
         &[
@@ -660,7 +660,7 @@ async fn a_plain_prometheus_discovers_the_charts_node_local_pods_and_fires_the_a
 
     // Prometheus with the documented scrape job, pointed at this API server.
     let dir = TempDir::new("prometheus-sd");
-    let mut jobs: Value = serde_yaml_ng::from_str(
+    let mut jobs: Value = dnslens::yaml::from_str(
         &std::fs::read_to_string(repo().join("config/prometheus-scrape.yaml")).unwrap(),
     )
     .unwrap();

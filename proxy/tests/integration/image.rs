@@ -4,7 +4,8 @@
 //! non-root process none of `capabilities.add`), a read-only root filesystem — inside a
 //! network namespace of the test's own with Knot as the upstream. What makes :53 bindable
 //! there is the pod's namespaced sysctl `net.ipv4.ip_unprivileged_port_start`, which the
-//! injector sets: with it the image answers, without it the bind is refused.
+//! injector sets: with it the image answers, without it the bind is refused. Tracing over
+//! https is on, as with a collector behind a public CA: the image carries the CA bundle.
 
 use std::path::Path;
 use std::process::Command;
@@ -43,6 +44,12 @@ fn bundle(dir: &Path) {
         .output()
         .expect("umoci is needed (scripts/test.sh installs it)");
     assert!(unpacked.status.success());
+    // The system's CA bundle, as Debian ships it.
+    let bundle_ca = "etc/ssl/certs/ca-certificates.crt";
+    assert_eq!(
+        std::fs::read(dir.join("bundle/rootfs").join(bundle_ca)).expect("a CA bundle in the image"),
+        std::fs::read(Path::new("/").join(bundle_ca)).unwrap()
+    );
     let path = dir.join("bundle/config.json");
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     // The image's own user and entrypoint, as built.
@@ -61,6 +68,11 @@ fn bundle(dir: &Path) {
         "--search",
         "default.svc.cluster.local"
     ]);
+    // Traces over https to a collector with a public CA's certificate: the exporter needs the
+    // system's CA bundle in the image, or dnslens refuses to start (no trusted CA).
+    let env = process["env"].as_array_mut().unwrap();
+    env.push(json!("OTEL_EXPORTER_OTLP_ENDPOINT=https://127.0.0.1:4318"));
+    env.push(json!("OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"));
     process["terminal"] = json!(false);
     process["noNewPrivileges"] = json!(true);
     // A non-root process under a strict runtime: `add: [NET_BIND_SERVICE]` reaches the
@@ -156,4 +168,24 @@ fn the_image_serves_port_53_as_the_injected_sidecar_runs_it() {
         1,
         "said once: {log}"
     );
+}
+
+/// The Dockerfile's base images are pinned by digest (a tag alone moves under a rebuild).
+#[test]
+fn every_base_image_of_the_dockerfile_is_pinned_by_digest() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dockerfile = std::fs::read_to_string(repo.join("Dockerfile")).unwrap();
+    let bases: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert_eq!(bases.len(), 2, "{dockerfile}");
+    for image in bases {
+        let digest = image.split_once("@sha256:").map(|(_, d)| d).unwrap_or("");
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{image} is not pinned by digest"
+        );
+    }
 }

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -57,10 +56,7 @@ pub(crate) fn run_helm_template(chart: &Path, args: &[&str]) -> (bool, String, S
 }
 
 pub(crate) fn yaml_documents(text: &str) -> Vec<Value> {
-    serde_yaml_ng::Deserializer::from_str(text)
-        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
-        .filter(|v| !v.is_null())
-        .collect()
+    dnslens::yaml::from_documents(text).expect("rendered YAML parses")
 }
 
 /// Renders the chart with `args`, validated against Kubernetes 1.31; the objects.
@@ -103,7 +99,7 @@ fn assert_locked_down(container: &Value) {
 /// config/alerts.yaml's rule groups, as JSON.
 fn alert_groups() -> Value {
     let text = std::fs::read_to_string(repo().join("config/alerts.yaml")).unwrap();
-    let rules: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let rules: Value = dnslens::yaml::from_str(&text).unwrap();
     rules["groups"].clone()
 }
 
@@ -182,7 +178,7 @@ fn sidecar_mode_renders_the_webhook_with_cert_manager() {
     // The injector's settings: what `dnslens webhook --config` reads.
     let config = find(&docs, "ConfigMap", "dns");
     let inject: dnslens::inject::InjectConfig =
-        serde_yaml_ng::from_str(config["data"]["inject.yaml"].as_str().unwrap())
+        dnslens::yaml::from_str(config["data"]["inject.yaml"].as_str().unwrap())
             .expect("inject.yaml is an InjectConfig");
     assert!(
         inject.upstreams.is_empty(),
@@ -230,7 +226,7 @@ fn sidecar_mode_without_cert_manager_makes_its_own_certificate() {
     }
     let config = find(&docs, "ConfigMap", "dns");
     let inject: dnslens::inject::InjectConfig =
-        serde_yaml_ng::from_str(config["data"]["inject.yaml"].as_str().unwrap()).unwrap();
+        dnslens::yaml::from_str(config["data"]["inject.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(inject.kube_version, "1.29");
     inject.check_kube_version().expect("1.29 or newer");
 }
@@ -480,6 +476,29 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
         ]
     );
     assert!(parsed.upstreams.is_empty(), "the upstream comes as a flag");
+    // The probes ask this pod's process over its own socket (the TCP port is shared with the
+    // other pod of a surge), in a writable emptyDir of the pod.
+    let dnslens = &pod["containers"][0];
+    let socket = "/run/dnslens/probe.sock";
+    assert_eq!(
+        parsed.admin.probe_socket.as_deref(),
+        Some(std::path::Path::new(socket))
+    );
+    for (probe, check) in [("readinessProbe", "ready"), ("livenessProbe", "live")] {
+        assert_eq!(
+            dnslens[probe]["exec"]["command"],
+            json!(["/dnslens", "probe", check, "--socket", socket]),
+            "{probe}"
+        );
+        assert!(dnslens[probe].get("httpGet").is_none());
+    }
+    let mounts = dnslens["volumeMounts"].as_array().unwrap();
+    let probe_mount = mounts.iter().find(|m| m["name"] == "probe").unwrap();
+    assert_eq!(probe_mount["mountPath"], "/run/dnslens");
+    assert!(probe_mount.get("readOnly").is_none());
+    let volumes = pod["volumes"].as_array().unwrap();
+    let probe_volume = volumes.iter().find(|v| v["name"] == "probe").unwrap();
+    assert_eq!(probe_volume["emptyDir"]["medium"], "Memory");
     assert_eq!(
         parsed.tracing.endpoint.as_deref(),
         Some("http://otel.observability:4317")
@@ -611,7 +630,7 @@ fn the_rendered_alert_rules_pass_promtool() {
     let file = dir.0.join("rules.yaml");
     std::fs::write(
         &file,
-        serde_yaml_ng::to_string(&json!({"groups": rule["spec"]["groups"]})).unwrap(),
+        dnslens::yaml::to_string(&json!({"groups": rule["spec"]["groups"]})).unwrap(),
     )
     .unwrap();
     let out = Command::new("promtool")
@@ -672,7 +691,7 @@ fn the_injector_output_on_the_example_workloads_is_valid_kubernetes() {
     assert_eq!(workloads.len(), 2);
     let input: String = workloads
         .iter()
-        .map(|w| serde_yaml_ng::to_string(w).unwrap())
+        .map(|w| dnslens::yaml::to_string(w).unwrap())
         .collect::<Vec<_>>()
         .join("---\n");
     for kube in ["1.29.0", "1.31.0"] {
@@ -1001,7 +1020,7 @@ fn get_healthz() -> String {
 fn the_chart_readme_documents_every_value() {
     let chart = repo().join("helm/dnslens");
     let values: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap())
+        dnslens::yaml::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap())
             .unwrap();
     let readme = std::fs::read_to_string(chart.join("README.md")).unwrap();
     fn leaves(value: &Value, path: &str, out: &mut Vec<String>) {
@@ -1143,7 +1162,7 @@ fn chart_knobs_as_in_the_coredns_chart() {
         "--set",
         "imagePullSecrets[0].name=regcred",
     ]);
-    let inject: dnslens::inject::InjectConfig = serde_yaml_ng::from_str(
+    let inject: dnslens::inject::InjectConfig = dnslens::yaml::from_str(
         find(&docs, "ConfigMap", "dns")["data"]["inject.yaml"]
             .as_str()
             .unwrap(),

@@ -293,6 +293,88 @@ async fn a_second_process_takes_over_the_address_without_a_failed_query() {
     upstream.stop().await;
 }
 
+/// `dnslens probe CHECK --socket SOCKET`: its exit code and stderr.
+fn probe(check: &str, socket: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dnslens"))
+        .args(["probe", check, "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A surge update on the host's network shares the admin port too (SO_REUSEPORT), so an HTTP
+/// probe there may reach either process. Each one's probe socket answers for it alone:
+/// after SIGTERM the old one says 503 there (its lameduck) while the new one says ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_answers_its_own_probe_socket_during_a_handover() {
+    let upstream = EmbeddedUpstream::start("127.0.0.1:0".parse().unwrap(), &ZONES)
+        .await
+        .unwrap();
+    let dir = TempDir::new("probe-socket");
+    let dns: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut pods = Vec::new();
+    for pod in ["old", "new"] {
+        let socket = dir.0.join(format!("{pod}.sock"));
+        let config = dir.0.join(format!("{pod}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "lameduck: 2s\nshutdown_grace: 2s\nadmin: {{probe_socket: {}}}\n",
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let child = start_serving(&config, dns, upstream.addr, admin).await;
+        pods.push((child, socket));
+    }
+    let (old_socket, new_socket) = (pods[0].1.clone(), pods[1].1.clone());
+    assert_eq!(probe("ready", &old_socket).0, 0);
+    assert_eq!(probe("ready", &new_socket).0, 0);
+
+    let old_pid = pods[0].0 .0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &old_pid])
+        .status()
+        .unwrap()
+        .success());
+    // The old process's lameduck shows on its own socket (proof the SIGTERM was handled)...
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (code, stderr) = loop {
+        let (code, stderr) = probe("ready", &old_socket);
+        if code != 0 || Instant::now() > deadline {
+            break (code, stderr);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, 1, "the old process still says ready");
+    assert!(stderr.contains("503"), "{stderr}");
+    // ...while it is alive, and the new one is ready, each asked through its own socket.
+    assert_eq!(probe("live", &old_socket).0, 0);
+    assert_eq!(probe("ready", &new_socket), (0, String::new()));
+    let old = &mut pods[0].0;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let status = loop {
+        if let Some(status) = old.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    // Gone: its socket answers nothing; the new one still says ready.
+    assert_eq!(probe("live", &old_socket).0, 1);
+    assert_eq!(probe("ready", &new_socket).0, 0);
+    let new_pid = pods[1].0 .0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &new_pid]).status();
+    let _ = pods[1].0 .0.wait();
+    upstream.stop().await;
+}
+
 /// One query over a fresh TCP connection; the answer, if any.
 async fn tcp_ask_once(server: std::net::SocketAddr, name: &str) -> Option<Vec<u8>> {
     let mut stream = tokio::net::TcpStream::connect(server).await.ok()?;
