@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A Kubernetes control plane without nodes, on loopback, for the cluster tests and for trying
-# dnslens by hand: etcd, kube-apiserver, kubectl and CoreDNS built from their Go modules.
+# dnslens by hand: etcd, kube-apiserver, kubectl, kube-proxy and CoreDNS built from their Go
+# modules.
 #
 #   scripts/control-plane.sh build          build (or reuse) the pinned binaries; prints their dir
-#   scripts/control-plane.sh path NAME      the cached binary NAME (etcd, kube-apiserver, kubectl, coredns)
+#   scripts/control-plane.sh path NAME      the cached binary NAME (etcd, kube-apiserver, kubectl,
+#                                           kube-proxy, coredns)
 #                                           or the CRD directory (crds)
 #   scripts/control-plane.sh start DIR      certificates, etcd and kube-apiserver on free loopback
 #                                           ports; writes DIR/kubeconfig and DIR/env; returns when ready
@@ -86,11 +88,13 @@ build_kubernetes() {
     cat >"$dir/tools.go" <<'EOF'
 //go:build tools
 
-// The programs this module builds: kube-apiserver and kubectl from k8s.io/kubernetes.
+// The programs this module builds: kube-apiserver, kubectl and kube-proxy from
+// k8s.io/kubernetes.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 EOF
@@ -117,6 +121,8 @@ EOF
   done
   go_program kube-apiserver "$KUBERNETES_VERSION" "$dir" k8s.io/kubernetes/cmd/kube-apiserver "$ldflags"
   go_program kubectl "$KUBERNETES_VERSION" "$dir" k8s.io/kubernetes/cmd/kubectl "$ldflags"
+  # kube-proxy (iptables mode): the Service tests run it in a network namespace of their own.
+  go_program kube-proxy "$KUBERNETES_VERSION" "$dir" k8s.io/kubernetes/cmd/kube-proxy "$ldflags"
 }
 
 # module_program NAME VERSION MODULE PACKAGE WHAT: a scratch module requiring MODULE@VERSION,
@@ -164,7 +170,7 @@ fetch_crds() {
 path_of() {
   case $1 in
     etcd) echo "$BIN/etcd-$ETCD_VERSION" ;;
-    kube-apiserver | kubectl) echo "$BIN/$1-$KUBERNETES_VERSION" ;;
+    kube-apiserver | kubectl | kube-proxy) echo "$BIN/$1-$KUBERNETES_VERSION" ;;
     coredns) echo "$BIN/coredns-$COREDNS_VERSION" ;;
     prometheus) echo "$BIN/prometheus-$PROMETHEUS_VERSION" ;;
     jaeger) echo "$BIN/jaeger-$JAEGER_VERSION" ;;

@@ -22,6 +22,11 @@
 //! queued for it, then leaves the group (open connections finish what they read), so new
 //! traffic goes to the other process.
 //!
+//! Dual stack: the IPv6 wildcard `[::]:PORT` is bound dual-stack (IPv4 clients arrive as
+//! `::ffff:a.b.c.d`) whatever `net.ipv6.bindv6only` says, so one address serves both
+//! families of a dual-stack pod; on a kernel without IPv6 (EAFNOSUPPORT) it is IPv4's
+//! wildcard, with a warning. The same holds for the admin listener.
+//!
 //! Metrics:
 //! - `dnslens_requests_total{transport,qtype,rcode}`: queries answered, by the RCODE sent.
 //! - `dnslens_requests_dropped_total{reason}`: queries not forwarded: `too_short`,
@@ -278,6 +283,7 @@ fn bind_one(
     requested: SocketAddr,
     workers: usize,
 ) -> std::io::Result<(SocketAddr, Vec<Socket>, TcpListener)> {
+    let requested = family_available(requested);
     let addr = if requested.port() == 0 {
         SocketAddr::new(requested.ip(), exclusive_port(requested.ip())?)
     } else {
@@ -306,8 +312,36 @@ pub fn exclusive_port(ip: IpAddr) -> std::io::Result<u16> {
     Err(last_error.unwrap_or_else(|| std::io::Error::other("no port free for UDP and TCP")))
 }
 
+/// Linux's EAFNOSUPPORT: the kernel has no such address family (booted without IPv6).
+const NO_ADDRESS_FAMILY: i32 = 97;
+
+/// `addr`, or IPv4's wildcard on the same port when `addr` is IPv6's wildcard and the
+/// kernel has no IPv6 at all.
+fn family_available(addr: SocketAddr) -> SocketAddr {
+    if addr.ip() != IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        return addr;
+    }
+    match Socket::new(Domain::IPV6, Type::DGRAM, None) {
+        Err(e) if e.raw_os_error() == Some(NO_ADDRESS_FAMILY) => {
+            let v4 = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), addr.port());
+            tracing::warn!(requested = %addr, bound = %v4, "no IPv6 in this kernel: IPv4 only");
+            v4
+        }
+        _ => addr,
+    }
+}
+
+/// A socket for `addr`: the IPv6 wildcard dual-stack (see the module doc).
+fn socket_for(addr: SocketAddr, kind: Type, protocol: Protocol) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
+    if addr.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        socket.set_only_v6(false)?;
+    }
+    Ok(socket)
+}
+
 fn reuseport_udp(addr: SocketAddr) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = socket_for(addr, Type::DGRAM, Protocol::UDP)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     // Room for bursts while a worker is busy; the kernel caps it at rmem_max.
@@ -319,12 +353,13 @@ fn reuseport_udp(addr: SocketAddr) -> std::io::Result<Socket> {
 /// A TCP listener that another dnslens may share (SO_REUSEPORT: the new pod of a rolling
 /// update binds beside the old one).
 pub fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let addr = family_available(addr);
     let addr = if addr.port() == 0 {
         SocketAddr::new(addr.ip(), exclusive_port(addr.ip())?)
     } else {
         addr
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = socket_for(addr, Type::STREAM, Protocol::TCP)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;

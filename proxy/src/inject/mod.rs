@@ -471,7 +471,9 @@ fn sidecar_container(config: &InjectConfig, dns: &PodDns) -> Value {
         "--listen".into(),
         "127.0.0.1:53".into(),
         "--metrics-listen".into(),
-        format!("0.0.0.0:{}", config.metrics_port),
+        // Both families: the kubelet probes and Prometheus scrape the pod's primary IP,
+        // IPv6 in an IPv6-first cluster.
+        format!("[::]:{}", config.metrics_port),
         "--cluster-domain".into(),
         config.cluster_domain.clone(),
         "--ndots".into(),

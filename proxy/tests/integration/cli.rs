@@ -148,20 +148,9 @@ fn sigterm_exits_0() {
         assert!(Instant::now() < deadline, "dnslens did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            assert_eq!(status.code(), Some(0));
-            break;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    child.terminate();
+    let code = child.exit_code_within(Duration::from_secs(5), "no exit after SIGTERM");
+    assert_eq!(code, Some(0));
 }
 
 #[test]

@@ -22,6 +22,41 @@ async fn proxy_with(upstreams: &[SocketAddr], tweak: impl FnOnce(&mut Config)) -
     Proxy::start(&config).await.expect("proxy starts")
 }
 
+/// `[::]` is both families (the chart's node-local Service mode, the sidecar's admin port):
+/// clients of either family are answered over UDP and TCP, and the admin port answers both,
+/// each client seen with its own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ipv6_wildcard_serves_both_families() {
+    let world = World::start_with(|c| {
+        c.listen = vec!["[::]:0".parse().unwrap()];
+        c.metrics_listen = "[::]:0".parse().unwrap();
+    })
+    .await;
+    let port = world.dns().port();
+    for client in ["127.0.0.1", "::1"] {
+        let dns = SocketAddr::new(client.parse().unwrap(), port);
+        let udp = ask_udp(dns, "web.default.svc.cluster.local.", RecordType::A, None).await;
+        assert_eq!(
+            udp.metadata.response_code,
+            ResponseCode::NoError,
+            "{dns} udp"
+        );
+        assert_eq!(udp.answers.len(), 1, "{dns} udp");
+        let tcp = ask_tcp(dns, "web.default.svc.cluster.local.", RecordType::A).await;
+        assert_eq!(tcp.answers.len(), 1, "{dns} tcp");
+        let admin = SocketAddr::new(client.parse().unwrap(), world.proxy.metrics_addr.port());
+        assert_eq!(http_get(admin, "/readyz").await.0, 200, "{admin}");
+    }
+    // IPv4 clients arrive as ::ffff:127.0.0.1: the loopback-only access list knows them.
+    let metrics = http_get(world.proxy.metrics_addr, "/metrics").await.1;
+    assert_eq!(
+        series_value(&metrics, "dnslens_acl_refused_total"),
+        0.0,
+        "{metrics}"
+    );
+    world.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_and_ipv6_upstreams_both_answer() {
     let (knot, v6) = Knot::start_dual(true).await;

@@ -321,6 +321,30 @@ impl Drop for TempDir {
 /// A child process killed and reaped on drop.
 pub struct Child(pub std::process::Child);
 
+impl Child {
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM to {}", self.0.id());
+    }
+
+    /// The exit code, once the process has exited; fails the test if it is still running
+    /// `within` from now (`what` says what was waited for).
+    pub fn exit_code_within(&mut self, within: std::time::Duration, what: &str) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();

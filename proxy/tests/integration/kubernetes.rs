@@ -231,6 +231,69 @@ fn sidecar_mode_without_cert_manager_makes_its_own_certificate() {
     inject.check_kube_version().expect("1.29 or newer");
 }
 
+/// Service exposure's routing: PreferSameNode (another node's dnslens answers while this
+/// node's is not ready; `service_fallback.rs` shows kube-proxy doing it) where the cluster
+/// serves it (1.34+), internalTrafficPolicy Local before; PreferSameNode asked of an older
+/// cluster is refused with the reason.
+#[test]
+fn service_routing_prefers_the_same_node_where_the_cluster_serves_it() {
+    let node_local = "mode=node-local,nodeLocal.clientCIDRs={10.244.0.0/16},clusterDNS=10.96.0.10";
+    for (kube, routing, expect_local) in [
+        ("1.31.0", "auto", true),
+        ("1.34.0", "auto", false),
+        ("1.36.0", "Local", true),
+        ("1.36.0", "PreferSameNode", false),
+    ] {
+        let routing_value = format!("nodeLocal.service.routing={routing}");
+        let (ok, stdout, stderr) = run_helm_template(
+            &repo().join("helm/dnslens"),
+            &[
+                "--set",
+                node_local,
+                "--set",
+                &routing_value,
+                "--kube-version",
+                kube,
+            ],
+        );
+        assert!(ok, "{kube} {routing}: {stderr}");
+        let docs = yaml_documents(&stdout);
+        let spec = &find(&docs, "Service", "dns")["spec"];
+        if expect_local {
+            assert_eq!(spec["internalTrafficPolicy"], "Local", "{kube} {routing}");
+            assert!(
+                spec.get("trafficDistribution").is_none(),
+                "{kube} {routing}"
+            );
+        } else {
+            assert_eq!(
+                spec["trafficDistribution"], "PreferSameNode",
+                "{kube} {routing}"
+            );
+            assert!(
+                spec.get("internalTrafficPolicy").is_none(),
+                "{kube} {routing}"
+            );
+        }
+    }
+    let (ok, _, stderr) = run_helm_template(
+        &repo().join("helm/dnslens"),
+        &[
+            "--set",
+            node_local,
+            "--set",
+            "nodeLocal.service.routing=PreferSameNode",
+            "--kube-version",
+            "1.33.0",
+        ],
+    );
+    assert!(!ok, "PreferSameNode rendered for 1.33");
+    assert!(
+        stderr.contains("nodeLocal.service.routing=PreferSameNode needs Kubernetes 1.34 or newer"),
+        "{stderr}"
+    );
+}
+
 /// Kubernetes 1.29+ or a clear refusal: the chart will not render for an older cluster, and
 /// `dnslens inject` will not inject for one (a sidecar in a regular container would keep a
 /// Job's pod from ever completing).
@@ -337,6 +400,7 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
     }
     let service = find(&docs, "Service", "dns");
     assert_eq!(service["spec"]["internalTrafficPolicy"], "Local");
+    assert_eq!(service["spec"]["ipFamilyPolicy"], "PreferDualStack");
     assert_eq!(service["spec"]["clusterIP"], "10.96.0.11");
     assert_eq!(
         find(&docs, "PodDisruptionBudget", "dns")["spec"]["maxUnavailable"],
@@ -365,7 +429,9 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
     parsed
         .validate()
         .expect("dnslens.yaml with the flag is valid");
-    assert_eq!(parsed.listen, ["0.0.0.0:53".parse().unwrap()]);
+    // Both families of the pod, where it has them.
+    assert_eq!(parsed.listen, ["[::]:53".parse().unwrap()]);
+    assert_eq!(parsed.metrics_listen, "[::]:9253".parse().unwrap());
     assert_eq!(parsed.listener.allow.len(), 2, "the pod CIDR and loopback");
     assert!(parsed.cache.enabled && parsed.mitigations.musl_shield);
 }

@@ -68,15 +68,8 @@ async fn after_sigterm_dns_is_answered_for_the_lameduck_period_while_not_ready()
     assert_eq!(answer.answers.len(), 1);
     assert!(signalled.elapsed() < Duration::from_millis(1500));
     // Then it drains and exits 0.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running 5 s after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    let code = child.exit_code_within(Duration::from_secs(5), "still running 5 s after SIGTERM");
+    assert_eq!(code, Some(0));
     assert!(
         signalled.elapsed() >= Duration::from_millis(1500),
         "left before the lameduck period ended: {:?}",
@@ -259,15 +252,8 @@ async fn a_second_process_takes_over_the_address_without_a_failed_query() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(6);
-    let status = loop {
-        if let Some(status) = old.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the old process did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    let code = old.exit_code_within(Duration::from_secs(6), "the old process did not exit");
+    assert_eq!(code, Some(0));
 
     let (mut ok, mut failed) = (0, Vec::new());
     for client in clients {
@@ -336,12 +322,7 @@ async fn each_process_answers_its_own_probe_socket_during_a_handover() {
     assert_eq!(probe("ready", &old_socket).0, 0);
     assert_eq!(probe("ready", &new_socket).0, 0);
 
-    let old_pid = pods[0].0 .0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &old_pid])
-        .status()
-        .unwrap()
-        .success());
+    pods[0].0.terminate();
     // The old process's lameduck shows on its own socket (proof the SIGTERM was handled)...
     let deadline = Instant::now() + Duration::from_secs(2);
     let (code, stderr) = loop {
@@ -356,21 +337,14 @@ async fn each_process_answers_its_own_probe_socket_during_a_handover() {
     // ...while it is alive, and the new one is ready, each asked through its own socket.
     assert_eq!(probe("live", &old_socket).0, 0);
     assert_eq!(probe("ready", &new_socket), (0, String::new()));
-    let old = &mut pods[0].0;
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let status = loop {
-        if let Some(status) = old.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the old process did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    let code = pods[0]
+        .0
+        .exit_code_within(Duration::from_secs(8), "the old process did not exit");
+    assert_eq!(code, Some(0));
     // Gone: its socket answers nothing; the new one still says ready.
     assert_eq!(probe("live", &old_socket).0, 1);
     assert_eq!(probe("ready", &new_socket).0, 0);
-    let new_pid = pods[1].0 .0.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &new_pid]).status();
+    pods[1].0.terminate();
     let _ = pods[1].0 .0.wait();
     upstream.stop().await;
 }
@@ -445,18 +419,11 @@ async fn sigterm_under_load_answers_every_query_received_before_it() {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = proxy.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dnslens did not exit within its grace"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    let code = proxy.exit_code_within(
+        Duration::from_secs(5),
+        "dnslens did not exit within its grace",
+    );
+    assert_eq!(code, Some(0));
     let answered = answers.await.unwrap();
     let lost: Vec<u16> = sent_before_signal
         .iter()

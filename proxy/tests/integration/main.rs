@@ -35,6 +35,7 @@ mod pod_identity;
 mod prometheus;
 mod reload;
 mod resolvers;
+mod service_fallback;
 mod tracing;
 mod ui;
 mod upstream_faults;
