@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the dnslens container image without a Docker daemon, from a dnslens binary built
 # here (default: target/release/dnslens; `cargo build --release -p dnslens` first), and
-# writes it as an OCI archive to target/image/dnslens-oci.tar. Push it with
+# writes it as an OCI archive to target/image/dnslens-oci.tar, and its SBOM (CycloneDX JSON,
+# scripts/sbom.sh) to target/image/dnslens-oci.cdx.json. Push it with
 #   skopeo copy oci-archive:target/image/dnslens-oci.tar docker://REGISTRY/dnslens:TAG
 # The image is the one the Dockerfile describes: the binary (stripped), the C runtime it
 # links (as `ldd` lists it) and the system's CA bundle, nothing else; user 65532; the binary
@@ -46,4 +47,7 @@ $b config --user 65532:65532 --entrypoint '["/dnslens"]' --cmd serve \
 mkdir -p "$(dirname "$out")"
 rm -f "$out"
 $b commit --quiet --format oci "$ctr" "oci-archive:$out" >/dev/null
+# Its software bill of materials beside it (scripts/sbom.sh): the crates and the Debian
+# packages in the image.
+scripts/sbom.sh "$binary" "${out%.tar}.cdx.json"
 echo "$out"

@@ -7,7 +7,7 @@
 # No AddressSanitizer: dnslens is `#![forbid(unsafe_code)]`; what the fuzzer looks for is
 # panics, hangs, unbounded memory and the invariants the targets assert.
 # Each run starts from the committed seed corpus fuzz/seeds/TARGET (real queries and
-# answers captured from dig, glibc, musl, Go and dnspython against Knot: fuzz/capture-seeds.py)
+# answers captured from dig, glibc, musl, Go and dnspython against Knot: fuzz/capture-seeds.sh)
 # and the inputs of every crash found so far (fuzz/regressions/TARGET: each also a test
 # where it was a dnslens bug), and keeps what it finds in target/fuzz/corpus/TARGET; a
 # crash lands in target/fuzz/artifacts/TARGET and fails the run. Prints one line per target:

@@ -12,7 +12,7 @@
 # decodes dnslens's dnstap stream; with --bench also dnsperf and the
 # peers compared in loadtest/compare.sh (dnsdist, Unbound, dnsmasq) and valgrind (its
 # instructions-per-query column).
-# cargo-deny is built from crates.io (see below).
+# cargo-deny and cargo-cyclonedx are built from crates.io (see below).
 # Services that the packages would start are kept from starting (policy-rc.d): tests start
 # their own on loopback ports.
 set -euo pipefail
@@ -64,18 +64,25 @@ install_packages() {
 }
 [[ ${#missing[@]} -eq 0 ]] || install_packages
 
-# cargo-deny (licenses, bans, sources): built from its crates.io source with the versions
-# its own Cargo.lock pins (--locked; crates.io checks every crate's checksum), as the
-# invoking user, cached outside the clone beside the control plane's binaries (a cold build
-# takes about 4 minutes on 2 cores, then it is reused); linked where scripts/test.sh runs it.
-CARGO_DENY_VERSION=0.20.2
+# Cargo tools, each built from its crates.io source with the versions its own Cargo.lock
+# pins (--locked; crates.io checks every crate's checksum), as the invoking user, cached
+# outside the clone beside the control plane's binaries (a cold build takes 2 to 4 minutes
+# on 2 cores, then it is reused), and linked into target/tools/bin:
+# cargo-deny (licenses, bans, sources: scripts/test.sh) and cargo-cyclonedx (the image's
+# SBOM: scripts/sbom.sh).
 tools_cache=${DNSLENS_TOOLS_CACHE:-$HOME/.cache/dnslens-tools}
-deny_root="$tools_cache/cargo-deny-$CARGO_DENY_VERSION"
-if [[ "$("$deny_root/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]]; then
-  echo "building cargo-deny $CARGO_DENY_VERSION from crates.io (cached in $deny_root)" >&2
-  cargo install --quiet --locked --version "$CARGO_DENY_VERSION" --root "$deny_root.tmp" cargo-deny
-  rm -rf "$deny_root"
-  mv "$deny_root.tmp" "$deny_root"
-fi
-mkdir -p "$(dirname "$0")/../target/tools/cargo-deny/bin"
-ln -sfn "$deny_root/bin/cargo-deny" "$(dirname "$0")/../target/tools/cargo-deny/bin/cargo-deny"
+tools_bin="$(dirname "$0")/../target/tools/bin"
+mkdir -p "$tools_bin"
+cargo_tool() {
+  local name=$1 version=$2 root="$tools_cache/$1-$2"
+  if [[ ! -x "$root/bin/$name" ]]; then
+    echo "building $name $version from crates.io (cached in $root)" >&2
+    rm -rf "$root.tmp"
+    cargo install --quiet --locked --version "$version" --root "$root.tmp" "$name"
+    rm -rf "$root"
+    mv "$root.tmp" "$root"
+  fi
+  ln -sfn "$root/bin/$name" "$tools_bin/$name"
+}
+cargo_tool cargo-deny 0.20.2
+cargo_tool cargo-cyclonedx 0.5.9

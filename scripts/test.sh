@@ -25,7 +25,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo deny (licenses, bans, sources: deny.toml)"
-target/tools/cargo-deny/bin/cargo-deny check licenses bans sources
+target/tools/bin/cargo-deny check licenses bans sources
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== fuzz: every target 15 s from the committed seeds (long runs: scripts/reliability.sh)"

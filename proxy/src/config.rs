@@ -426,9 +426,9 @@ impl Config {
     }
 }
 
-/// Distinct upstream addresses over `upstreams` and every zone (the forwarder tracks which
-/// ones a query tried in a 64-bit set).
-pub const MAX_UPSTREAMS: usize = 64;
+/// Distinct upstream addresses over `upstreams` and every zone: one bit each in the set of
+/// upstreams a query tried (see `forward::select`).
+pub use crate::forward::select::MAX_UPSTREAMS;
 
 /// NodeLocal DNSCache's zones: the cluster domain and the reverse zones to the cluster DNS
 /// over TCP (node-cache's `force_tcp`: no UDP flow for conntrack to race on).

@@ -1,5 +1,6 @@
 //! The demo's simulated clients: stub resolvers that walk a search list the way glibc and
-//! musl do (see shared/CONTEXT.md), so the demo shows real lookup shapes.
+//! musl do (docs/observability.md, "What dnslens reports, per resolver"), so the demo shows
+//! real lookup shapes.
 //!
 //! - glibc: continues to the next name on NXDOMAIN *and* on NOERROR with no address.
 //! - musl: continues only on NXDOMAIN; NOERROR with no address ends the lookup

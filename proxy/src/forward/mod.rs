@@ -7,12 +7,13 @@
 //!   `forward.socket_lifetime` (the old one keeps receiving until its queries are done).
 //!   Persistent sockets are already-confirmed conntrack flows, and round-robin puts the two
 //!   queries of an A/AAAA pair on different sockets, so dnslens never triggers the conntrack
-//!   insertion race on a DNAT'ed path (see shared/CONTEXT.md).
+//!   insertion race on a DNAT'ed path (the 5-second timeouts of a lost A/AAAA answer).
 //! - **Matching** (RFC 5452): an answer is accepted only if its ID is outstanding on that
 //!   socket, it comes from the address the query went to, and its question equals the
 //!   query's. Anything else is dropped and counted.
 //! - **Retries**: a try that gets no answer in `upstream_timeout` is retried on the next
-//!   upstream, `attempts` tries in all, then SERVFAIL. A UDP answer with TC set is fetched
+//!   upstream, `attempts` tries in all, then SERVFAIL. Which upstream, whether to retry and
+//!   late-versus-unknown answers are pure functions in [`select`], unit-tested there. A UDP answer with TC set is fetched
 //!   again over TCP. TCP clients are forwarded over TCP ([`tcp_pool`]: one reused, pipelined
 //!   connection per upstream), and so is everything with `forward.force_tcp` (as node-cache's
 //!   `force_tcp`: no UDP flow for a NAT to race on).
@@ -56,6 +57,7 @@
 //! - `dnslens_forward_zone_queries_total{zone}`: queries routed to each zone's upstreams
 //!   (`.`: the top-level ones); series exist while zones are configured.
 
+pub mod select;
 mod tcp_pool;
 mod upstream;
 pub mod zones;
@@ -86,6 +88,7 @@ use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
 use crate::record::{InFlight, Outcome, QueryTrace, UpstreamTry};
 use crate::request::Request;
 use crate::wire::{self, Rcode};
+use select::{AfterFailure, Tried, UpstreamState};
 use serde::{Deserialize, Deserializer};
 use upstream::{Upstream, UpstreamFamilies};
 use zones::Pool;
@@ -244,8 +247,7 @@ struct Pending {
     deadline: Instant,
     /// Tries made so far, this one included.
     tries: u32,
-    /// Bit i set: upstream i was tried.
-    tried: u64,
+    tried: Tried,
 }
 
 /// One upstream-facing UDP socket and the queries outstanding on it.
@@ -621,11 +623,11 @@ impl Forwarder {
         if self.pools[pool].force_tcp {
             self.fetch_over_tcp(request, pool, None);
         } else {
-            self.try_udp(request, pool, 0, 0);
+            self.try_udp(request, pool, 0, Tried::default());
         }
     }
 
-    fn try_udp(&self, mut request: Request, pool: usize, tries: u32, tried: u64) {
+    fn try_udp(&self, mut request: Request, pool: usize, tries: u32, tried: Tried) {
         if self.inflight.get() >= self.settings.max_inflight as i64 {
             self.failures.inc("overload");
             request.respond_error(Rcode::ServFail);
@@ -666,7 +668,7 @@ impl Forwarder {
                 sent_at: now,
                 deadline: now + self.settings.timeout,
                 tries: tries + 1,
-                tried: tried | bit(index),
+                tried: tried.with(index),
             };
             pending.insert(id, entry);
             // Counted before the lock goes: the answer's decrement cannot come first.
@@ -702,37 +704,23 @@ impl Forwarder {
         }
     }
 
-    fn retry_or_fail(&self, request: Request, pool: usize, tries: u32, tried: u64) {
-        if tries < self.settings.attempts {
-            self.try_udp(request, pool, tries, tried);
-        } else {
-            self.failures.inc("exhausted");
-            request.respond_error(Rcode::ServFail);
+    fn retry_or_fail(&self, request: Request, pool: usize, tries: u32, tried: Tried) {
+        match select::after_failure(tries, self.settings.attempts) {
+            AfterFailure::Retry => self.try_udp(request, pool, tries, tried),
+            AfterFailure::Exhausted => {
+                self.failures.inc("exhausted");
+                request.respond_error(Rcode::ServFail);
+            }
         }
     }
 
-    /// The next upstream in rotation that is available, preferring ones not yet tried for
-    /// this query. With every upstream put aside, still one of them — the one due back
-    /// first, untried ones first — as CoreDNS's `forward` does: DNS comes back with the
-    /// first query after the upstream does, instead of after its back-off.
-    fn pick_upstream(&self, pool: usize, tried: u64) -> Option<usize> {
-        let members = &self.pools[pool].members;
-        let n = members.len();
+    /// The next upstream of `pool` for a query that tried `tried` (see [`select::pick`]).
+    fn pick_upstream(&self, pool: usize, tried: Tried) -> Option<usize> {
         let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let candidates = (0..n).map(|i| members[(start + i) % n]);
-        let mut fallback = None;
-        for i in candidates.clone() {
-            if !self.upstreams[i].available(now) {
-                continue;
-            }
-            if tried & bit(i) == 0 {
-                return Some(i);
-            }
-            fallback.get_or_insert(i);
-        }
-        fallback.or_else(|| {
-            candidates.min_by_key(|i| (tried & bit(*i) != 0, self.upstreams[*i].back_at()))
+        select::pick(&self.pools[pool].members, start, tried, |i| UpstreamState {
+            available: self.upstreams[i].available(now),
+            back_at: self.upstreams[i].back_at(),
         })
     }
 
@@ -761,10 +749,10 @@ impl Forwarder {
     /// `late` for the answer to a try that timed out lately, from the upstream it went to;
     /// else `unknown_id` (spoofed, or older than [`LATE_WINDOW`]).
     fn late_or_unknown(&self, socket: &PoolSocket, id: u16, from: SocketAddr) -> &'static str {
-        match lock(&socket.timed_out).get(&id) {
-            Some((_, upstream)) if self.upstreams[*upstream].addr == from => "late",
-            _ => "unknown_id",
-        }
+        let timed_out_to = lock(&socket.timed_out)
+            .get(&id)
+            .map(|(_, upstream)| self.upstreams[*upstream].addr);
+        select::unmatched_reason(timed_out_to, from)
     }
 
     fn on_udp_answer(self: &Arc<Self>, socket: &PoolSocket, answer: &mut [u8], from: SocketAddr) {
@@ -867,13 +855,13 @@ impl Forwarder {
         first: Option<usize>,
         trace: &mut Option<Box<QueryTrace>>,
     ) -> Option<Vec<u8>> {
-        let mut tried = 0u64;
+        let mut tried = Tried::default();
         for attempt in 0..self.settings.attempts {
             let index = match (attempt, first) {
                 (0, Some(first)) => first,
                 _ => self.pick_upstream(pool, tried)?,
             };
-            tried |= bit(index);
+            tried = tried.with(index);
             let upstream = &self.upstreams[index];
             let started = Instant::now();
             let timeout = self.settings.timeout;
@@ -1072,10 +1060,6 @@ fn record_try(
             end,
         });
     }
-}
-
-fn bit(index: usize) -> u64 {
-    1u64.checked_shl(index as u32).unwrap_or(0)
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the data here are

@@ -189,3 +189,118 @@ fn every_base_image_of_the_dockerfile_is_pinned_by_digest() {
         );
     }
 }
+
+/// The image's SBOM (`scripts/sbom.sh`, written by `scripts/build-image.sh`): every crate
+/// linked into the binary with its Cargo.lock version and checksum, nothing Cargo.lock does
+/// not have, and the Debian packages whose files the image carries, at the versions
+/// installed.
+#[test]
+fn the_image_comes_with_an_sbom_of_its_crates_and_debian_packages() {
+    let dir = TempDir::new("image-sbom");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let archive = dir.0.join("dnslens-oci.tar");
+    let built = Command::new(repo.join("scripts/build-image.sh"))
+        .arg(env!("CARGO_BIN_EXE_dnslens"))
+        .arg(&archive)
+        .output()
+        .expect("scripts/build-image.sh runs");
+    assert!(
+        built.status.success(),
+        "build-image.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let sbom: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.0.join("dnslens-oci.cdx.json")).expect("the SBOM"),
+    )
+    .unwrap();
+    assert_eq!(sbom["bomFormat"], "CycloneDX");
+    assert_eq!(sbom["specVersion"], "1.5");
+    assert_eq!(sbom["metadata"]["component"]["name"], "dnslens");
+    let components = sbom["components"].as_array().unwrap();
+    let field = |c: &Value, k: &str| c[k].as_str().unwrap_or("").to_string();
+
+    // Cargo.lock: name, version -> checksum.
+    let lock = std::fs::read_to_string(repo.join("Cargo.lock")).unwrap();
+    let mut locked = std::collections::HashMap::new();
+    for package in lock.split("[[package]]").skip(1) {
+        let value = |key: &str| {
+            package
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+        };
+        if let (Some(name), Some(version)) = (value("name"), value("version")) {
+            locked.insert((name, version), value("checksum"));
+        }
+    }
+    let crates: Vec<&Value> = components
+        .iter()
+        .filter(|c| field(c, "purl").starts_with("pkg:cargo/"))
+        .collect();
+    for c in &crates {
+        let key = (field(c, "name"), field(c, "version"));
+        let checksum = locked
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key:?} is not in Cargo.lock"));
+        assert_eq!(
+            c["hashes"][0]["content"].as_str(),
+            checksum.as_deref(),
+            "{key:?}"
+        );
+        assert_eq!(c["hashes"][0]["alg"], "SHA-256");
+    }
+    // Every crate linked into the binary is listed.
+    let tree = Command::new(env!("CARGO"))
+        .current_dir(&repo)
+        .args([
+            "tree",
+            "-p",
+            "dnslens",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .output()
+        .expect("cargo tree");
+    assert!(
+        tree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+    let listed: std::collections::HashSet<(String, String)> = crates
+        .iter()
+        .map(|c| (field(c, "name"), field(c, "version")))
+        .collect();
+    let mut linked = 0;
+    for line in String::from_utf8_lossy(&tree.stdout).lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        // Registry crates only: the workspace's own crates carry their path.
+        if parts.len() < 2 || parts.get(2).is_some_and(|p| p.starts_with("(/")) {
+            continue;
+        }
+        let key = (
+            parts[0].to_string(),
+            parts[1].trim_start_matches('v').to_string(),
+        );
+        assert!(listed.contains(&key), "{key:?} linked but not in the SBOM");
+        linked += 1;
+    }
+    assert!(linked > 100, "cargo tree listed {linked} crates");
+    // The Debian packages of the image's other files, at the versions installed here.
+    for package in ["libc6", "libgcc-s1", "ca-certificates"] {
+        let installed = Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", package])
+            .output()
+            .unwrap();
+        let version = String::from_utf8_lossy(&installed.stdout).to_string();
+        let listed = components
+            .iter()
+            .find(|c| {
+                field(c, "name") == package && field(c, "purl").starts_with("pkg:deb/debian/")
+            })
+            .unwrap_or_else(|| panic!("{package} not in the SBOM"));
+        assert_eq!(field(listed, "version"), version, "{package}");
+    }
+}
