@@ -91,7 +91,7 @@ fn hot_path(c: &mut Criterion) {
             let key = KeyBuf::of(black_box(&q), &info).unwrap();
             matches!(
                 cache.get(&key, Instant::now()),
-                dnslens::cache::Lookup::Hit { .. }
+                dnslens::cache::CacheLookup::Hit { .. }
             )
         })
     });

@@ -11,7 +11,7 @@ use hickory_proto::rr::RecordType;
 use prometheus_client::registry::Registry;
 
 use crate::cache::CacheConfig;
-use crate::cache::{Cache, CacheKey, Lookup};
+use crate::cache::{Cache, CacheKey, CacheLookup};
 use crate::metrics::Transport;
 use crate::mitigate;
 use crate::record::QueryTrace;
@@ -116,7 +116,7 @@ fn read_everything(msg: &[u8], query: &[u8], cache: &Cache, key: &CacheKey, mode
     // The cache stores what it can parse and rewrites TTLs when it answers.
     let now = Instant::now();
     cache.store(key, msg, now);
-    if let Lookup::Hit { answer, .. } = cache.get(key, now + Duration::from_secs(2)) {
+    if let CacheLookup::Hit { answer, .. } = cache.get(key, now + Duration::from_secs(2)) {
         let _ = wire::sections(&answer);
     }
     let _ = cache.stale(key, now + Duration::from_secs(7200));

@@ -525,7 +525,6 @@ impl Generation {
         let pipeline = Pipeline::build(
             &config.cache,
             &config.mitigations,
-            config.forward.force_tcp,
             PipelineParts {
                 forwarder: forwarder.clone(),
                 search: SearchModel::build(&config.search_settings(), &config.resolv_conf),

@@ -244,7 +244,7 @@ impl Lifecycle<CacheKey, Arc<Entry>> for Evictions {
 }
 
 /// A cache lookup's result.
-pub enum Lookup {
+pub enum CacheLookup {
     /// A fresh answer; `prefetch` says the caller should refresh it in the background.
     Hit {
         answer: Vec<u8>,
@@ -350,11 +350,11 @@ impl Cache {
     }
 
     /// A fresh answer for `key`, TTLs counted down, or a miss (counted either way).
-    pub fn get(&self, key: &impl AsKey, now: Instant) -> Lookup {
+    pub fn get(&self, key: &impl AsKey, now: Instant) -> CacheLookup {
         let key = key.key_ref();
         let Some(entry) = self.entries.get(&key) else {
             self.metrics.misses.inc();
-            return Lookup::Miss;
+            return CacheLookup::Miss;
         };
         if entry.expires() <= now {
             if !self.serve_stale || entry.expires() + MAX_STALENESS <= now {
@@ -362,7 +362,7 @@ impl Cache {
                 self.metrics.entries.set(self.entries.len() as i64);
             }
             self.metrics.misses.inc();
-            return Lookup::Miss;
+            return CacheLookup::Miss;
         }
         self.metrics.hits.inc();
         let min_ttl = self.min_ttl.as_secs() as u32;
@@ -373,7 +373,7 @@ impl Cache {
         if prefetch {
             self.metrics.prefetches.inc();
         }
-        Lookup::Hit {
+        CacheLookup::Hit {
             answer: entry.render(now, min_ttl),
             prefetch,
         }

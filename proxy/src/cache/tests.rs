@@ -26,8 +26,8 @@ fn key(qname: &str, qtype: RecordType, edns: bool) -> CacheKey {
 
 fn hit(cache: &Cache, key: &CacheKey, at: Instant) -> Option<Vec<u8>> {
     match cache.get(key, at) {
-        Lookup::Hit { answer, .. } => Some(answer),
-        Lookup::Miss => None,
+        CacheLookup::Hit { answer, .. } => Some(answer),
+        CacheLookup::Miss => None,
     }
 }
 
@@ -230,8 +230,8 @@ fn prefetch_fires_once_for_popular_entries_near_expiry() {
     let k = key("popular.example.", RecordType::A, false);
     cache.store(&k, &a_answer("popular.example.", &[100]), t0);
     let prefetch = |at: u64| match cache.get(&k, t0 + Duration::from_secs(at)) {
-        Lookup::Hit { prefetch, .. } => prefetch,
-        Lookup::Miss => panic!("miss"),
+        CacheLookup::Hit { prefetch, .. } => prefetch,
+        CacheLookup::Miss => panic!("miss"),
     };
     assert!(!prefetch(10));
     assert!(!prefetch(20));

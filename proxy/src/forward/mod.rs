@@ -518,12 +518,17 @@ impl Forwarder {
                 })
                 .collect()
         };
-        let mut pools = vec![Pool::new(".", members_of(&parts.upstreams), false)];
+        // `forward.force_tcp` holds for every pool; a zone can also ask for TCP alone.
+        let mut pools = vec![Pool::new(
+            ".",
+            members_of(&parts.upstreams),
+            config.force_tcp,
+        )];
         for zone in &parts.zones {
             pools.push(Pool::new(
                 &zone.zone,
                 members_of(&zone.upstreams),
-                zone.force_tcp,
+                zone.force_tcp || config.force_tcp,
             ));
         }
         let zone_queries = if pools.len() > 1 {
@@ -616,11 +621,12 @@ impl Forwarder {
         pool
     }
 
-    /// Forwards a query over the UDP pool (or over TCP, for a `force_tcp` zone). Never
-    /// blocks: the answer is handed on by the receive task.
-    pub fn submit_udp(self: &Arc<Self>, mut request: Request) {
+    /// Forwards a query: over TCP for a TCP client (as CoreDNS's `forward` does) and for a
+    /// pool with `force_tcp`, over the UDP pool otherwise (a truncated UDP answer is then
+    /// fetched again over TCP). Never blocks: the answer is handed on by a task.
+    pub fn submit(self: &Arc<Self>, mut request: Request) {
         let pool = self.route(&mut request);
-        if self.pools[pool].force_tcp {
+        if request.transport() == Transport::Tcp || self.pools[pool].force_tcp {
             self.fetch_over_tcp(request, pool, None);
         } else {
             self.try_udp(request, pool, 0, Tried::default());
@@ -810,12 +816,6 @@ impl Forwarder {
             return;
         }
         entry.request.respond(answer);
-    }
-
-    /// Forwards a query over TCP (TCP clients, `forward.force_tcp`).
-    pub fn submit_over_tcp(self: &Arc<Self>, mut request: Request) {
-        let pool = self.route(&mut request);
-        self.fetch_over_tcp(request, pool, None);
     }
 
     /// Fetches an answer over TCP from the upstreams of `pool`, upstream `first` first (the

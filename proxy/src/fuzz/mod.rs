@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use prometheus_client::registry::Registry;
 
-use crate::cache::{Cache, CacheConfig, CacheKey, Lookup};
+use crate::cache::{Cache, CacheConfig, CacheKey, CacheLookup};
 use crate::config::Config;
 use crate::lookup::{LookupConfig, LookupMetrics, Tracker};
 use crate::metrics::Transport;
@@ -191,7 +191,7 @@ pub fn cache(data: &[u8]) {
         cache.store(&key, data, now);
         for later in [0, 2, 7_200] {
             let at = now + Duration::from_secs(later);
-            if let Lookup::Hit { answer, .. } = cache.get(&key, at) {
+            if let CacheLookup::Hit { answer, .. } = cache.get(&key, at) {
                 let _ = wire::sections(&answer);
             }
             if let Some(stale) = cache.stale(&key, at) {

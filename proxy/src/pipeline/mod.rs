@@ -19,8 +19,8 @@
 //! in place of a client, so it shares the cache and coalescing. Every task spawned here is
 //! tracked, so shutdown waits for it.
 //!
-//! Config keys: `cache:` (see [`crate::cache`]), `mitigations:` (see [`crate::mitigate`]),
-//! `forward.force_tcp`. Metrics are registered by those modules.
+//! Config keys: `cache:` (see [`crate::cache`]), `mitigations:` (see [`crate::mitigate`]).
+//! Metrics are registered by those modules.
 
 mod loop_guard;
 
@@ -33,10 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::CacheConfig;
-use crate::cache::{Cache, CacheKey, CacheMetrics, Coalescer, Join, KeyBuf, Lookup};
+use crate::cache::{Cache, CacheKey, CacheLookup, CacheMetrics, Coalescer, Join, KeyBuf};
 use crate::forward::Forwarder;
 use crate::identity::Identities;
-use crate::metrics::Transport;
 use crate::mitigate::MitigationsConfig;
 use crate::mitigate::{self, AutopathResult, MitigationMetrics};
 use crate::record::{CacheUse, QueryTrace, TraceSink};
@@ -64,7 +63,6 @@ pub struct Pipeline {
     minimal_any: bool,
     autopath: bool,
     identities: Option<Identities>,
-    force_tcp: bool,
     metrics: MitigationMetrics,
     trace_sink: Option<TraceSink>,
     tasks: TaskTracker,
@@ -104,12 +102,10 @@ impl PipelineMetrics {
 }
 
 impl Pipeline {
-    /// Builds the cache and the mitigations around the forwarder. `force_tcp` is
-    /// `forward.force_tcp`.
+    /// Builds the cache and the mitigations around the forwarder.
     pub fn build(
         cache: &CacheConfig,
         mitigations: &MitigationsConfig,
-        force_tcp: bool,
         parts: PipelineParts,
         metrics: &PipelineMetrics,
     ) -> Arc<Pipeline> {
@@ -128,7 +124,6 @@ impl Pipeline {
             minimal_any: mitigations.minimal_any,
             autopath: mitigations.autopath,
             identities: parts.identities,
-            force_tcp,
             metrics: metrics.mitigations.clone(),
             trace_sink: parts.trace_sink,
             tasks: parts.tasks,
@@ -209,7 +204,7 @@ impl Pipeline {
             return;
         };
         match cache.get(&key, arrival.received) {
-            Lookup::Hit {
+            CacheLookup::Hit {
                 mut answer,
                 prefetch,
             } => {
@@ -232,7 +227,7 @@ impl Pipeline {
                         .send(arrival.peer, &info, packet, &mut answer, trace);
                 }
             }
-            Lookup::Miss => {
+            CacheLookup::Miss => {
                 let request = self.request(packet.to_vec(), info, arrival, trace);
                 self.coalesce_and_forward(request, key.to_key());
             }
@@ -260,7 +255,7 @@ impl Pipeline {
             return;
         };
         match cache.get(&key, Instant::now()) {
-            Lookup::Hit {
+            CacheLookup::Hit {
                 mut answer,
                 prefetch,
             } => {
@@ -272,7 +267,7 @@ impl Pipeline {
                 }
                 self.finish(request, &mut answer);
             }
-            Lookup::Miss => self.coalesce_and_forward(request, key.to_key()),
+            CacheLookup::Miss => self.coalesce_and_forward(request, key.to_key()),
         }
     }
 
@@ -292,15 +287,9 @@ impl Pipeline {
         }
     }
 
-    /// Over TCP for TCP clients (as CoreDNS's `forward` does by default) and with
-    /// `force_tcp`; over the UDP pool otherwise (a truncated UDP answer is fetched again
-    /// over TCP by the forwarder).
+    /// To the forwarder, which picks UDP or TCP (see [`Forwarder::submit`]).
     fn forward(&self, request: Request) {
-        if self.force_tcp || request.transport() == Transport::Tcp {
-            self.forwarder.submit_over_tcp(request);
-        } else {
-            self.forwarder.submit_udp(request);
-        }
+        self.forwarder.submit(request);
     }
 
     /// Refreshes a popular entry in the background, unless it is being asked already.
