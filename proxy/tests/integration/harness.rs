@@ -352,6 +352,22 @@ impl Drop for Child {
     }
 }
 
+/// Runs `script` with bash in a new network and mount namespace (mounts private to it), with
+/// /usr/sbin and /sbin on PATH (knotd, iptables, ip); needs root and util-linux's unshare.
+pub fn run_in_new_namespace(script: &str) -> std::process::ExitStatus {
+    std::process::Command::new("unshare")
+        .args(["-n", "-m", "--propagation", "private", "bash", "-c", script])
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/sbin:/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .status()
+        .expect("unshare (util-linux) is needed, as root; scripts/test.sh installs it")
+}
+
 /// Writes the demo zones and a Knot configuration serving them on 127.0.0.1:`port` into
 /// `dir`; returns the configuration's path.
 pub fn knot_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {

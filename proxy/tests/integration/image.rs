@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// Builds the image from the test build's binary and unpacks it into an OCI bundle at
-/// `dir/bundle`, with the container's process set as the injected sidecar runs.
-fn bundle(dir: &Path) {
+/// `scripts/build-image.sh` on the test build's binary: the archive at
+/// `dir/dnslens-oci.tar`, its SBOM beside it.
+fn build_image(dir: &Path) -> std::path::PathBuf {
     let archive = dir.join("dnslens-oci.tar");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let built = Command::new(repo.join("scripts/build-image.sh"))
@@ -29,6 +29,13 @@ fn bundle(dir: &Path) {
         "build-image.sh: {}",
         String::from_utf8_lossy(&built.stderr)
     );
+    archive
+}
+
+/// Builds the image from the test build's binary and unpacks it into an OCI bundle at
+/// `dir/bundle`, with the container's process set as the injected sidecar runs.
+fn bundle(dir: &Path) {
+    let archive = build_image(dir);
     let oci = format!("oci:{}:latest", dir.join("oci").display());
     let copied = Command::new("skopeo")
         .args(["copy", "-q"])
@@ -119,18 +126,7 @@ true
 "#,
         state = state.display(),
     );
-    let status = Command::new("unshare")
-        .args([
-            "-n",
-            "-m",
-            "--propagation",
-            "private",
-            "bash",
-            "-c",
-            &script,
-        ])
-        .status()
-        .expect("unshare (util-linux) is needed, as root");
+    let status = run_in_new_namespace(&script);
     assert!(status.success());
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
     (
@@ -198,17 +194,7 @@ fn every_base_image_of_the_dockerfile_is_pinned_by_digest() {
 fn the_image_comes_with_an_sbom_of_its_crates_and_debian_packages() {
     let dir = TempDir::new("image-sbom");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let archive = dir.0.join("dnslens-oci.tar");
-    let built = Command::new(repo.join("scripts/build-image.sh"))
-        .arg(env!("CARGO_BIN_EXE_dnslens"))
-        .arg(&archive)
-        .output()
-        .expect("scripts/build-image.sh runs");
-    assert!(
-        built.status.success(),
-        "build-image.sh: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    build_image(&dir.0);
     let sbom: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.0.join("dnslens-oci.cdx.json")).expect("the SBOM"),
     )

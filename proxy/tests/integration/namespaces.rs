@@ -267,18 +267,7 @@ wait $proxy $sink $knot 2>/dev/null || true
         after = scene.after,
         before = scene.before,
     );
-    let status = Command::new("unshare")
-        .args([
-            "-n",
-            "-m",
-            "--propagation",
-            "private",
-            "bash",
-            "-c",
-            &script,
-        ])
-        .status()
-        .expect("unshare (util-linux) is needed, as root");
+    let status = run_in_new_namespace(&script);
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
     assert!(
         status.success(),

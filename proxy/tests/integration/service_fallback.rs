@@ -12,7 +12,6 @@
 //! - `routing: Local` (internalTrafficPolicy Local) — the client gets no answer at all.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::control_plane::built;
 use crate::harness::*;
@@ -172,26 +171,7 @@ true
         kube_proxy = built("kube-proxy").display(),
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
     );
-    let status = Command::new("unshare")
-        .args([
-            "-n",
-            "-m",
-            "--propagation",
-            "private",
-            "bash",
-            "-c",
-            &script,
-        ])
-        .env(
-            "PATH",
-            format!(
-                "{}:/usr/sbin:/sbin",
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .status()
-        .expect("unshare (util-linux) is needed, as root");
-    assert!(status.success());
+    assert!(run_in_new_namespace(&script).success());
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
     let numbers = |f: &str| -> Vec<f64> {
         read(f)

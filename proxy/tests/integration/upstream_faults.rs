@@ -277,19 +277,7 @@ wait $proxy $knot 2>/dev/null || true
         d = d.display(),
         dnslens = env!("CARGO_BIN_EXE_dnslens"),
     );
-    let status = std::process::Command::new("unshare")
-        .args(["-n", "bash", "-c", &script])
-        .env(
-            "PATH",
-            format!(
-                "{}:/usr/sbin:/sbin",
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .status()
-        .expect(
-            "unshare (util-linux) and iptables must be installed; scripts/test.sh installs them",
-        );
+    let status = run_in_new_namespace(&script);
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
     assert!(status.success(), "script failed: {}", read("dnslens.log"));
     let answers = read("answers.txt");
