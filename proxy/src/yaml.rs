@@ -4,8 +4,8 @@
 //! size, nesting and alias expansion (a "billion laughs" file is an error, not memory).
 //! Chosen over serde_yaml_ng, whose parser is libyaml translated to unsafe Rust
 //! (`unsafe-libyaml`, archived upstream). Duplicate keys are an error. Errors are one line
-//! with the line and column, or the path of a value of the wrong shape, for a config error's
-//! one-line message.
+//! with the line and column (and the path of a value of the wrong shape), for a config
+//! error's one-line message.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -20,20 +20,23 @@ fn one_line(error: impl std::fmt::Display) -> String {
     error.to_string().replace('\n', " ")
 }
 
-/// One document. A value of the wrong shape is named by its path (`listen[0]: invalid
-/// socket address syntax`): the YAML is read first, then the type from it.
+/// One document; an empty one (comments only) is an empty mapping — every key at its
+/// default. An error says where: the line and column, and for a value of the wrong shape
+/// also its path (`listen[0]: invalid socket address syntax at line 1, column 10`).
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    let mut value: serde_json::Value =
+    let value: serde_json::Value =
         serde_saphyr::from_str_with_options(text, options()).map_err(one_line)?;
     if value.is_null() {
-        // An empty document (comments only) is an empty mapping: every key at its default.
-        value = serde_json::Value::Object(serde_json::Map::new());
+        return serde_json::from_value(serde_json::Value::Object(serde_json::Map::new()))
+            .map_err(one_line);
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        match path.as_str() {
-            "." => one_line(e.inner()),
-            _ => format!("{path}: {}", one_line(e.inner())),
+    // The text itself for the line and column; the value again for the path (only when
+    // something is wrong).
+    serde_saphyr::from_str_with_options(text, options()).map_err(|direct| {
+        let direct = one_line(direct);
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Err(e) if e.path().to_string() != "." => format!("{}: {direct}", e.path()),
+            _ => direct,
         }
     })
 }
@@ -68,6 +71,15 @@ mod tests {
             );
         }
         assert_eq!(super::from_str::<Value>(&text).unwrap(), tricky);
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Listen {
+            listen: Vec<std::net::SocketAddr>,
+        }
+        let error = super::from_str::<Listen>("# addresses\nlisten: [127.0.0.1:53, nowhere]\n")
+            .unwrap_err();
+        assert!(error.starts_with("listen[1]: "), "{error}");
+        assert!(error.contains("line 2"), "{error}");
         let error = super::from_str::<Value>("a: 1\na: 2\n").unwrap_err();
         assert!(!error.contains('\n'), "{error}");
         assert!(error.to_lowercase().contains("duplicate"), "{error}");

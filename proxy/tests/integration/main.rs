@@ -36,6 +36,7 @@ mod prometheus;
 mod reload;
 mod resolvers;
 mod service_fallback;
+mod supply_chain;
 mod tracing;
 mod ui;
 mod upstream_faults;
