@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use crate::anomaly::journal::{EntryFilter, Journal, Window};
 use crate::cluster::ClusterView;
 use crate::forward::Forwarder;
-use crate::listen::Acl;
+use crate::listen::AccessList;
 use crate::record::Kind;
 
 /// The `admin:` section.
@@ -99,14 +99,14 @@ impl UiConfig {
 
 impl AdminConfig {
     /// Who may read `/debug/*`: loopback, and `debug_allow`.
-    pub fn debug_acl(&self) -> Acl {
+    pub fn debug_access(&self) -> AccessList {
         let mut allowed = self.debug_allow.clone();
         allowed.extend(
             ["127.0.0.0/8", "::1/128"]
                 .iter()
                 .filter_map(|n| n.parse::<ipnet::IpNet>().ok()),
         );
-        Acl::new(&allowed)
+        AccessList::new(&allowed)
     }
 }
 
@@ -132,7 +132,7 @@ pub struct DebugState {
     /// The cluster-wide window's backend (`ui.backend`).
     pub cluster: Option<ClusterView>,
     /// Who may read `/debug/*` and `/ui/`.
-    pub allowed: Arc<Acl>,
+    pub allowed: Arc<AccessList>,
     /// The timeline page, its settings filled in.
     pub ui_page: Arc<str>,
 }
@@ -227,7 +227,7 @@ pub fn debug_router(state: DebugState) -> Router {
 pub async fn serve_cluster_page(
     listener: TcpListener,
     config: &UiConfig,
-    allowed: Acl,
+    allowed: AccessList,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let cluster = config

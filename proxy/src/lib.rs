@@ -243,7 +243,7 @@ impl Proxy {
         let model = SearchModel::build(&config.search_settings(), &config.resolv_conf);
         let forward_metrics = ForwardMetrics::register(registry);
         let mut tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers)
-            .with_in_flight(forward_metrics.in_flight());
+            .with_in_flight(forward_metrics.waiting_on_upstreams());
         let identities = if config.pod_identity.enabled {
             // The client is built here (a bad kubeconfig fails the start); the watch runs in
             // the background and nothing waits for it.
@@ -324,7 +324,7 @@ impl Proxy {
                 debug: admin::DebugState {
                     journal: Some(journal.clone()),
                     cluster: config.ui.cluster_view().map_err(StartError::Backend)?,
-                    allowed: Arc::new(config.admin.debug_acl()),
+                    allowed: Arc::new(config.admin.debug_access()),
                     ui_page: admin::ui_page(&config.ui, admin::Scope::Instance).into(),
                 },
                 draining: draining.clone(),
@@ -462,7 +462,7 @@ impl Proxy {
         let listeners = &mut self.current.listeners;
         let drained = async {
             while listeners.join_next().await.is_some() {}
-            while inflight.inflight() > 0 {
+            while inflight.inflight_queries() > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
             tasks.wait().await;
@@ -472,7 +472,7 @@ impl Proxy {
             .is_err()
         {
             tracing::warn!(
-                inflight = self.shared.forward_metrics.inflight(),
+                inflight = self.shared.forward_metrics.inflight_queries(),
                 "grace period over; dropping in-flight queries"
             );
         }

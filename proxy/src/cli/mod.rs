@@ -384,7 +384,7 @@ pub fn run(cli: Cli) -> ExitCode {
                         stop.cancel();
                     }
                 });
-                let loopback = crate::admin::AdminConfig::default().debug_acl();
+                let loopback = crate::admin::AdminConfig::default().debug_access();
                 crate::admin::serve_cluster_page(listener, &config, loopback, stop).await
             })
         }

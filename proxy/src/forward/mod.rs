@@ -2,6 +2,11 @@
 //! from a pool of persistent UDP sockets, matches the answer, retries, and gives up with a
 //! fast SERVFAIL.
 //!
+//! Files: `config.rs` (`forward:` and upstream addresses), `metrics.rs` (the families, shared
+//! across reloads), `select.rs` (which upstream next, retry or not: pure, unit-tested),
+//! `upstream.rs` (one upstream's health and handles), `tcp_pool.rs`, `zones.rs`; this file
+//! is the forwarding itself.
+//!
 //! - **UDP pool** (`forward.udp_sockets`, default 4): unconnected sockets on random source
 //!   ports, used round-robin, each replaced by a socket on a new random port after
 //!   `forward.socket_lifetime` (the old one keeps receiving until its queries are done).
@@ -57,162 +62,40 @@
 //! - `dnslens_forward_zone_queries_total{zone}`: queries routed to each zone's upstreams
 //!   (`.`: the top-level ones); series exist while zones are configured.
 
+mod config;
+mod metrics;
 pub mod select;
 mod tcp_pool;
 mod upstream;
 pub mod zones;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::udp::DatagramSocket;
 use arc_swap::ArcSwap;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::dnstap::{Dnstap, MessageKind};
-use crate::invalid::{check, Invalid};
-use crate::metrics::{ReasonCounters, ReasonLabels, Transport};
-use crate::record::{InFlight, Outcome, QueryTrace, UpstreamTry};
+use crate::metrics::{ReasonCounters, Transport};
+use crate::record::{Outcome, QueryTrace, UpstreamTry};
 use crate::request::Request;
 use crate::wire::{self, Rcode};
 use select::{AfterFailure, Tried, UpstreamState};
-use serde::{Deserialize, Deserializer};
-use upstream::{Upstream, UpstreamFamilies};
+use upstream::Upstream;
 use zones::Pool;
 
-/// The DNS port: upstreams and listeners without one use it.
-pub const DNS_PORT: u16 = 53;
-
-/// An upstream address: `ADDR[:PORT]`, IPv6 as `[ADDR]:PORT` or bare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamAddr(pub SocketAddr);
-
-impl FromStr for UpstreamAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(UpstreamAddr(addr));
-        }
-        if s.starts_with("$(") && s.ends_with(')') {
-            // Kubernetes leaves `$(VAR)` as it is when the variable does not exist: a service
-            // variable exists only in the Service's own namespace.
-            return Err(format!(
-                "'{s}' is a Kubernetes variable that was not set: its Service is not in this \
-                 pod's namespace; give the address itself (the chart value clusterDNS)"
-            ));
-        }
-        let bare = s.trim_start_matches('[').trim_end_matches(']');
-        bare.parse::<IpAddr>()
-            .map(|ip| UpstreamAddr(SocketAddr::new(ip, DNS_PORT)))
-            .map_err(|_| format!("'{s}' is not an IP address with an optional port"))
-    }
-}
-
-impl<'de> Deserialize<'de> for UpstreamAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::fmt::Display for UpstreamAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Upstream-side tuning.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ForwardConfig {
-    /// Persistent UDP sockets towards the upstreams (each on its own random source port).
-    pub udp_sockets: usize,
-    /// Queries waiting for an upstream answer, all sockets together; beyond it, SERVFAIL.
-    pub max_inflight: usize,
-    /// A UDP socket is replaced by one on a fresh random port after this long.
-    #[serde(with = "humantime_serde")]
-    pub socket_lifetime: Duration,
-    /// Consecutive failures that put an upstream aside.
-    pub failure_threshold: u32,
-    #[serde(with = "humantime_serde")]
-    pub backoff_min: Duration,
-    #[serde(with = "humantime_serde")]
-    pub backoff_max: Duration,
-    #[serde(with = "humantime_serde")]
-    pub tcp_idle_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub tcp_connect_timeout: Duration,
-    /// Send every upstream query over TCP (pooled, pipelined), as node-cache's
-    /// `force_tcp` does: no UDP flow for conntrack to race on.
-    pub force_tcp: bool,
-    /// Ask the upstreams dnslens's loop probe at start and after each reload (see
-    /// `pipeline::LoopGuard`); opt-in, as CoreDNS's `loop` plugin (the chart's node-local
-    /// config turns it on: a node's resolv.conf naming the node-local address is the loop
-    /// that happens).
-    pub loop_check: bool,
-}
-
-impl Default for ForwardConfig {
-    fn default() -> Self {
-        ForwardConfig {
-            udp_sockets: 4,
-            max_inflight: 16_384,
-            socket_lifetime: Duration::from_secs(300),
-            failure_threshold: 3,
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
-            tcp_idle_timeout: Duration::from_secs(20),
-            tcp_connect_timeout: Duration::from_secs(1),
-            force_tcp: false,
-            loop_check: false,
-        }
-    }
-}
-
-impl ForwardConfig {
-    /// Checks the `forward:` section on its own.
-    pub fn validate(&self) -> Result<(), Invalid> {
-        check(
-            !(1..=64).contains(&self.udp_sockets),
-            "forward.udp_sockets",
-            format!("{} is not within 1..=64", self.udp_sockets),
-        )?;
-        check(
-            self.max_inflight == 0,
-            "forward.max_inflight",
-            "must be above zero",
-        )?;
-        check(
-            self.failure_threshold == 0,
-            "forward.failure_threshold",
-            "must be above zero",
-        )?;
-        check(
-            self.backoff_min.is_zero() || self.backoff_max < self.backoff_min,
-            "forward.backoff_max",
-            "backoff_min must be above zero and not above backoff_max",
-        )?;
-        check(
-            self.socket_lifetime < Duration::from_secs(1),
-            "forward.socket_lifetime",
-            "must be at least 1s",
-        )
-    }
-}
+pub use config::{ForwardConfig, UpstreamAddr, DNS_PORT};
+pub use metrics::ForwardMetrics;
+use metrics::{ResponseDrops, ZoneLabels};
 
 /// Outstanding queries on one UDP socket: IDs are 16 bits, keep some free for fast picks.
 const MAX_PENDING_PER_SOCKET: usize = 49_152;
@@ -307,193 +190,6 @@ pub struct ZoneParts {
     pub force_tcp: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ZoneLabels {
-    zone: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct DropLabels {
-    upstream: String,
-    reason: &'static str,
-}
-
-/// `dnslens_responses_dropped_total` handles: a row per configured upstream, and one for
-/// every other source, each with every reason; all created up front.
-struct ResponseDrops {
-    counters: Vec<Counter>,
-    upstreams: Vec<SocketAddr>,
-}
-
-impl ResponseDrops {
-    fn new(family: &Family<DropLabels, Counter>, upstreams: Vec<SocketAddr>) -> Self {
-        let rows = upstreams
-            .iter()
-            .map(|u| u.to_string())
-            .chain(std::iter::once("other".to_string()));
-        let counters = rows
-            .flat_map(|upstream| {
-                RESPONSE_DROP_REASONS.iter().map(move |reason| {
-                    family
-                        .get_or_create(&DropLabels {
-                            upstream: upstream.clone(),
-                            reason,
-                        })
-                        .clone()
-                })
-            })
-            .collect();
-        ResponseDrops {
-            counters,
-            upstreams,
-        }
-    }
-
-    /// Counts a response from `from` dropped for `reason` (one of the known reasons).
-    fn inc(&self, from: SocketAddr, reason: &str) {
-        let row = self
-            .upstreams
-            .iter()
-            .position(|u| *u == canonical(from))
-            .unwrap_or(self.upstreams.len());
-        let column = RESPONSE_DROP_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.counters[row * RESPONSE_DROP_REASONS.len() + column].inc();
-    }
-}
-
-/// The forwarder's metric families, registered once: every forwarder built from them (a
-/// reload builds a new one) shares them, and series of upstreams and zones no longer
-/// configured are removed ([`ForwardMetrics::forget`]).
-#[derive(Clone)]
-pub struct ForwardMetrics {
-    families: UpstreamFamilies,
-    responses_dropped: Family<DropLabels, Counter>,
-    failures: Family<ReasonLabels, Counter>,
-    inflight: Gauge,
-    in_flight: InFlight,
-    zone_queries: Family<ZoneLabels, Counter>,
-}
-
-impl ForwardMetrics {
-    pub fn register(registry: &mut Registry) -> ForwardMetrics {
-        let families = UpstreamFamilies {
-            tries: Family::default(),
-            duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
-            }),
-            healthy: Family::default(),
-        };
-        registry.register(
-            "upstream_requests",
-            "Tries sent to upstreams, by upstream, transport and outcome",
-            families.tries.clone(),
-        );
-        registry.register(
-            "upstream_duration_seconds",
-            "Time from sending a try to its upstream answer",
-            families.duration.clone(),
-        );
-        registry.register(
-            "upstream_healthy",
-            "1 while the upstream is in service, 0 while it is put aside",
-            families.healthy.clone(),
-        );
-        let responses_dropped = Family::<DropLabels, Counter>::default();
-        registry.register(
-            "responses_dropped",
-            "Upstream responses discarded, by the upstream they came from (or other) and reason",
-            responses_dropped.clone(),
-        );
-        let failures = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "forward_failures",
-            "Queries answered SERVFAIL by dnslens itself, by reason",
-            failures.clone(),
-        );
-        let inflight = Gauge::default();
-        registry.register(
-            "inflight_queries",
-            "Queries waiting on an upstream",
-            inflight.clone(),
-        );
-        let zone_queries = Family::<ZoneLabels, Counter>::default();
-        registry.register(
-            "forward_zone_queries",
-            "Queries routed to each zone's upstreams (. is the top-level upstreams)",
-            zone_queries.clone(),
-        );
-        ForwardMetrics {
-            families,
-            responses_dropped,
-            failures,
-            in_flight: InFlight::new(inflight.clone()),
-            inflight,
-            zone_queries,
-        }
-    }
-
-    /// Queries waiting on an upstream, over every forwarder built from these metrics.
-    pub fn inflight(&self) -> i64 {
-        self.inflight.get()
-    }
-
-    /// The in-flight count and longest wait, for the lookup tracker; every forwarder built
-    /// from these metrics sets the longest wait to its own.
-    pub fn in_flight(&self) -> InFlight {
-        self.in_flight.clone()
-    }
-
-    /// Removes the series of the upstreams and zones `old` had and `new` does not: a
-    /// removed upstream must not stay `dnslens_upstream_healthy 0` (an alert) forever.
-    pub fn forget(&self, old: &Forwarder, new: &Forwarder) {
-        for upstream in &old.upstreams {
-            if new.upstreams.iter().any(|u| u.addr == upstream.addr) {
-                continue;
-            }
-            let name = upstream.addr.to_string();
-            for transport in Transport::ALL {
-                for outcome in Outcome::ALL {
-                    self.families.tries.remove(&upstream::UpstreamTryLabels {
-                        upstream: name.clone(),
-                        transport,
-                        outcome,
-                    });
-                }
-                self.families
-                    .duration
-                    .remove(&upstream::UpstreamTransportLabels {
-                        upstream: name.clone(),
-                        transport,
-                    });
-            }
-            self.families.healthy.remove(&upstream::UpstreamLabels {
-                upstream: name.clone(),
-            });
-            for reason in RESPONSE_DROP_REASONS {
-                self.responses_dropped.remove(&DropLabels {
-                    upstream: name.clone(),
-                    reason,
-                });
-            }
-        }
-        let zones_now: Vec<&str> = if new.pools.len() > 1 {
-            new.pools.iter().map(|p| &*p.name).collect()
-        } else {
-            Vec::new()
-        };
-        for pool in &old.pools {
-            if !zones_now.contains(&&*pool.name) {
-                self.zone_queries.remove(&ZoneLabels {
-                    zone: pool.name.to_string(),
-                });
-            }
-        }
-    }
-}
-
 impl Forwarder {
     /// Builds the forwarder and binds its UDP sockets; its series come from `metrics`.
     /// Call [`Forwarder::spawn`] from inside the runtime to start its tasks.
@@ -555,7 +251,7 @@ impl Forwarder {
             .map(|_| Ok(ArcSwap::from_pointee(PoolSocket::bind(v6)?)))
             .collect::<std::io::Result<_>>()?;
         metrics
-            .in_flight
+            .waiting_on_upstreams
             .set_longest(parts.timeout * parts.attempts);
         Ok(Arc::new(Forwarder {
             settings: Settings {
@@ -571,7 +267,7 @@ impl Forwarder {
             retiring: Mutex::new(Vec::new()),
             next_slot: AtomicUsize::new(0),
             next_upstream: AtomicUsize::new(0),
-            inflight: metrics.inflight.clone(),
+            inflight: metrics.inflight_queries.clone(),
             responses_dropped: ResponseDrops::new(&metrics.responses_dropped, addrs),
             failures: ReasonCounters::new(&metrics.failures, FAILURE_REASONS),
             tasks: parts.tasks,
