@@ -23,7 +23,7 @@ export HELM_TEMPLATE
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features dnslens/system-tests -- -D warnings
 echo "== cargo deny (licenses, bans, sources: deny.toml)"
 target/tools/bin/cargo-deny check licenses bans sources
 # Advisories need the RustSec database, which is a git repository on GitHub: checked against
@@ -35,8 +35,8 @@ if compgen -G "$advisory_dbs/advisory-db-*" >/dev/null; then
 else
   echo "== cargo deny advisories: NOT CHECKED — no local copy of the RustSec advisory database in $advisory_dbs (run \`cargo deny fetch\` where GitHub is reachable)"
 fi
-echo "== cargo test"
-cargo test --workspace --locked
+echo "== cargo test (both tiers: --features dnslens/system-tests)"
+cargo test --workspace --locked --features dnslens/system-tests
 echo "== fuzz: every target 15 s from the committed seeds (long runs: scripts/reliability.sh)"
 scripts/fuzz.sh 15
 echo "== cargo bench --no-run (the criterion benchmarks compile; run them with cargo bench -p dnslens)"

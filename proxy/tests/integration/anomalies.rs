@@ -304,7 +304,7 @@ async fn a_withheld_aaaa_answer_then_the_clients_resend_is_a_suspected_race() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_answering_nothing_without_soa_is_flagged() {
     // The test upstream answers NOERROR with no records and no SOA: a broken filter.
-    let upstream = crate::upstream_faults::DelayedUpstream::start(Duration::ZERO).await;
+    let upstream = crate::harness::DelayedUpstream::start(Duration::ZERO).await;
     let proxy = dnslens::Proxy::start(&test_config(&[upstream.addr]))
         .await
         .unwrap();

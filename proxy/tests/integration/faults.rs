@@ -13,8 +13,8 @@ use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::harness::DelayedUpstream;
 use crate::harness::*;
-use crate::upstream_faults::DelayedUpstream;
 
 /// Asks `name` from a fresh socket; returns the answer's rcode and how long it took, after
 /// checking that the only datagram that came (within `linger` after the answer) is the

@@ -48,7 +48,7 @@ async fn udp_and_tcp_answers_match_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_query_reaches_the_upstream_byte_for_byte_but_the_id() {
-    let upstream = crate::upstream_faults::DelayedUpstream::start(Duration::ZERO).await;
+    let upstream = crate::harness::DelayedUpstream::start(Duration::ZERO).await;
     let proxy = dnslens::Proxy::start(&test_config(&[upstream.addr]))
         .await
         .unwrap();
@@ -180,7 +180,7 @@ async fn many_concurrent_clients_all_get_their_own_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_what_is_in_flight() {
     // An upstream that answers only after 400 ms; shutdown starts while the query waits.
-    let slow = crate::upstream_faults::DelayedUpstream::start(Duration::from_millis(400)).await;
+    let slow = crate::harness::DelayedUpstream::start(Duration::from_millis(400)).await;
     let mut config = test_config(&[slow.addr]);
     config.upstream_timeout = Duration::from_secs(2);
     let proxy = dnslens::Proxy::start(&config).await.unwrap();

@@ -365,7 +365,7 @@ async fn tcp_ask_once(server: std::net::SocketAddr, name: &str) -> Option<Vec<u8
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_answers_every_query_received_before_it() {
     let _alone = crate::harness::cpu_alone().await;
-    let upstream = crate::upstream_faults::DelayedUpstream::start(Duration::from_millis(100)).await;
+    let upstream = crate::harness::DelayedUpstream::start(Duration::from_millis(100)).await;
     let dir = TempDir::new("sigterm");
     let config = dir.0.join("dnslens.yaml");
     std::fs::write(&config, "lameduck: 0s\nshutdown_grace: 3s\n").unwrap();

@@ -1,7 +1,7 @@
 //! Upstreams that are dead, slow, flaky or hostile: retries, back-off, SERVFAIL, spoofing.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,58 +10,6 @@ use hickory_proto::rr::RecordType;
 use tokio::net::UdpSocket;
 
 use crate::harness::*;
-
-/// The minimal valid answer to `query`: same ID and question, QR set, NOERROR, no records.
-fn empty_answer(query: &[u8]) -> Option<Vec<u8>> {
-    let msg = Message::from_vec(query).ok()?;
-    let mut answer = Message::response(msg.metadata.id, msg.metadata.op_code);
-    answer.metadata.recursion_desired = msg.metadata.recursion_desired;
-    for q in msg.queries {
-        answer.add_query(q);
-    }
-    answer.to_vec().ok()
-}
-
-/// An upstream that answers every query after `delay`, while `on`.
-pub struct DelayedUpstream {
-    pub addr: SocketAddr,
-    pub on: Arc<AtomicBool>,
-    /// The last query received, as it arrived.
-    pub last_query: Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl DelayedUpstream {
-    pub async fn start(delay: Duration) -> DelayedUpstream {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let addr = socket.local_addr().unwrap();
-        let on = Arc::new(AtomicBool::new(true));
-        let answering = on.clone();
-        let last_query = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = last_query.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-                *record.lock().unwrap() = buf[..len].to_vec();
-                if !answering.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let Some(answer) = empty_answer(&buf[..len]) else {
-                    continue;
-                };
-                let socket = socket.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = socket.send_to(&answer, from).await;
-                });
-            }
-        });
-        DelayedUpstream {
-            addr,
-            on,
-            last_query,
-        }
-    }
-}
 
 /// A bound UDP port that never answers (its packets are never read).
 async fn black_hole() -> (UdpSocket, SocketAddr) {
