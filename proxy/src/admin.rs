@@ -33,8 +33,8 @@
 //! Config: `admin: {debug_allow}` — networks that may read `/debug/*` and `/ui/` besides
 //! loopback [none]; `admin: {node_setup_status}` — `node-setup hold`'s status file, exported
 //! as `dnslens_node_setup_repairs_total` and `dnslens_node_setup_last_check_timestamp_seconds`
-//! [none]; `admin: {probe_socket}` — the probes' unix socket [none]; `ui: {trace_url}` — the page's link to a lookup's trace, `{trace_id}`
-//! replaced (e.g. `https://tempo.example/explore?traceId={trace_id}`) [none: the id is shown];
+//! [none]; `admin: {probe_socket}` — the probes' unix socket [none]; `ui: {trace_url}` —
+//! the page's link to a lookup's trace, `{trace_id}` replaced (e.g. `https://tempo.example/explore?traceId={trace_id}`) [none: the id is shown];
 //! `ui: {backend}` — `jaeger=URL`, the backend of the cluster-wide window [none];
 //! `ui: {backend_service}` — the `service.name` the instances export under [dnslens].
 

@@ -51,6 +51,9 @@
 //! reload (SIGHUP, a changed file) loads the same way; see `Proxy::reload` for which keys it
 //! applies.
 
+// Distinct upstream addresses over `upstreams` and every zone: one bit each in the set of
+// upstreams a query tried.
+use crate::forward::select::MAX_UPSTREAMS;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -425,10 +428,6 @@ impl Config {
         }
     }
 }
-
-/// Distinct upstream addresses over `upstreams` and every zone: one bit each in the set of
-/// upstreams a query tried (see `forward::select`).
-pub use crate::forward::select::MAX_UPSTREAMS;
 
 /// NodeLocal DNSCache's zones: the cluster domain and the reverse zones to the cluster DNS
 /// over TCP (node-cache's `force_tcp`: no UDP flow for conntrack to race on).

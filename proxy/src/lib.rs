@@ -304,16 +304,17 @@ impl Proxy {
                 addr: config.metrics_listen,
                 error,
             })?;
-        let probe_listener =
-            match &config.admin.probe_socket {
-                Some(path) => Some(admin::bind_probe_socket(path).map_err(|error| {
-                    StartError::ProbeSocket {
-                        path: path.display().to_string(),
-                        error,
-                    }
-                })?),
-                None => None,
-            };
+        let probe_listener = config
+            .admin
+            .probe_socket
+            .as_deref()
+            .map(|path| {
+                admin::bind_probe_socket(path).map_err(|error| StartError::ProbeSocket {
+                    path: path.display().to_string(),
+                    error,
+                })
+            })
+            .transpose()?;
         let forwarder_now = Arc::new(ArcSwap::new(current.forwarder.clone()));
         let draining = CancellationToken::new();
         let admin = tokio::spawn({

@@ -89,7 +89,7 @@ use crate::metrics::{ReasonCounters, Transport};
 use crate::record::{Outcome, QueryTrace, UpstreamTry};
 use crate::request::Request;
 use crate::wire::{self, Rcode};
-use select::{AfterFailure, Tried, UpstreamState};
+use select::{AfterFailure, Tried};
 use upstream::Upstream;
 use zones::Pool;
 
@@ -420,9 +420,8 @@ impl Forwarder {
     fn pick_upstream(&self, pool: usize, tried: Tried) -> Option<usize> {
         let start = self.next_upstream.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        select::pick(&self.pools[pool].members, start, tried, |i| UpstreamState {
-            available: self.upstreams[i].available(now),
-            back_at: self.upstreams[i].back_at(),
+        select::pick(&self.pools[pool].members, start, tried, |i| {
+            self.upstreams[i].state(now)
         })
     }
 

@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::select::UpstreamState;
 use super::tcp_pool::TcpUpstream;
 use super::ForwardConfig;
 use crate::metrics::Transport;
@@ -134,12 +135,16 @@ impl Upstream {
     /// Whether queries may go here now: healthy, or its back-off has passed (the next query
     /// is the probe that brings it back or puts it aside for longer).
     pub fn available(&self, now: Instant) -> bool {
-        self.health.down_until().is_none_or(|until| until <= now)
+        self.state(now).available
     }
 
-    /// When it is due back in service (`None`: in service now).
-    pub fn back_at(&self) -> Option<Instant> {
-        self.health.down_until()
+    /// Available or not, and when it is due back (`None`: in service): one atomic load.
+    pub fn state(&self, now: Instant) -> UpstreamState {
+        let back_at = self.health.down_until();
+        UpstreamState {
+            available: back_at.is_none_or(|until| until <= now),
+            back_at,
+        }
     }
 
     /// Records how a try ended, its duration (for answers) and what it says about health:

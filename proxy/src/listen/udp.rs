@@ -32,6 +32,11 @@ pub(super) async fn udp_worker(
     stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; UDP_RECV_BUFFER];
+    let serve = |packet: &[u8], peer, arrived| {
+        serve_datagram(
+            &endpoint, packet, peer, arrived, &pipeline, &metrics, &policy,
+        )
+    };
     // One wait on the token for the worker's life: a fresh `cancelled()` per datagram
     // registered and removed a waiter under the token's mutex, shared by every worker.
     let mut stopped = std::pin::pin!(stop.cancelled());
@@ -48,30 +53,14 @@ pub(super) async fn udp_worker(
                 }
             },
         };
-        serve_datagram(
-            &endpoint,
-            &buf[..len],
-            peer,
-            arrived,
-            &pipeline,
-            &metrics,
-            &policy,
-        );
+        serve(&buf[..len], peer, arrived);
     }
     // What the kernel queued on this socket before it closes would be lost: with another
     // dnslens on the same address (SO_REUSEPORT, a rolling update) new datagrams go to it
     // once this socket is gone, so answering the queue loses nothing.
     for _ in 0..UDP_DRAIN_MAX {
         match endpoint.socket.try_recv_stamped(&mut buf) {
-            Ok((len, peer, arrived)) => serve_datagram(
-                &endpoint,
-                &buf[..len],
-                peer,
-                arrived,
-                &pipeline,
-                &metrics,
-                &policy,
-            ),
+            Ok((len, peer, arrived)) => serve(&buf[..len], peer, arrived),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(_) => continue,
         }

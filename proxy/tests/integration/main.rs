@@ -26,55 +26,36 @@ mod reload;
 mod tracing;
 
 // The system tier.
-#[cfg(feature = "system-tests")]
-mod alerts;
-#[cfg(feature = "system-tests")]
-mod cache;
-#[cfg(feature = "system-tests")]
-mod cluster;
-#[cfg(feature = "system-tests")]
-mod cluster_view;
-#[cfg(feature = "system-tests")]
-mod control_plane;
-#[cfg(feature = "system-tests")]
-mod data_path;
-#[cfg(feature = "system-tests")]
-mod differential;
-#[cfg(feature = "system-tests")]
-mod dnstap;
-#[cfg(feature = "system-tests")]
-mod flood;
-#[cfg(feature = "system-tests")]
-mod fuzz_seeds;
-#[cfg(feature = "system-tests")]
-mod image;
-#[cfg(feature = "system-tests")]
-mod jaeger;
-#[cfg(feature = "system-tests")]
-mod knot;
-#[cfg(feature = "system-tests")]
-mod kubernetes;
-#[cfg(feature = "system-tests")]
-mod lifecycle;
-#[cfg(feature = "system-tests")]
-mod load_models;
-#[cfg(feature = "system-tests")]
-mod namespaces;
-#[cfg(feature = "system-tests")]
-mod node_setup;
-#[cfg(feature = "system-tests")]
-mod pod_identity;
-#[cfg(feature = "system-tests")]
-mod prometheus;
-#[cfg(feature = "system-tests")]
-mod resolvers;
-#[cfg(feature = "system-tests")]
-mod service_fallback;
-#[cfg(feature = "system-tests")]
-mod supply_chain;
-#[cfg(feature = "system-tests")]
-mod ui;
-#[cfg(feature = "system-tests")]
-mod upstream_faults;
-#[cfg(feature = "system-tests")]
-mod zones;
+macro_rules! system_tier {
+    ($($module:ident)*) => {
+        $(#[cfg(feature = "system-tests")] mod $module;)*
+    };
+}
+system_tier! {
+    alerts
+    cache
+    cluster
+    cluster_view
+    control_plane
+    data_path
+    differential
+    dnstap
+    flood
+    fuzz_seeds
+    image
+    jaeger
+    knot
+    kubernetes
+    lifecycle
+    load_models
+    namespaces
+    node_setup
+    pod_identity
+    prometheus
+    resolvers
+    service_fallback
+    supply_chain
+    ui
+    upstream_faults
+    zones
+}
