@@ -188,7 +188,11 @@ fn twin_answered_beside(a: &Attempt, lookup: &LookupRecord) -> bool {
 /// window to do): the twin came, so `a` is no lonely partner — and its socket's port, reused
 /// by the next query of some later lookup, must not pair with it. (A twin lost on `a`'s own
 /// socket comes back on that socket, where the lonely memory waits for it.)
-fn twin_asked_elsewhere(a: &Attempt, lookup: &LookupRecord) -> bool {
+fn twin_asked_elsewhere(
+    a: &Attempt,
+    lookup: &LookupRecord,
+    also: impl Fn(&Attempt) -> bool,
+) -> bool {
     let Some(twin) = wire::address_twin(a.query.qtype) else {
         return false;
     };
@@ -197,6 +201,7 @@ fn twin_asked_elsewhere(a: &Attempt, lookup: &LookupRecord) -> bool {
             && b.qname == a.qname
             && (abs_diff(a.query.received, b.query.received) <= PARALLEL_WINDOW
                 || b.query.client != a.query.client)
+            && also(b)
     })
 }
 
@@ -299,11 +304,12 @@ impl Memory {
                 continue;
             };
             // The twin that never came with its partner, arriving alone a timeout later.
-            if let Some((gap, _)) = self
-                .lonely
-                .take(a, a.query.qtype)
-                .filter(|(gap, _)| *gap >= LATE_TWIN)
-            {
+            // Not when its lookup asked it with a new partner: the socket's port was reused
+            // by a new lookup (a resolver's walk after `dig` asked the A alone from that
+            // port), and a client resending the pair keeps the partner's message ID.
+            if let Some((gap, _)) = self.lonely.take(a, a.query.qtype).filter(|(gap, partner)| {
+                *gap >= LATE_TWIN && !twin_asked_elsewhere(a, lookup, |b| b.query.id != partner.id)
+            }) {
                 raced = raced.or(Some(gap));
             }
             if let Some(gap) = raced {
@@ -315,7 +321,7 @@ impl Memory {
             if answered
                 && !a.retransmission
                 && !twin_answered_beside(a, lookup)
-                && !twin_asked_elsewhere(a, lookup)
+                && !twin_asked_elsewhere(a, lookup, |_| true)
             {
                 self.lonely.remember(a, twin, a.query.answered, 0);
             }

@@ -323,6 +323,61 @@ fn a_twin_arriving_alone_a_timeout_later_is_a_suspected_race() {
 }
 
 #[test]
+fn a_new_pair_from_a_reused_port_is_no_late_twin() {
+    // `dig` asks the A alone; seconds later a resolver's walk gets the same port and asks
+    // the same name's A and AAAA together, with new message IDs: a new pair, not the A's
+    // late twin (once seen in the full suite).
+    let name = "kubernetes.default.svc.cluster.local";
+    let mut d = detectors();
+    let t0 = Instant::now();
+    let mut dig = lookup(&[q(0, 40000, name, None, QTYPE_A, 0, 1, false)]);
+    dig.attempts[0].query.received = t0;
+    dig.attempts[0].query.id = 0x1111;
+    assert_eq!(see(&mut d, dig).anomalies, Vec::<Kind>::new());
+    let mut walk = lookup(&[
+        q(0, 40000, name, Some(1), QTYPE_A, 0, 1, false),
+        q(0, 40000, name, Some(1), QTYPE_AAAA, 0, 0, true),
+    ]);
+    for (a, id) in walk.attempts.iter_mut().zip([0x2222, 0x2223]) {
+        a.query.received = t0 + Duration::from_millis(2600);
+        a.query.answered = a.query.received + Duration::from_millis(1);
+        a.query.id = id;
+    }
+    assert_eq!(see(&mut d, walk).anomalies, Vec::<Kind>::new());
+    // dnspython: the A from a socket of its own, then the AAAA from one that got the port
+    // `dig` used.
+    let mut dig = lookup(&[q(0, 40002, name, None, QTYPE_A, 0, 1, false)]);
+    dig.attempts[0].query.received = t0;
+    see(&mut d, dig);
+    let mut python = lookup(&[
+        q(0, 40003, name, None, QTYPE_A, 0, 1, false),
+        q(0, 40002, name, None, QTYPE_AAAA, 0, 0, true),
+    ]);
+    for (i, a) in python.attempts.iter_mut().enumerate() {
+        a.query.received = t0 + Duration::from_millis(3000 + 40 * i as u64);
+        a.query.answered = a.query.received + Duration::from_millis(1);
+    }
+    assert_eq!(see(&mut d, python).anomalies, Vec::<Kind>::new());
+    assert_eq!(d.race_suspected.get(), 0);
+    // The pair resent by the client keeps the A's ID: the AAAA is the late twin.
+    let mut first = lookup(&[q(0, 40001, name, None, QTYPE_A, 0, 1, false)]);
+    first.attempts[0].query.received = t0;
+    first.attempts[0].query.id = 0x3333;
+    see(&mut d, first);
+    let mut resent = lookup(&[
+        q(0, 40001, name, None, QTYPE_A, 0, 1, false),
+        q(0, 40001, name, None, QTYPE_AAAA, 0, 0, true),
+    ]);
+    for (a, id) in resent.attempts.iter_mut().zip([0x3333, 0x3334]) {
+        a.query.received = t0 + Duration::from_secs(5);
+        a.query.answered = a.query.received + Duration::from_millis(1);
+        a.query.id = id;
+    }
+    assert!(see(&mut d, resent).anomalies.contains(&Kind::ParallelRace));
+    assert_eq!(d.race_suspected.get(), 1);
+}
+
+#[test]
 fn the_lonely_query_memory_is_bounded() {
     let mut registry = Registry::with_prefix("dnslens");
     let mut d = Detectors::register(&mut registry, journal::Journal::new(100));
