@@ -27,13 +27,19 @@
 //! by either process, while `dnslens probe ready --socket PATH` (an exec probe, the socket
 //! in the pod's own emptyDir) asks this one.
 //!
+//! With `admin.pod_sockets: DIR` (node-local on the host's network), `/metrics?pod=NAME`
+//! is answered by pod `NAME`'s process whichever process took the connection (see
+//! [`pods`]); without it `pod` is ignored.
+//!
 //! Anything else is 404; the server reads no request body. `dnslens ui --backend URL`
 //! serves only `/ui/` and `/debug/anomalies` (the cluster's window), from a workstation.
 //!
 //! Config: `admin: {debug_allow}` — networks that may read `/debug/*` and `/ui/` besides
 //! loopback [none]; `admin: {node_setup_status}` — `node-setup hold`'s status file, exported
 //! as `dnslens_node_setup_repairs_total` and `dnslens_node_setup_last_check_timestamp_seconds`
-//! [none]; `admin: {probe_socket}` — the probes' unix socket [none]; `ui: {trace_url}` —
+//! [none]; `admin: {probe_socket}` — the probes' unix socket [none]; `admin: {pod_sockets}` —
+//! the directory of the node's dnslens pods' sockets, this one's `$POD_NAME.sock` [none];
+//! `ui: {trace_url}` —
 //! the page's link to a lookup's trace, `{trace_id}` replaced (e.g. `https://tempo.example/explore?traceId={trace_id}`) [none: the id is shown];
 //! `ui: {backend}` — `jaeger=URL`, the backend of the cluster-wide window [none];
 //! `ui: {backend_service}` — the `service.name` the instances export under [dnslens].
@@ -56,6 +62,8 @@ use crate::forward::Forwarder;
 use crate::listen::AccessList;
 use crate::record::Kind;
 
+pub mod pods;
+
 /// The `admin:` section.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,6 +75,9 @@ pub struct AdminConfig {
     pub node_setup_status: Option<std::path::PathBuf>,
     /// A unix socket serving `/healthz` and `/readyz` of this process alone (`dnslens probe`).
     pub probe_socket: Option<std::path::PathBuf>,
+    /// A directory the node's dnslens pods share: this one serves on `$POD_NAME.sock` there,
+    /// and `/metrics?pod=NAME` is relayed to `NAME`'s.
+    pub pod_sockets: Option<std::path::PathBuf>,
 }
 
 /// The `ui:` section (the timeline page).
@@ -121,6 +132,8 @@ pub struct AdminState {
     pub debug: DebugState,
     /// Cancelled when shutdown begins: `/readyz` turns 503.
     pub draining: CancellationToken,
+    /// The node's dnslens pods' sockets (`admin.pod_sockets`).
+    pub pods: Option<Arc<pods::PodSockets>>,
 }
 
 /// What `/debug/anomalies` and `/ui/` read: this instance's journal, the cluster's backend,
@@ -135,6 +148,11 @@ pub struct DebugState {
     pub allowed: Arc<AccessList>,
     /// The timeline page, its settings filled in.
     pub ui_page: Arc<str>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MetricsParams {
+    pod: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,9 +196,9 @@ pub async fn serve(
     .await
 }
 
-/// Binds the probes' unix socket at `path`, replacing a socket a previous run left there
-/// (anything else at the path is an error, not removed).
-pub fn bind_probe_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+/// Binds a unix socket of this process (probes, pod socket) at `path`, replacing a socket a
+/// previous run left there (anything else at the path is an error, not removed).
+pub fn bind_unix_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
@@ -195,8 +213,9 @@ pub fn bind_probe_socket(path: &std::path::Path) -> std::io::Result<tokio::net::
     tokio::net::UnixListener::bind(path)
 }
 
-/// `/healthz` and `/readyz` of this process on its probe socket, until `stop`.
-pub async fn serve_probes(
+/// `/healthz`, `/readyz` and `/metrics` of this process alone on one of its unix sockets,
+/// until `stop`.
+pub async fn serve_unix(
     listener: tokio::net::UnixListener,
     state: AdminState,
     stop: CancellationToken,
@@ -204,6 +223,7 @@ pub async fn serve_probes(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(own_metrics))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -248,7 +268,18 @@ pub async fn serve_cluster_page(
     Ok(())
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+/// This process's metrics, or with `?pod=NAME` those of pod `NAME`'s process.
+async fn metrics(
+    State(state): State<AdminState>,
+    Query(params): Query<MetricsParams>,
+) -> axum::response::Response {
+    match (&state.pods, params.pod) {
+        (Some(pods), Some(pod)) if !pods.is_own(&pod) => pods.relay_metrics(&pod).await,
+        _ => own_metrics(State(state)).await.into_response(),
+    }
+}
+
+async fn own_metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (

@@ -77,8 +77,14 @@ pub enum StartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("admin.probe_socket {path}: {error}")]
-    ProbeSocket { path: String, error: std::io::Error },
+    #[error("admin.{key} {path}: {error}")]
+    AdminSocket {
+        key: &'static str,
+        path: String,
+        error: std::io::Error,
+    },
+    #[error("admin.pod_sockets: {0}")]
+    PodSockets(String),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
@@ -304,16 +310,34 @@ impl Proxy {
                 addr: config.metrics_listen,
                 error,
             })?;
+        let bind_unix = |key, path: &std::path::Path| {
+            admin::bind_unix_socket(path).map_err(|error| StartError::AdminSocket {
+                key,
+                path: path.display().to_string(),
+                error,
+            })
+        };
         let probe_listener = config
             .admin
             .probe_socket
             .as_deref()
-            .map(|path| {
-                admin::bind_probe_socket(path).map_err(|error| StartError::ProbeSocket {
-                    path: path.display().to_string(),
-                    error,
-                })
+            .map(|path| bind_unix("probe_socket", path))
+            .transpose()?;
+        let pods = config
+            .admin
+            .pod_sockets
+            .as_deref()
+            .map(|dir| {
+                let own = std::env::var("POD_NAME").map_err(|_| {
+                    StartError::PodSockets("needs POD_NAME, the pod's name (downward API)".into())
+                })?;
+                admin::pods::PodSockets::new(dir, &own)
+                    .map_err(|e| StartError::PodSockets(format!("POD_NAME: {e}")))
             })
+            .transpose()?;
+        let pod_listener = pods
+            .as_ref()
+            .map(|pods| bind_unix("pod_sockets", &pods.own_socket()))
             .transpose()?;
         let forwarder_now = Arc::new(ArcSwap::new(current.forwarder.clone()));
         let draining = CancellationToken::new();
@@ -329,22 +353,31 @@ impl Proxy {
                     ui_page: admin::ui_page(&config.ui, admin::Scope::Instance).into(),
                 },
                 draining: draining.clone(),
+                pods: pods.clone().map(Arc::new),
             };
             let stop = shared.stop_all.clone();
             async move {
-                let probes = probe_listener.map(|listener| {
-                    let (state, stop) = (state.clone(), stop.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = admin::serve_probes(listener, state, stop).await {
-                            tracing::error!(error = %e, "probe socket server failed");
-                        }
+                let unix_servers: Vec<_> = [probe_listener, pod_listener]
+                    .into_iter()
+                    .flatten()
+                    .map(|listener| {
+                        let (state, stop) = (state.clone(), stop.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = admin::serve_unix(listener, state, stop).await {
+                                tracing::error!(error = %e, "admin unix socket server failed");
+                            }
+                        })
                     })
-                });
+                    .collect();
                 if let Err(e) = admin::serve(admin_listener, state, stop).await {
                     tracing::error!(error = %e, "metrics server failed");
                 }
-                if let Some(probes) = probes {
-                    let _ = probes.await;
+                for server in unix_servers {
+                    let _ = server.await;
+                }
+                // Gone at once for the node's other dnslens: a relayed scrape is 404.
+                if let Some(pods) = pods {
+                    let _ = std::fs::remove_file(pods.own_socket());
                 }
             }
         });

@@ -162,8 +162,23 @@ pub async fn start_serving(
     upstream: std::net::SocketAddr,
     admin: std::net::SocketAddr,
 ) -> Child {
+    start_serving_as(config, dns, upstream, admin, None).await
+}
+
+/// [`start_serving`] as pod `pod` (its `POD_NAME`).
+pub async fn start_serving_as(
+    config: &std::path::Path,
+    dns: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    pod: Option<&str>,
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dnslens"));
+    if let Some(pod) = pod {
+        command.env("POD_NAME", pod);
+    }
     let child = Child(
-        Command::new(env!("CARGO_BIN_EXE_dnslens"))
+        command
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -347,6 +362,99 @@ async fn each_process_answers_its_own_probe_socket_during_a_handover() {
     pods[1].0.terminate();
     let _ = pods[1].0 .0.wait();
     upstream.stop().await;
+}
+
+/// `/metrics?pod=NAME` on the admin port two processes share during a surge handover (each
+/// scrape a new connection, which the kernel gives to either) is answered by pod NAME's
+/// process, through the pod sockets (`admin.pod_sockets`): every scrape of a pod gives the
+/// same count, and the two add up to the queries sent. A pod that is gone is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_naming_its_pod_is_answered_by_that_pod_during_a_handover() {
+    let upstream = EmbeddedUpstream::start("127.0.0.1:0".parse().unwrap(), &ZONES)
+        .await
+        .unwrap();
+    let dir = TempDir::new("pod-sockets");
+    let sockets = dir.0.join("pods");
+    std::fs::create_dir(&sockets).unwrap();
+    let config = dir.0.join("dnslens.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "lameduck: 1s\nshutdown_grace: 2s\nadmin: {{pod_sockets: {}}}\n",
+            sockets.display()
+        ),
+    )
+    .unwrap();
+    let dns: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ask = |n: u16| async move {
+        let query = query_bytes("web.default.svc.cluster.local.", RecordType::A, n, None);
+        let answer = udp_exchange(dns, &query, Duration::from_secs(2)).await;
+        assert!(answer.is_some(), "query {n} not answered");
+    };
+    let mut old = start_serving_as(&config, dns, upstream.addr, admin, Some("dnslens-old")).await;
+    for n in 0..7 {
+        ask(n).await;
+    }
+    let mut new = start_serving_as(&config, dns, upstream.addr, admin, Some("dnslens-new")).await;
+    // Fresh sockets: the kernel spreads these over both processes.
+    for n in 7..57 {
+        ask(n).await;
+    }
+    let requests = |pod: &'static str| async move {
+        let (status, body) = http_get(admin, &format!("/metrics?pod={pod}")).await;
+        assert_eq!(status, 200, "{pod}: {body}");
+        series_sum(&body, "dnslens_requests_total")
+    };
+    let (old_count, new_count) = (requests("dnslens-old").await, requests("dnslens-new").await);
+    assert!(old_count >= 7.0, "old answered {old_count}");
+    assert_eq!(old_count + new_count, 57.0);
+    // Twenty scrapes of each, each over a new connection: always that pod's own count.
+    for _ in 0..20 {
+        assert_eq!(requests("dnslens-old").await, old_count);
+        assert_eq!(requests("dnslens-new").await, new_count);
+    }
+    // A pod that has no dnslens here, and a name that is no pod name.
+    let (status, body) = http_get(admin, "/metrics?pod=dnslens-gone").await;
+    assert_eq!((status, body.contains("no dnslens of that pod")), (404, true), "{body}");
+    let (status, _) = http_get(admin, "/metrics?pod=..%2Fetc").await;
+    assert_eq!(status, 400);
+
+    old.terminate();
+    let code = old.exit_code_within(Duration::from_secs(6), "the old process did not exit");
+    assert_eq!(code, Some(0));
+    assert!(!sockets.join("dnslens-old.sock").exists());
+    let (status, _) = http_get(admin, "/metrics?pod=dnslens-old").await;
+    assert_eq!(status, 404);
+    assert_eq!(requests("dnslens-new").await, new_count);
+    new.terminate();
+    let _ = new.0.wait();
+    upstream.stop().await;
+}
+
+/// `admin.pod_sockets` without the pod's name is a start-up error saying so.
+#[test]
+fn pod_sockets_without_a_pod_name_is_refused_at_start() {
+    let dir = TempDir::new("pod-sockets-no-name");
+    let config = dir.0.join("dnslens.yaml");
+    std::fs::write(
+        &config,
+        format!("admin: {{pod_sockets: {}}}\n", dir.0.display()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dnslens"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env_remove("POD_NAME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("admin.pod_sockets: needs POD_NAME"),
+        "{stderr}"
+    );
 }
 
 /// One query over a fresh TCP connection; the answer, if any.
