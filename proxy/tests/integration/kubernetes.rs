@@ -585,6 +585,37 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
         parsed.admin.node_setup_status.as_deref(),
         Some(std::path::Path::new("/opt/dnslens/node-setup-status"))
     );
+    // The node's dnslens pods share a directory of the host for their sockets, and the
+    // ServiceMonitor names the pod in each scrape: during a surge that pod's process
+    // answers on the shared port.
+    assert_eq!(
+        parsed.admin.pod_sockets.as_deref(),
+        Some(std::path::Path::new("/run/dnslens-pods"))
+    );
+    let pod_mount = mounts.iter().find(|m| m["name"] == "pod-sockets").unwrap();
+    assert_eq!(pod_mount["mountPath"], "/run/dnslens-pods");
+    let pod_volume = volumes.iter().find(|v| v["name"] == "pod-sockets").unwrap();
+    assert_eq!(
+        pod_volume["hostPath"],
+        json!({"path": "/run/dnslens/dnslens-system-dns", "type": "DirectoryOrCreate"})
+    );
+    let with_operator = render(&[
+        "-f",
+        values.to_str().unwrap(),
+        "--set",
+        "metrics.podMonitor.enabled=true",
+        "--api-versions",
+        "monitoring.coreos.com/v1",
+    ]);
+    let relabelings = &find(&with_operator, "ServiceMonitor", "dns")["spec"]["endpoints"][0]
+        ["relabelings"];
+    assert!(
+        relabelings.as_array().unwrap().contains(&json!({
+            "sourceLabels": ["__meta_kubernetes_pod_name"],
+            "targetLabel": "__param_pod"
+        })),
+        "{relabelings}"
+    );
     // The reader's socket directory is the node's.
     let dnstap_volume = pod["volumes"]
         .as_array()
