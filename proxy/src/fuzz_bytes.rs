@@ -102,7 +102,7 @@ fn read_everything(msg: &[u8], query: &[u8], cache: &Cache, key: &CacheKey, mode
             wire::echo_question(&mut echoed, query, info.question_end);
         }
         let mut rewritten = msg.to_vec();
-        wire::set_rcode(&mut rewritten, wire::Rcode::NxDomain);
+        wire::set_rcode(&mut rewritten, wire::Rcode::NXDOMAIN);
         wire::set_id(&mut rewritten, 7);
     }
     let mut trace = QueryTrace::new(

@@ -34,7 +34,7 @@ use crate::cache::CacheKey;
 use crate::dnstap::{Dnstap, MessageKind};
 use crate::metrics::{CounterTable, QtypeLabel, RcodeLabel, Transport};
 use crate::record::{QueryTrace, TraceSink};
-use crate::wire::{self, QueryInfo, Rcode};
+use crate::wire::{self, QueryInfo};
 
 /// Finishes a request once the forwarder has its answer (the pipeline: cache, coalesced
 /// waiters, mitigations, then [`Request::send`]).
@@ -93,7 +93,7 @@ impl Request {
     }
 
     /// Answers with an error RCODE of the proxy's own (SERVFAIL when upstreams failed).
-    pub fn respond_error(self, rcode: Rcode) {
+    pub fn respond_error(self, rcode: u8) {
         let mut answer = wire::error_answer(&self.query, Some(self.info.question_end), rcode);
         self.respond(&mut answer);
     }

@@ -42,26 +42,17 @@ pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
 /// Largest UDP payload dnslens ever sends back, whatever a client advertises.
 pub const MAX_UDP_PAYLOAD: u16 = 65_000;
 
-/// Response codes dnslens itself produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Rcode {
-    NoError = 0,
-    FormErr = 1,
-    ServFail = 2,
-    NxDomain = 3,
-    NotImp = 4,
-    Refused = 5,
-}
+/// Response codes, as the RCODE field of a header holds them (RFC 1035 §4.1.1): one
+/// spelling for matching an answer and for producing one.
+pub enum Rcode {}
 
 impl Rcode {
-    /// The values as numbers, for matching a header's RCODE field.
-    pub const NOERROR: u8 = Rcode::NoError as u8;
-    pub const FORMERR: u8 = Rcode::FormErr as u8;
-    pub const SERVFAIL: u8 = Rcode::ServFail as u8;
-    pub const NXDOMAIN: u8 = Rcode::NxDomain as u8;
-    pub const NOTIMP: u8 = Rcode::NotImp as u8;
-    pub const REFUSED: u8 = Rcode::Refused as u8;
+    pub const NOERROR: u8 = 0;
+    pub const FORMERR: u8 = 1;
+    pub const SERVFAIL: u8 = 2;
+    pub const NXDOMAIN: u8 = 3;
+    pub const NOTIMP: u8 = 4;
+    pub const REFUSED: u8 = 5;
 }
 
 /// The other address type of an A or AAAA question (the twin a resolver asks with it).
@@ -109,10 +100,10 @@ impl WireError {
     /// The error answer RFC 1035 asks for, if any: FORMERR for a query we cannot parse,
     /// NOTIMP for an opcode we do not forward; nothing for a stray response or a runt
     /// (answering those would let anyone bounce packets off the proxy).
-    pub fn answer_rcode(self) -> Option<Rcode> {
+    pub fn answer_rcode(self) -> Option<u8> {
         match self {
-            WireError::QuestionCount | WireError::Malformed => Some(Rcode::FormErr),
-            WireError::NotImplemented => Some(Rcode::NotImp),
+            WireError::QuestionCount | WireError::Malformed => Some(Rcode::FORMERR),
+            WireError::NotImplemented => Some(Rcode::NOTIMP),
             WireError::TooShort | WireError::NotAQuery | WireError::NotAResponse => None,
         }
     }
@@ -482,9 +473,9 @@ pub fn rcode(msg: &[u8]) -> u8 {
 }
 
 /// Sets the 4-bit header RCODE in place.
-pub fn set_rcode(msg: &mut [u8], rcode: Rcode) {
+pub fn set_rcode(msg: &mut [u8], rcode: u8) {
     if let Some(b) = msg.get_mut(3) {
-        *b = (*b & 0xf0) | rcode as u8;
+        *b = (*b & 0xf0) | (rcode & 0x0f);
     }
 }
 
@@ -613,7 +604,7 @@ pub fn same_question(query: &[u8], query_end: usize, response: &[u8], response_e
 /// for FORMERR, NOTIMP, SERVFAIL and REFUSED. `query` must be at least a header long; if the
 /// question cannot be echoed (`question_end` is `None`) the answer has no question. An
 /// answer to an EDNS query carries an OPT record of the proxy's own (RFC 6891 §7).
-pub fn error_answer(query: &[u8], question_end: Option<usize>, rcode: Rcode) -> Vec<u8> {
+pub fn error_answer(query: &[u8], question_end: Option<usize>, rcode: u8) -> Vec<u8> {
     let question = question_end
         .and_then(|end| query.get(HEADER_LEN..end))
         .unwrap_or(&[]);
@@ -625,7 +616,7 @@ pub fn error_answer(query: &[u8], question_end: Option<usize>, rcode: Rcode) -> 
     // QR=1, keep opcode and RD; clear AA, TC.
     out[2] = 0x80 | (out[2] & 0x79);
     // RA=1, keep CD, clear Z/AD, set RCODE.
-    out[3] = 0x80 | (out[3] & CD_BIT) | (rcode as u8);
+    out[3] = 0x80 | (out[3] & CD_BIT) | (rcode & 0x0f);
     let qdcount: u16 = if question.is_empty() { 0 } else { 1 };
     out[4..6].copy_from_slice(&qdcount.to_be_bytes());
     out[6..12].fill(0);
@@ -646,7 +637,7 @@ pub fn error_answer(query: &[u8], question_end: Option<usize>, rcode: Rcode) -> 
 /// "RFC8482", OS empty, TTL 3600) instead of every record at the name — no amplification
 /// to spend, nothing forwarded. The header, question and OPT are as in [`error_answer`].
 pub fn minimal_any_answer(query: &[u8], question_end: usize) -> Vec<u8> {
-    let base = error_answer(query, Some(question_end), Rcode::NoError);
+    let base = error_answer(query, Some(question_end), Rcode::NOERROR);
     let question_len = question_end.saturating_sub(HEADER_LEN);
     if base.get(4..6) != Some(&[0, 1]) || base.len() < HEADER_LEN + question_len {
         return base;

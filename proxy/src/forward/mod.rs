@@ -332,13 +332,13 @@ impl Forwarder {
     fn try_udp(&self, mut request: Request, pool: usize, tries: u32, tried: Tried) {
         if self.inflight.get() >= self.settings.max_inflight as i64 {
             self.failures.inc("overload");
-            request.respond_error(Rcode::ServFail);
+            request.respond_error(Rcode::SERVFAIL);
             return;
         }
         let Some(index) = self.pick_upstream(pool, tried) else {
             // No upstream configured at all (config validation prevents it).
             self.failures.inc("exhausted");
-            request.respond_error(Rcode::ServFail);
+            request.respond_error(Rcode::SERVFAIL);
             return;
         };
         let upstream = &self.upstreams[index];
@@ -351,7 +351,7 @@ impl Forwarder {
             if pending.len() >= MAX_PENDING_PER_SOCKET {
                 drop(pending);
                 self.failures.inc("overload");
-                request.respond_error(Rcode::ServFail);
+                request.respond_error(Rcode::SERVFAIL);
                 return;
             }
             let id = loop {
@@ -411,7 +411,7 @@ impl Forwarder {
             AfterFailure::Retry => self.try_udp(request, pool, tries, tried),
             AfterFailure::Exhausted => {
                 self.failures.inc("exhausted");
-                request.respond_error(Rcode::ServFail);
+                request.respond_error(Rcode::SERVFAIL);
             }
         }
     }
@@ -518,7 +518,7 @@ impl Forwarder {
     fn fetch_over_tcp(self: &Arc<Self>, mut request: Request, pool: usize, first: Option<usize>) {
         if self.inflight.get() >= self.settings.max_inflight as i64 {
             self.failures.inc("overload");
-            request.respond_error(Rcode::ServFail);
+            request.respond_error(Rcode::SERVFAIL);
             return;
         }
         self.inflight.inc();
@@ -535,7 +535,7 @@ impl Forwarder {
                 Some(mut answer) => request.respond(&mut answer),
                 None => {
                     forwarder.failures.inc("exhausted");
-                    request.respond_error(Rcode::ServFail);
+                    request.respond_error(Rcode::SERVFAIL);
                 }
             }
         });

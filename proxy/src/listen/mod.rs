@@ -302,7 +302,7 @@ impl BoundListeners {
 
 /// Answers REFUSED (header, question, OPT): outside the access list, or over the rate.
 pub(super) fn refuse(packet: &[u8], info: &QueryInfo, peer: SocketAddr, reply: ReplyTo) {
-    let mut answer = wire::error_answer(packet, Some(info.question_end), Rcode::Refused);
+    let mut answer = wire::error_answer(packet, Some(info.question_end), Rcode::REFUSED);
     reply.send(peer, info, packet, &mut answer, None);
 }
 
@@ -318,7 +318,7 @@ pub(super) fn refuse_or_reject(
     let (info, rcode) = match parsed {
         Ok(info) => {
             metrics.acl_refused.inc();
-            (info, Rcode::Refused)
+            (info, Rcode::REFUSED)
         }
         Err(e) => {
             metrics.dropped(e.reason());

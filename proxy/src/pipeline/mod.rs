@@ -166,7 +166,7 @@ impl Pipeline {
         if self.loop_guard.is_probe(question) {
             self.loop_guard.caught();
             self.request(packet.to_vec(), info, arrival, None)
-                .respond_error(Rcode::ServFail);
+                .respond_error(Rcode::SERVFAIL);
             return;
         }
         let trace = QueryTrace::start(
@@ -383,7 +383,7 @@ impl Pipeline {
         let no_address = mitigate::is_empty_noerror(&twin_answer)
             || wire::rcode(&twin_answer) == Rcode::NXDOMAIN;
         if no_address {
-            wire::set_rcode(answer, Rcode::NxDomain);
+            wire::set_rcode(answer, Rcode::NXDOMAIN);
             self.metrics.rewrote_empty_noerror();
         }
         no_address
@@ -392,7 +392,7 @@ impl Pipeline {
     /// Asks a question on dnslens's own behalf, through the cache and coalescing. Always
     /// returns an answer (SERVFAIL when every try failed).
     pub async fn resolve(self: &Arc<Self>, query: Vec<u8>) -> Vec<u8> {
-        let servfail = |query: &[u8]| wire::error_answer(query, None, Rcode::ServFail);
+        let servfail = |query: &[u8]| wire::error_answer(query, None, Rcode::SERVFAIL);
         let Ok(mut info) = wire::parse_query(&query) else {
             return servfail(&query);
         };

@@ -146,7 +146,7 @@ fn matches_questions_ignoring_name_case_only() {
 fn error_answers_echo_id_question_and_set_rcode() {
     let q = query("example.org.", RecordType::A, None);
     let info = parse_query(&q).unwrap();
-    let a = error_answer(&q, Some(info.question_end), Rcode::ServFail);
+    let a = error_answer(&q, Some(info.question_end), Rcode::SERVFAIL);
     let msg = Message::from_vec(&a).unwrap();
     assert_eq!(msg.metadata.id, 0x1234);
     assert_eq!(msg.metadata.message_type, MessageType::Response);
@@ -155,7 +155,7 @@ fn error_answers_echo_id_question_and_set_rcode() {
     assert!(msg.answers.is_empty() && msg.additionals.is_empty());
     assert!(msg.edns.is_none());
     // Without a question: header only.
-    let formerr = error_answer(&q, None, Rcode::FormErr);
+    let formerr = error_answer(&q, None, Rcode::FORMERR);
     assert_eq!(formerr.len(), HEADER_LEN);
     assert_eq!(rcode(&formerr), 1);
 }
@@ -164,7 +164,7 @@ fn error_answers_echo_id_question_and_set_rcode() {
 fn error_answers_to_edns_queries_carry_the_proxys_opt() {
     let q = query("example.org.", RecordType::A, Some(4096));
     let info = parse_query(&q).unwrap();
-    let a = error_answer(&q, Some(info.question_end), Rcode::ServFail);
+    let a = error_answer(&q, Some(info.question_end), Rcode::SERVFAIL);
     let msg = Message::from_vec(&a).unwrap();
     let edns = msg
         .edns
@@ -410,7 +410,7 @@ fn the_do_bit_of_the_query_comes_back_in_minimal_and_error_answers() {
         assert_eq!(minimal.answers[0].record_type(), RecordType::HINFO);
         assert_eq!(minimal.edns.as_ref().unwrap().flags().dnssec_ok, dnssec_ok);
         let error =
-            Message::from_vec(&error_answer(q, Some(info.question_end), Rcode::ServFail)).unwrap();
+            Message::from_vec(&error_answer(q, Some(info.question_end), Rcode::SERVFAIL)).unwrap();
         assert_eq!(error.edns.as_ref().unwrap().flags().dnssec_ok, dnssec_ok);
     }
 }
