@@ -17,7 +17,7 @@ use dnslens::identity::{Identities, IdentityMetrics};
 use dnslens::lookup::{LookupMetrics, Tracker};
 use dnslens::metrics::Transport;
 use dnslens::record::QueryTrace;
-use dnslens::search::{Mode, SearchModel, SearchSettings};
+use dnslens::search::{Mode, SearchConfig, SearchModel};
 use dnslens::wire;
 
 fn query(name: &str, qtype: RecordType) -> Vec<u8> {
@@ -42,17 +42,17 @@ fn answer(name: &str) -> Vec<u8> {
 
 fn model() -> SearchModel {
     SearchModel::build(
-        &SearchSettings {
-            mode: Mode::Sidecar,
-            search: vec![
+        Mode::Sidecar,
+        &SearchConfig {
+            list: vec![
                 "default.svc.cluster.local".into(),
                 "svc.cluster.local".into(),
                 "cluster.local".into(),
             ],
             ndots: Some(5),
             cluster_domain: "cluster.local".into(),
+            resolv_conf: "/nonexistent".into(),
         },
-        std::path::Path::new("/nonexistent"),
     )
 }
 

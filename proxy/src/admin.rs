@@ -1,5 +1,6 @@
-//! Operations endpoints on `metrics_listen` (default `127.0.0.1:9253`, loopback so a pod's
-//! neighbours cannot read it unless the operator says so):
+//! Operations endpoints on `admin.listen` (default `127.0.0.1:9253`, loopback so a pod's
+//! neighbours cannot read it unless the operator says so; the top-level `metrics_listen`
+//! still loads, with a deprecation warning):
 //! - `GET /metrics`: every dnslens metric in the Prometheus/OpenMetrics text format;
 //! - `GET /healthz`: 200 while the process serves HTTP at all;
 //! - `GET /readyz`: 200 once the DNS listeners are bound and the config loaded, 503 while
@@ -34,15 +35,16 @@
 //! Anything else is 404; the server reads no request body. `dnslens ui --backend URL`
 //! serves only `/ui/` and `/debug/anomalies` (the cluster's window), from a workstation.
 //!
-//! Config: `admin: {debug_allow}` — networks that may read `/debug/*` and `/ui/` besides
+//! Config: `admin: {listen}` — the address of these endpoints [127.0.0.1:9253];
+//! `admin: {debug_allow}` — networks that may read `/debug/*` and `/ui/` besides
 //! loopback [none]; `admin: {node_setup_status}` — `node-setup hold`'s status file, exported
 //! as `dnslens_node_setup_repairs_total` and `dnslens_node_setup_last_check_timestamp_seconds`
 //! [none]; `admin: {probe_socket}` — the probes' unix socket [none]; `admin: {pod_sockets}` —
 //! the directory of the node's dnslens pods' sockets, this one's `$POD_NAME.sock` [none];
-//! `ui: {trace_url}` —
+//! `admin: {ui: {...}}` (the top-level `ui:` still loads, deprecated): `trace_url` —
 //! the page's link to a lookup's trace, `{trace_id}` replaced (e.g. `https://tempo.example/explore?traceId={trace_id}`) [none: the id is shown];
-//! `ui: {backend}` — `jaeger=URL`, the backend of the cluster-wide window [none];
-//! `ui: {backend_service}` — the `service.name` the instances export under [dnslens].
+//! `backend` — `jaeger=URL`, the backend of the cluster-wide window [none];
+//! `backend_service` — the `service.name` the instances export under [dnslens].
 
 use std::sync::Arc;
 
@@ -65,9 +67,11 @@ use crate::record::Kind;
 pub mod pods;
 
 /// The `admin:` section.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+    /// The address of `/metrics`, the probes, `/debug/*` and `/ui/`.
+    pub listen: std::net::SocketAddr,
     /// Client networks that may read `/debug/*` and `/ui/`, besides loopback.
     pub debug_allow: Vec<ipnet::IpNet>,
     /// `node-setup hold`'s status file (node-local on the link-local address): its repairs
@@ -78,9 +82,24 @@ pub struct AdminConfig {
     /// A directory the node's dnslens pods share: this one serves on `$POD_NAME.sock` there,
     /// and `/metrics?pod=NAME` is relayed to `NAME`'s.
     pub pod_sockets: Option<std::path::PathBuf>,
+    /// The timeline page.
+    pub ui: UiConfig,
 }
 
-/// The `ui:` section (the timeline page).
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9253)),
+            debug_allow: Vec::new(),
+            node_setup_status: None,
+            probe_socket: None,
+            pod_sockets: None,
+            ui: UiConfig::default(),
+        }
+    }
+}
+
+/// The `admin.ui:` section (the timeline page).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UiConfig {

@@ -246,7 +246,7 @@ impl Proxy {
             registry,
             journal.clone(),
         )));
-        let model = SearchModel::build(&config.search_settings(), &config.resolv_conf);
+        let model = SearchModel::build(config.mode, &config.search);
         let forward_metrics = ForwardMetrics::register(registry);
         let mut tracker = Tracker::new(model, &config.lookup, &lookup_metrics, observers)
             .with_in_flight(forward_metrics.waiting_on_upstreams());
@@ -300,14 +300,14 @@ impl Proxy {
         };
         let current = Generation::build(config, &shared, None, export.is_some())?;
         let admin_listener =
-            listen::tcp_listener(config.metrics_listen).map_err(|error| StartError::Metrics {
-                addr: config.metrics_listen,
+            listen::tcp_listener(config.admin.listen).map_err(|error| StartError::Metrics {
+                addr: config.admin.listen,
                 error,
             })?;
         let metrics_addr = admin_listener
             .local_addr()
             .map_err(|error| StartError::Metrics {
-                addr: config.metrics_listen,
+                addr: config.admin.listen,
                 error,
             })?;
         let bind_unix = |key, path: &std::path::Path| {
@@ -348,9 +348,13 @@ impl Proxy {
                 loop_guard: shared.loop_guard.clone(),
                 debug: admin::DebugState {
                     journal: Some(journal.clone()),
-                    cluster: config.ui.cluster_view().map_err(StartError::Backend)?,
+                    cluster: config
+                        .admin
+                        .ui
+                        .cluster_view()
+                        .map_err(StartError::Backend)?,
                     allowed: Arc::new(config.admin.debug_access()),
-                    ui_page: admin::ui_page(&config.ui, admin::Scope::Instance).into(),
+                    ui_page: admin::ui_page(&config.admin.ui, admin::Scope::Instance).into(),
                 },
                 draining: draining.clone(),
                 pods: pods.clone().map(Arc::new),
@@ -387,8 +391,8 @@ impl Proxy {
             upstreams = ?upstream_list(config),
             forward_zones = ?zone_list(config),
             metrics = %metrics_addr,
-            upstream_timeout = ?config.upstream_timeout,
-            attempts = config.attempts,
+            upstream_timeout = ?config.forward.timeout,
+            attempts = config.forward.attempts,
             tracing = %export.as_ref().map_or("off".to_string(), |e| {
                 format!("{} ({:?}, sample ratio {})", e.endpoint, e.protocol, e.sample_ratio)
             }),
@@ -535,18 +539,6 @@ impl Generation {
         let forwarder = Forwarder::build(
             &config.forward,
             ForwardParts {
-                upstreams: config.upstreams.iter().map(|u| u.0).collect(),
-                zones: config
-                    .forward_zones
-                    .iter()
-                    .map(|z| forward::ZoneParts {
-                        zone: z.zone.clone(),
-                        upstreams: z.upstreams.iter().map(|u| u.0).collect(),
-                        force_tcp: z.force_tcp,
-                    })
-                    .collect(),
-                timeout: config.upstream_timeout,
-                attempts: config.attempts,
                 tasks: shared.tasks.clone(),
                 dnstap: shared.dnstap.clone(),
             },
@@ -561,7 +553,7 @@ impl Generation {
             &config.mitigations,
             PipelineParts {
                 forwarder: forwarder.clone(),
-                search: SearchModel::build(&config.search_settings(), &config.resolv_conf),
+                search: SearchModel::build(config.mode, &config.search),
                 trace_sink: Some(shared.trace_sink.clone().keeping_addresses(tracing_on)),
                 tasks: shared.tasks.clone(),
                 cache: kept_cache,
@@ -615,8 +607,8 @@ impl Generation {
     async fn retire(mut self) {
         self.stop_listening.cancel();
         while self.listeners.join_next().await.is_some() {}
-        let last_answer =
-            self.config.upstream_timeout * self.config.attempts + std::time::Duration::from_secs(1);
+        let last_answer = self.config.forward.timeout * self.config.forward.attempts
+            + std::time::Duration::from_secs(1);
         tokio::time::sleep(last_answer).await;
         self.stop_forwarding.cancel();
     }
@@ -632,28 +624,21 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         }
     };
     changed("mode", old.mode != new.mode);
-    changed("metrics_listen", old.metrics_listen != new.metrics_listen);
     changed("admin", old.admin != new.admin);
-    changed("ui", old.ui != new.ui);
-    changed(
-        "search",
-        old.search != new.search
-            || old.ndots != new.ndots
-            || old.cluster_domain != new.cluster_domain
-            || old.resolv_conf != new.resolv_conf,
-    );
+    changed("search", old.search != new.search);
     changed("lookup", old.lookup != new.lookup);
     changed("journal", old.journal != new.journal);
     keys
 }
 
 fn upstream_list(config: &Config) -> Vec<SocketAddr> {
-    config.upstreams.iter().map(|u| u.0).collect()
+    config.forward.upstreams.iter().map(|u| u.0).collect()
 }
 
 fn zone_list(config: &Config) -> Vec<String> {
     config
-        .forward_zones
+        .forward
+        .zones
         .iter()
         .map(|z| {
             let upstreams: Vec<String> = z.upstreams.iter().map(|u| u.to_string()).collect();

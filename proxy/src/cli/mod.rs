@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, Mode, Overrides, UpstreamAddr};
+use crate::config::{Config, ConfigError, Overrides, UpstreamAddr};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -254,49 +254,8 @@ pub struct ServeArgs {
     /// YAML configuration file.
     #[arg(long, env = "DNSLENS_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to serve DNS on, UDP and TCP (repeatable).
-    #[arg(long = "listen", env = "DNSLENS_LISTEN", value_delimiter = ',')]
-    pub listen: Vec<SocketAddr>,
-    /// Upstream server ADDR[:PORT] (repeatable; port 53 by default).
-    #[arg(long = "upstream", env = "DNSLENS_UPSTREAMS", value_delimiter = ',')]
-    pub upstreams: Vec<UpstreamAddr>,
-    /// The cluster DNS Service ADDR[:PORT]: in node-local mode, the cluster domain and the
-    /// reverse zones go to it over TCP (`cluster_dns`).
-    #[arg(long, env = "DNSLENS_CLUSTER_DNS")]
-    pub cluster_dns: Option<UpstreamAddr>,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "DNSLENS_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
-    #[arg(long, env = "DNSLENS_MODE", value_enum)]
-    pub mode: Option<Mode>,
-    /// Per-try upstream timeout, e.g. 2s or 500ms.
-    #[arg(long, env = "DNSLENS_UPSTREAM_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub upstream_timeout: Option<Duration>,
-    /// Tries per query across upstreams.
-    #[arg(long, env = "DNSLENS_ATTEMPTS")]
-    pub attempts: Option<u32>,
-    /// The pod's resolv.conf: its search list and ndots (sidecar), and its nameservers as
-    /// upstreams when none is configured [/etc/resolv.conf].
-    #[arg(long, env = "DNSLENS_RESOLV_CONF")]
-    pub resolv_conf: Option<PathBuf>,
-    /// Search domain (repeatable): the pod's list (sidecar) or host domains (node-local).
-    #[arg(long = "search", env = "DNSLENS_SEARCH", value_delimiter = ',')]
-    pub search: Vec<String>,
-    /// The pod's ndots.
-    #[arg(long, env = "DNSLENS_NDOTS")]
-    pub ndots: Option<u32>,
-    /// The cluster's DNS domain [cluster.local].
-    #[arg(long, env = "DNSLENS_CLUSTER_DOMAIN")]
-    pub cluster_domain: Option<String>,
-    /// Turn the answer cache on (`cache.enabled`).
-    #[arg(long, env = "DNSLENS_CACHE")]
-    pub cache: bool,
-    /// Turn the musl shield on (`mitigations.musl_shield`).
-    #[arg(long, env = "DNSLENS_MUSL_SHIELD")]
-    pub musl_shield: bool,
-    /// Turn autopath on (`mitigations.autopath`).
-    #[arg(long, env = "DNSLENS_AUTOPATH")]
-    pub autopath: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
 impl ServeArgs {
@@ -306,28 +265,8 @@ impl ServeArgs {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        config.apply(self.overrides());
+        config.apply(self.overrides.clone());
         config.finish()
-    }
-
-    /// What the environment and the flags set.
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
-            mode: self.mode,
-            listen: self.listen.clone(),
-            upstreams: self.upstreams.clone(),
-            cluster_dns: self.cluster_dns,
-            metrics_listen: self.metrics_listen,
-            upstream_timeout: self.upstream_timeout,
-            attempts: self.attempts,
-            search: self.search.clone(),
-            ndots: self.ndots,
-            cluster_domain: self.cluster_domain.clone(),
-            resolv_conf: self.resolv_conf.clone(),
-            cache: self.cache,
-            musl_shield: self.musl_shield,
-            autopath: self.autopath,
-        }
     }
 }
 
@@ -392,11 +331,11 @@ pub fn run(cli: Cli) -> ExitCode {
             listen,
             metrics_listen,
         } => {
-            let config = Config {
+            let mut config = Config {
                 listen: vec![listen],
-                metrics_listen,
                 ..Config::default()
             };
+            config.admin.listen = metrics_listen;
             run_async(crate::demo::run(config, journal_table::render))
         }
         Command::Inject {

@@ -17,7 +17,8 @@ fn example_configs_load_as_they_are() {
     ] {
         let config = parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
         config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(!config.upstreams.is_empty(), "{name}");
+        assert!(!config.forward.upstreams.is_empty(), "{name}");
+        assert_eq!(config.deprecated, [], "{name}: old key names");
     }
     let node = parse(include_str!("../../../config/node-local.yaml")).unwrap();
     assert_eq!(node.mode, Mode::NodeLocal);
@@ -32,9 +33,11 @@ fn empty_file_is_the_default() {
 
 #[test]
 fn upstream_port_defaults_to_53() {
-    let c = parse("upstreams: [10.0.0.1, '10.0.0.2:5300', '::1', '[fd00::1]:54', '[fd00::2]']")
-        .unwrap();
-    let ports: Vec<String> = c.upstreams.iter().map(|u| u.to_string()).collect();
+    let c = parse(
+        "forward: {upstreams: [10.0.0.1, '10.0.0.2:5300', '::1', '[fd00::1]:54', '[fd00::2]']}",
+    )
+    .unwrap();
+    let ports: Vec<String> = c.forward.upstreams.iter().map(|u| u.to_string()).collect();
     assert_eq!(
         ports,
         [
@@ -60,12 +63,15 @@ fn an_unset_kubernetes_variable_says_so() {
 fn errors_are_one_line_and_name_the_culprit() {
     let cases = [
         ("listne: [127.0.0.1:53]", "listne"),
-        ("upstreams: [not-an-ip]", "not-an-ip"),
+        ("forward: {upstreams: [not-an-ip]}", "not-an-ip"),
         ("listen: [127.0.0.1]", "listen"),
         ("mode: proxy", "proxy"),
+        ("forward: {timeout: soon}", "timeout"),
         ("upstream_timeout: soon", "upstream_timeout"),
         ("forward: {udp_socket: 3}", "udp_socket"),
-        ("attempts: -1", "attempts"),
+        ("forward: {attempts: -1}", "attempts"),
+        ("search: {lsit: [a]}", "lsit"),
+        ("search: 3", "search"),
         ("listen: {a: 1}", "listen"),
     ];
     for (yaml, culprit) in cases {
@@ -80,24 +86,55 @@ fn errors_are_one_line_and_name_the_culprit() {
 
 #[test]
 fn validation_catches_values_that_cannot_work() {
-    let ok = "listen: ['127.0.0.1:53']\nupstreams: ['10.96.0.10']\n";
+    let ok = "listen: ['127.0.0.1:53']\nforward: {upstreams: ['10.96.0.10']}\n";
     parse(ok).unwrap().validate().unwrap();
+    let with = |forward: &str| {
+        format!("listen: ['127.0.0.1:53']\nforward: {{upstreams: ['10.96.0.10'], {forward}}}")
+    };
     let cases = [
-        ("listen: ['127.0.0.1:53']\nupstreams: ['127.0.0.1:53']", "forwarding loop"),
-        ("listen: ['0.0.0.0:53']\nupstreams: ['127.0.0.1']", "forwarding loop"),
-        ("listen: ['127.0.0.1:53']\nupstreams: ['0.0.0.0']", "cannot be sent to"),
-        ("listen: ['127.0.0.1:53']\nupstreams: ['10.0.0.1:0']", "cannot be sent to"),
-        ("listen: ['127.0.0.1:53']\nupstreams: []", "at least one upstream"),
-        ("listen: []\nupstreams: ['10.96.0.10']", "at least one address"),
-        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nattempts: 0", "attempts"),
-        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nattempts: 11", "attempts"),
-        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nupstream_timeout: 0s", "upstream_timeout"),
-        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nforward: {udp_sockets: 0}", "udp_sockets"),
-        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nforward: {max_inflight: 0}", "max_inflight"),
-        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nforward: {backoff_min: 10s, backoff_max: 1s}", "backoff"),
-        ("upstreams: ['10.96.0.10']\nlisten: ['127.0.0.1:53']\nlistener: {tcp_max_connections: 0}", "tcp_max_connections"),
+        (
+            "listen: ['127.0.0.1:53']\nforward: {upstreams: ['127.0.0.1:53']}".to_string(),
+            "forwarding loop",
+        ),
+        (
+            "listen: ['0.0.0.0:53']\nforward: {upstreams: ['127.0.0.1']}".to_string(),
+            "forwarding loop",
+        ),
+        (
+            "listen: ['127.0.0.1:53']\nforward: {upstreams: ['0.0.0.0']}".to_string(),
+            "cannot be sent to",
+        ),
+        (
+            "listen: ['127.0.0.1:53']\nforward: {upstreams: ['10.0.0.1:0']}".to_string(),
+            "cannot be sent to",
+        ),
+        (
+            "listen: ['127.0.0.1:53']\nforward: {upstreams: []}".to_string(),
+            "at least one upstream",
+        ),
+        (
+            "listen: []\nforward: {upstreams: ['10.96.0.10']}".to_string(),
+            "at least one address",
+        ),
+        (with("attempts: 0"), "forward.attempts"),
+        (with("attempts: 11"), "forward.attempts"),
+        (with("timeout: 0s"), "forward.timeout"),
+        (with("udp_sockets: 0"), "udp_sockets"),
+        (with("max_inflight: 0"), "max_inflight"),
+        (with("backoff_min: 10s, backoff_max: 1s"), "backoff"),
+        (
+            format!("{ok}listener: {{tcp_max_connections: 0}}"),
+            "tcp_max_connections",
+        ),
+        (format!("{ok}search: {{ndots: 16}}"), "search.ndots"),
+        (format!("{ok}search: {{list: ['a b']}}"), "search.list"),
+        (
+            format!("{ok}search: {{cluster_domain: '.'}}"),
+            "search.cluster_domain",
+        ),
     ];
     for (yaml, needle) in cases {
+        let yaml = yaml.as_str();
         let err = parse(yaml).unwrap().validate().expect_err(yaml).to_string();
         assert!(err.contains(needle), "{yaml}: {err}");
         assert!(!err.contains('\n'));
@@ -106,17 +143,17 @@ fn validation_catches_values_that_cannot_work() {
 
 #[test]
 fn overrides_win_over_the_file() {
-    let mut c = parse("upstreams: ['10.0.0.1']\nattempts: 3\nmode: node-local").unwrap();
+    let mut c = parse("forward: {upstreams: ['10.0.0.1'], attempts: 3}\nmode: node-local").unwrap();
     c.apply(Overrides {
         upstreams: vec!["10.0.0.2".parse().unwrap()],
         attempts: Some(1),
         ..Overrides::default()
     });
     assert_eq!(
-        c.upstreams,
+        c.forward.upstreams,
         vec!["10.0.0.2".parse::<UpstreamAddr>().unwrap()]
     );
-    assert_eq!(c.attempts, 1);
+    assert_eq!(c.forward.attempts, 1);
     assert_eq!(c.mode, Mode::NodeLocal, "not overridden, kept");
 }
 
@@ -125,24 +162,20 @@ fn defaults_follow_the_mode() {
     let dir = tempdir();
     let resolv = dir.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 10.96.0.10\n").unwrap();
-    let sidecar = Config {
-        resolv_conf: resolv.clone(),
-        ..Config::default()
-    }
-    .finish()
-    .unwrap();
+    let mut sidecar = Config::default();
+    sidecar.search.resolv_conf = resolv.clone();
+    let sidecar = sidecar.finish().unwrap();
     assert_eq!(sidecar.listen, vec!["127.0.0.1:53".parse().unwrap()]);
-    let node = Config {
+    let mut node = Config {
         mode: Mode::NodeLocal,
-        resolv_conf: resolv.clone(),
         ..Config::default()
     };
+    node.search.resolv_conf = resolv.clone();
     let err = node.clone().finish().unwrap_err().to_string();
     assert!(
         err.starts_with("listener.allow: node-local mode needs"),
         "{err}"
     );
-    let mut node = node;
     node.listener.allow = vec!["10.244.0.0/16".parse().unwrap()];
     let node = node.finish().unwrap();
     assert_eq!(node.listen, vec!["169.254.20.10:53".parse().unwrap()]);
@@ -150,14 +183,14 @@ fn defaults_follow_the_mode() {
 
 #[test]
 fn mitigations_and_cache_are_checked() {
-    let base = Config {
-        upstreams: vec!["10.96.0.10".parse().unwrap()],
+    let mut base = Config {
         listen: vec!["127.0.0.1:53".parse().unwrap()],
         ..Config::default()
     };
+    base.forward.upstreams = vec!["10.96.0.10".parse().unwrap()];
     let yaml = "mode: node-local\nlistener: {allow: [10.0.0.0/8]}\nmitigations: {autopath: true}\n";
     let mut node = Config::from_yaml(yaml).unwrap();
-    node.upstreams = base.upstreams.clone();
+    node.forward.upstreams = base.forward.upstreams.clone();
     node.listen = base.listen.clone();
     let err = node.validate().unwrap_err().to_string();
     assert!(
@@ -218,26 +251,26 @@ fn cluster_dns_gives_node_local_the_node_cache_zones() {
     let dir = tempdir();
     let resolv = dir.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 10.0.0.2\n").unwrap();
-    let node = Config {
+    let mut node = Config {
         mode: Mode::NodeLocal,
-        resolv_conf: resolv.clone(),
-        cluster_dns: Some("10.96.0.10".parse().unwrap()),
-        cluster_domain: "corp.cluster.".into(),
         listener: crate::listen::ListenerConfig {
             allow: vec!["10.244.0.0/16".parse().unwrap()],
             ..Default::default()
         },
         ..Config::default()
-    }
-    .finish()
-    .unwrap();
+    };
+    node.search.resolv_conf = resolv.clone();
+    node.search.cluster_domain = "corp.cluster.".into();
+    node.forward.cluster_dns = Some("10.96.0.10".parse().unwrap());
+    let node = node.finish().unwrap();
     assert_eq!(
-        node.upstreams,
+        node.forward.upstreams,
         vec!["10.0.0.2".parse().unwrap()],
         "the node's resolvers"
     );
     let zones: Vec<(String, String, bool)> = node
-        .forward_zones
+        .forward
+        .zones
         .iter()
         .map(|z| (z.zone.clone(), z.upstreams[0].to_string(), z.force_tcp))
         .collect();
@@ -252,14 +285,15 @@ fn cluster_dns_gives_node_local_the_node_cache_zones() {
     );
     // A zone listed explicitly wins over its default; the others are still added.
     let mut own = node.clone();
-    own.forward_zones = vec![crate::config::ForwardZone {
+    own.forward.zones = vec![crate::config::ForwardZone {
         zone: "In-Addr.Arpa.".into(),
         upstreams: vec!["10.0.0.53".parse().unwrap()],
         force_tcp: false,
     }];
     let own = own.finish().unwrap();
     let zones: Vec<(&str, String)> = own
-        .forward_zones
+        .forward
+        .zones
         .iter()
         .map(|z| (z.zone.as_str(), z.upstreams[0].to_string()))
         .collect();
@@ -272,39 +306,41 @@ fn cluster_dns_gives_node_local_the_node_cache_zones() {
         ]
     );
     // A sidecar gets no zones from cluster_dns.
-    let sidecar = Config {
-        resolv_conf: resolv,
-        cluster_dns: Some("10.96.0.10".parse().unwrap()),
-        ..Config::default()
-    }
-    .finish()
-    .unwrap();
-    assert!(sidecar.forward_zones.is_empty());
+    let mut sidecar = Config::default();
+    sidecar.search.resolv_conf = resolv;
+    sidecar.forward.cluster_dns = Some("10.96.0.10".parse().unwrap());
+    let sidecar = sidecar.finish().unwrap();
+    assert!(sidecar.forward.zones.is_empty());
 }
 
 #[test]
 fn zone_upstreams_are_checked_like_the_others() {
-    let base = "listen: ['127.0.0.1:53']\nupstreams: ['10.96.0.10']\n";
+    let base = "listen: ['127.0.0.1:53']\n";
+    let zones_of =
+        |zones: &str| format!("{base}forward: {{upstreams: ['10.96.0.10'], zones: {zones}}}");
     for (zones, culprit) in [
         (
-            "forward_zones: [{zone: cluster.local, upstreams: ['127.0.0.1:53']}]",
-            "forward_zones: 127.0.0.1:53 is the proxy's own listen address",
+            "[{zone: cluster.local, upstreams: ['127.0.0.1:53']}]",
+            "forward.zones: 127.0.0.1:53 is the proxy's own listen address",
         ),
         (
-            "forward_zones: [{zone: cluster.local, upstreams: ['0.0.0.0']}]",
-            "forward_zones: 0.0.0.0:53 cannot be sent to",
+            "[{zone: cluster.local, upstreams: ['0.0.0.0']}]",
+            "forward.zones: 0.0.0.0:53 cannot be sent to",
         ),
         (
-            "forward_zones: [{zone: a.local, upstreams: [10.0.0.1]}, {zone: A.local., upstreams: [10.0.0.2]}]",
-            "forward_zones: zone 'a.local' is listed twice",
+            "[{zone: a.local, upstreams: [10.0.0.1]}, {zone: A.local., upstreams: [10.0.0.2]}]",
+            "forward.zones: zone 'a.local' is listed twice",
         ),
         (
-            "forward_zones: [{zone: cluster.local, upstream: [10.0.0.1]}]",
+            "[{zone: cluster.local, upstream: [10.0.0.1]}]",
             "unknown field `upstream`",
         ),
     ] {
-        let e = match parse(&format!("{base}{zones}")) {
-            Ok(c) => c.check_values().unwrap_err().to_string(),
+        let e = match parse(&zones_of(zones)) {
+            Ok(c) => c
+                .validate()
+                .map(|()| "accepted".to_string())
+                .unwrap_or_else(|e| e.to_string()),
             Err(e) => e,
         };
         assert!(e.contains(culprit), "{zones}: {e}");
@@ -312,7 +348,61 @@ fn zone_upstreams_are_checked_like_the_others() {
     let many: Vec<String> = (0..65)
         .map(|i| format!("{{zone: z{i}.local, upstreams: ['10.1.0.{i}']}}"))
         .collect();
-    let c = parse(&format!("{base}forward_zones: [{}]", many.join(", "))).unwrap();
+    let c = parse(&zones_of(&format!("[{}]", many.join(", ")))).unwrap();
     let e = c.check_values().unwrap_err().to_string();
     assert!(e.contains("66 distinct upstreams; at most 64"), "{e}");
+}
+
+/// The keys that moved into `forward:`, `search:` and `admin:` still load for one release:
+/// each lands in its new place, and the config names it with its new key (a warning at
+/// load). Old and new both set is an error naming both.
+#[test]
+fn old_top_level_keys_load_into_their_sections_with_a_deprecation() {
+    let old = "upstreams: [10.0.0.1]\nforward_zones: [{zone: corp, upstreams: [10.0.0.2]}]\n\
+               cluster_dns: 10.96.0.10\nupstream_timeout: 3s\nattempts: 4\n\
+               search: [a.example]\nndots: 2\ncluster_domain: k.local\nresolv_conf: /r\n\
+               metrics_listen: '127.0.0.1:9999'\nui: {trace_url: 'http://t/{trace_id}'}\n";
+    let new = "forward: {upstreams: [10.0.0.1], zones: [{zone: corp, upstreams: [10.0.0.2]}], \
+               cluster_dns: 10.96.0.10, timeout: 3s, attempts: 4}\n\
+               search: {list: [a.example], ndots: 2, cluster_domain: k.local, resolv_conf: /r}\n\
+               admin: {listen: '127.0.0.1:9999', ui: {trace_url: 'http://t/{trace_id}'}}\n";
+    let (old, new) = (parse(old).unwrap(), parse(new).unwrap());
+    let moved: Vec<String> = old
+        .deprecated
+        .iter()
+        .map(|d| format!("{} -> {}", d.old, d.new))
+        .collect();
+    assert_eq!(
+        moved,
+        [
+            "search (a list) -> search.list",
+            "upstreams -> forward.upstreams",
+            "forward_zones -> forward.zones",
+            "cluster_dns -> forward.cluster_dns",
+            "upstream_timeout -> forward.timeout",
+            "attempts -> forward.attempts",
+            "ndots -> search.ndots",
+            "cluster_domain -> search.cluster_domain",
+            "resolv_conf -> search.resolv_conf",
+            "metrics_listen -> admin.listen",
+            "ui -> admin.ui",
+        ]
+    );
+    assert!(old.deprecated[1]
+        .to_string()
+        .contains("`upstreams` is deprecated: use `forward.upstreams`"));
+    assert_eq!(
+        Config {
+            deprecated: Vec::new(),
+            ..old
+        },
+        new
+    );
+    assert_eq!(new.deprecated, []);
+    let both = parse("upstreams: [10.0.0.1]\nforward: {upstreams: [10.0.0.2]}").unwrap_err();
+    assert!(
+        both.contains("both `upstreams` and `forward.upstreams` are set"),
+        "{both}"
+    );
+    assert!(!both.contains('\n'));
 }

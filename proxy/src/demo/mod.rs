@@ -110,10 +110,10 @@ pub async fn run(
     render_journal: fn(&[crate::anomaly::journal::Entry]) -> String,
 ) -> anyhow::Result<()> {
     let upstream = EmbeddedUpstream::start("127.0.0.1:0".parse()?, &ZONES).await?;
-    config.upstreams = vec![UpstreamAddr(upstream.addr)];
+    config.forward.upstreams = vec![UpstreamAddr(upstream.addr)];
     config.mode = Mode::Sidecar;
-    config.search = SEARCH.iter().map(|s| s.to_string()).collect();
-    config.ndots = Some(NDOTS as u32);
+    config.search.list = SEARCH.iter().map(|s| s.to_string()).collect();
+    config.search.ndots = Some(NDOTS as u32);
     config.lookup.window = Duration::from_secs(1);
     config.validate()?;
     let trees: Box<dyn crate::lookup::LookupObserver> =
@@ -220,8 +220,8 @@ async fn fixes(config: &Config, upstream: SocketAddr) -> anyhow::Result<()> {
     use clients::{getaddrinfo, Libc};
     let mut fixed = config.clone();
     fixed.listen = vec!["127.0.0.1:0".parse()?];
-    fixed.metrics_listen = "127.0.0.1:0".parse()?;
-    fixed.upstreams = vec![UpstreamAddr(upstream)];
+    fixed.admin.listen = "127.0.0.1:0".parse()?;
+    fixed.forward.upstreams = vec![UpstreamAddr(upstream)];
     fixed.cache.enabled = true;
     fixed.mitigations.musl_shield = true;
     fixed.mitigations.autopath = true;

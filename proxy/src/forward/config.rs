@@ -1,4 +1,9 @@
 //! `forward:` and the upstream addresses: what the forwarder is built from.
+//!
+//! Keys: `upstreams` [the nameservers of `search.resolv_conf`], `zones` (`{zone, upstreams,
+//! force_tcp}`), `cluster_dns`, `timeout` [2s], `attempts` [2], and the tuning below. The
+//! top-level `upstreams`, `forward_zones`, `cluster_dns`, `upstream_timeout` and `attempts`
+//! still load, with a deprecation warning.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -50,10 +55,22 @@ impl std::fmt::Display for UpstreamAddr {
     }
 }
 
-/// Upstream-side tuning.
+/// The `forward:` section: where queries go, and upstream-side tuning.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
+    /// Upstream servers `ADDR[:PORT]` (port 53 by default); none: `search.resolv_conf`'s.
+    pub upstreams: Vec<UpstreamAddr>,
+    /// Names under a zone go to its upstreams, the longest zone winning (see `zones`).
+    pub zones: Vec<super::zones::ForwardZone>,
+    /// The cluster DNS Service: in node-local mode the cluster domain and the reverse zones
+    /// go to it over TCP (each unless `zones` lists that zone itself).
+    pub cluster_dns: Option<UpstreamAddr>,
+    /// One try's wait.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Tries per query over all upstreams.
+    pub attempts: u32,
     /// Persistent UDP sockets towards the upstreams (each on its own random source port).
     pub udp_sockets: usize,
     /// Queries waiting for an upstream answer, all sockets together; beyond it, SERVFAIL.
@@ -84,6 +101,11 @@ pub struct ForwardConfig {
 impl Default for ForwardConfig {
     fn default() -> Self {
         ForwardConfig {
+            upstreams: Vec::new(),
+            zones: Vec::new(),
+            cluster_dns: None,
+            timeout: Duration::from_secs(2),
+            attempts: 2,
             udp_sockets: 4,
             max_inflight: 16_384,
             socket_lifetime: Duration::from_secs(300),
@@ -101,6 +123,17 @@ impl Default for ForwardConfig {
 impl ForwardConfig {
     /// Checks the `forward:` section on its own.
     pub fn validate(&self) -> Result<(), Invalid> {
+        super::zones::validate(&self.zones)?;
+        check(
+            self.timeout.is_zero(),
+            "forward.timeout",
+            "must be above zero",
+        )?;
+        check(
+            !(1..=10).contains(&self.attempts),
+            "forward.attempts",
+            format!("{} is not within 1..=10", self.attempts),
+        )?;
         check(
             !(1..=64).contains(&self.udp_sockets),
             "forward.udp_sockets",

@@ -170,24 +170,8 @@ pub struct Forwarder {
 
 /// What the forwarder is built from besides `forward:`.
 pub struct ForwardParts {
-    /// `upstreams`.
-    pub upstreams: Vec<SocketAddr>,
-    /// `forward_zones`.
-    pub zones: Vec<ZoneParts>,
-    /// `upstream_timeout`: one try's wait.
-    pub timeout: Duration,
-    /// `attempts`: tries per query.
-    pub attempts: u32,
     pub tasks: TaskTracker,
     pub dnstap: Option<Dnstap>,
-}
-
-/// One zone's upstreams, as [`ForwardParts`] carries them.
-#[derive(Debug, Clone)]
-pub struct ZoneParts {
-    pub zone: String,
-    pub upstreams: Vec<SocketAddr>,
-    pub force_tcp: bool,
 }
 
 impl Forwarder {
@@ -200,10 +184,10 @@ impl Forwarder {
     ) -> std::io::Result<Arc<Forwarder>> {
         // One upstream per distinct address; pools refer to them by index.
         let mut addrs: Vec<SocketAddr> = Vec::new();
-        let mut members_of = |list: &[SocketAddr]| -> Vec<usize> {
+        let mut members_of = |list: &[UpstreamAddr]| -> Vec<usize> {
             list.iter()
                 .map(|a| {
-                    let a = canonical(*a);
+                    let a = canonical(a.0);
                     addrs
                         .iter()
                         .position(|known| *known == a)
@@ -217,10 +201,10 @@ impl Forwarder {
         // `forward.force_tcp` holds for every pool; a zone can also ask for TCP alone.
         let mut pools = vec![Pool::new(
             ".",
-            members_of(&parts.upstreams),
+            members_of(&config.upstreams),
             config.force_tcp,
         )];
-        for zone in &parts.zones {
+        for zone in &config.zones {
             pools.push(Pool::new(
                 &zone.zone,
                 members_of(&zone.upstreams),
@@ -252,11 +236,11 @@ impl Forwarder {
             .collect::<std::io::Result<_>>()?;
         metrics
             .waiting_on_upstreams
-            .set_longest(parts.timeout * parts.attempts);
+            .set_longest(config.timeout * config.attempts);
         Ok(Arc::new(Forwarder {
             settings: Settings {
-                timeout: parts.timeout,
-                attempts: parts.attempts,
+                timeout: config.timeout,
+                attempts: config.attempts,
                 max_inflight: config.max_inflight,
                 socket_lifetime: config.socket_lifetime,
             },

@@ -1,5 +1,5 @@
-//! Per-zone forwarding (`forward_zones:`): names under a zone go to that zone's upstreams,
-//! the longest matching zone winning; every other name goes to the top-level `upstreams`.
+//! Per-zone forwarding (`forward.zones`): names under a zone go to that zone's upstreams,
+//! the longest matching zone winning; every other name goes to `forward.upstreams`.
 //! NodeLocal DNSCache's layout is the model: the cluster domain and the reverse zones to the
 //! cluster DNS over TCP, everything else to the node's own resolvers.
 //!
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::UpstreamAddr;
 use crate::invalid::{check, Invalid};
 
-/// One `forward_zones:` entry.
+/// One `forward.zones` entry.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardZone {
@@ -32,16 +32,16 @@ pub fn normalize(zone: &str) -> String {
     zone.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Checks the zone names of `forward_zones` (one zone once; names valid, not the root).
+/// Checks the zone names of `forward.zones` (one zone once; names valid, not the root).
 pub fn validate(zones: &[ForwardZone]) -> Result<(), Invalid> {
     let mut seen: Vec<String> = Vec::new();
     for entry in zones {
         let name = normalize(&entry.zone);
         check(
             name.is_empty(),
-            "forward_zones",
+            "forward.zones",
             format!(
-                "'{}' is the root: the top-level upstreams serve every name no zone holds",
+                "'{}' is the root: forward.upstreams serve every name no zone holds",
                 entry.zone
             ),
         )?;
@@ -54,17 +54,17 @@ pub fn validate(zones: &[ForwardZone]) -> Result<(), Invalid> {
                             .bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 }),
-            "forward_zones",
+            "forward.zones",
             format!("'{}' is not a domain name", entry.zone),
         )?;
         check(
             seen.contains(&name),
-            "forward_zones",
+            "forward.zones",
             format!("zone '{name}' is listed twice"),
         )?;
         check(
             entry.upstreams.is_empty(),
-            "forward_zones",
+            "forward.zones",
             format!("zone '{name}' has no upstreams"),
         )?;
         seen.push(name);
@@ -218,7 +218,7 @@ mod tests {
             (vec![zone("cluster.local", &[])], "no upstreams"),
         ] {
             let e = validate(&zones).unwrap_err().to_string();
-            assert!(e.contains(culprit) && e.contains("forward_zones"), "{e}");
+            assert!(e.contains(culprit) && e.contains("forward.zones"), "{e}");
         }
     }
 }

@@ -59,10 +59,10 @@ pub fn config(data: &[u8]) {
     }
     if let Ok(cli) = crate::cli::Cli::try_parse_from(&args) {
         if let crate::cli::Command::Serve(serve) = cli.command {
-            config.apply(serve.overrides());
+            config.apply(serve.overrides);
         }
     }
-    config.resolv_conf = "/dev/null".into();
+    config.search.resolv_conf = "/dev/null".into();
     let _ = config.finish();
 }
 

@@ -45,12 +45,12 @@ impl Harness {
             .build()?;
         let mut config = Config {
             listen: vec!["127.0.0.1:0".parse().map_err(std::io::Error::other)?],
-            upstreams: vec![UpstreamAddr(upstream_addr)],
-            metrics_listen: "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
-            upstream_timeout: Duration::from_millis(500),
-            attempts: 2,
             ..Config::default()
         };
+        config.forward.upstreams = vec![UpstreamAddr(upstream_addr)];
+        config.admin.listen = "127.0.0.1:0".parse().map_err(std::io::Error::other)?;
+        config.forward.timeout = Duration::from_millis(500);
+        config.forward.attempts = 2;
         config.cache.enabled = true;
         config.cache.serve_stale = true;
         config.listener.udp_workers = 1;

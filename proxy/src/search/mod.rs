@@ -3,7 +3,7 @@
 //!
 //! Two models:
 //! - **Fixed list** (sidecar): the pod's own search list, from `search:` in config or the
-//!   `search` line of `resolv_conf` (parsed with the `resolv-conf` crate).
+//!   `search` line of `search.resolv_conf` (parsed with the `resolv-conf` crate).
 //! - **Kubernetes convention** (node-local: many namespaces behind one proxy):
 //!   `<ns>.svc.<cluster_domain>`, `svc.<cluster_domain>`, `<cluster_domain>`, then the host
 //!   search domains from `search:`; the namespace is read off the name itself, so
@@ -15,21 +15,64 @@
 //! most specific first, ending with the absolute one; the lookup tracker picks the reading
 //! that joins a lookup already open for that client.
 //!
-//! Config keys: `search` (list), `ndots` [5], `cluster_domain` [cluster.local],
-//! `resolv_conf` [/etc/resolv.conf]. No metrics.
+//! Config: `search: {list, ndots, cluster_domain, resolv_conf}` — the pod's list or the host
+//! domains [from `resolv_conf` in a sidecar; none node-local], `ndots` [from `resolv_conf` in
+//! a sidecar, else 5], `cluster_domain` [cluster.local], `resolv_conf` [/etc/resolv.conf].
+//! The top-level `search` (a list), `ndots`, `cluster_domain` and `resolv_conf` still load,
+//! with a deprecation warning. No metrics.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The search-path model's settings: top-level config keys (see `config`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SearchSettings {
-    pub mode: Mode,
+/// The `search:` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
     /// The pod's list (sidecar) or host domains after the Kubernetes ones (node-local).
-    pub search: Vec<String>,
+    /// Empty in a sidecar: read from `resolv_conf`.
+    pub list: Vec<String>,
+    /// The pod's ndots; from `resolv_conf` when unset in a sidecar, else 5.
     pub ndots: Option<u32>,
     pub cluster_domain: String,
+    /// The pod's resolv.conf: search list and ndots (sidecar), upstreams when none is given.
+    pub resolv_conf: PathBuf,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            list: Vec::new(),
+            ndots: None,
+            cluster_domain: "cluster.local".to_string(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
+}
+
+impl SearchConfig {
+    /// Checks the `search:` section on its own.
+    pub fn validate(&self) -> Result<(), crate::invalid::Invalid> {
+        use crate::invalid::check;
+        check(
+            self.ndots.is_some_and(|n| n > 15),
+            "search.ndots",
+            "at most 15 (the resolver's own limit)",
+        )?;
+        check(
+            self.cluster_domain.trim_end_matches('.').is_empty(),
+            "search.cluster_domain",
+            "must not be empty",
+        )?;
+        match self
+            .list
+            .iter()
+            .find(|d| d.trim_end_matches('.').is_empty() || d.contains(char::is_whitespace))
+        {
+            Some(bad) => check(true, "search.list", format!("'{bad}' is not a domain")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Where dnslens runs: beside one pod, or on a node in front of many.
@@ -79,9 +122,10 @@ fn normalise(domain: &str) -> String {
 impl SearchModel {
     /// Builds the model: node-local uses the Kubernetes convention; a sidecar uses
     /// `search:` or, when that is empty, the search list of `resolv_conf`.
-    pub fn build(settings: &SearchSettings, resolv_conf: &Path) -> SearchModel {
-        let configured: Vec<String> = settings.search.iter().map(|d| normalise(d)).collect();
-        match settings.mode {
+    pub fn build(mode: Mode, settings: &SearchConfig) -> SearchModel {
+        let configured: Vec<String> = settings.list.iter().map(|d| normalise(d)).collect();
+        let resolv_conf = settings.resolv_conf.as_path();
+        match mode {
             Mode::NodeLocal => SearchModel::Kubernetes {
                 cluster_domain: normalise(&settings.cluster_domain),
                 host_suffixes: configured,

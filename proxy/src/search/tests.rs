@@ -104,8 +104,11 @@ fn resolv_conf_gives_search_and_ndots() {
         ]
     );
     assert_eq!(ndots, 5);
-    let settings = crate::config::Config::default().search_settings();
-    let model = SearchModel::build(&settings, &path);
+    let settings = SearchConfig {
+        resolv_conf: path.clone(),
+        ..SearchConfig::default()
+    };
+    let model = SearchModel::build(Mode::Sidecar, &settings);
     assert_eq!(model.candidates("a.team-a.svc.cluster.local")[0].base, "a");
     assert!(read_resolv_conf(&dir.join("missing")).is_err());
     let _ = std::fs::remove_dir_all(&dir);

@@ -229,7 +229,7 @@ fn a_lookup_becomes_a_root_with_queries_and_upstream_tries() {
     assert_eq!(
         attr(&spans[1], "dnslens.forward.zone"),
         Some(&Value::from("cluster.local")),
-        "the forward_zones zone that served it"
+        "the forward.zones zone that served it"
     );
     assert_eq!(
         attr(&spans[2], "dnslens.upstream.outcome"),

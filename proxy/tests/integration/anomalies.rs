@@ -14,8 +14,8 @@ use crate::harness::*;
 
 async fn world() -> World {
     World::start_with(|c| {
-        c.search = SEARCH.iter().map(|s| s.to_string()).collect();
-        c.ndots = Some(NDOTS as u32);
+        c.search.list = SEARCH.iter().map(|s| s.to_string()).collect();
+        c.search.ndots = Some(NDOTS as u32);
         c.lookup.window = Duration::from_millis(400);
     })
     .await
@@ -258,8 +258,8 @@ async fn a_withheld_aaaa_answer_then_the_clients_resend_is_a_suspected_race() {
         }
     });
     let mut config = test_config(&[upstream_addr]);
-    config.upstream_timeout = Duration::from_millis(200);
-    config.attempts = 1;
+    config.forward.timeout = Duration::from_millis(200);
+    config.forward.attempts = 1;
     config.lookup.window = Duration::from_millis(400);
     let proxy = dnslens::Proxy::start(&config).await.unwrap();
     let dns = proxy.dns_addrs[0];

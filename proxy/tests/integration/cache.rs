@@ -78,7 +78,7 @@ async fn identical_questions_in_flight_share_one_upstream_query() {
     let knot = Knot::start().await;
     let relay = UpstreamRelay::start(knot.addr, Duration::from_millis(300)).await;
     let proxy = proxy_in_front_of(relay.udp, |c| {
-        c.upstream_timeout = Duration::from_secs(2);
+        c.forward.timeout = Duration::from_secs(2);
     })
     .await;
     let dns = proxy.dns_addrs[0];
@@ -111,7 +111,7 @@ async fn stale_answers_are_served_when_the_upstream_is_gone() {
     let proxy = proxy_in_front_of(knot.addr, |c| {
         c.cache.serve_stale = true;
         c.cache.max_ttl = Duration::from_secs(1);
-        c.upstream_timeout = Duration::from_millis(200);
+        c.forward.timeout = Duration::from_millis(200);
     })
     .await;
     let dns = proxy.dns_addrs[0];

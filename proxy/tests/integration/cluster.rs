@@ -647,11 +647,11 @@ async fn a_plain_prometheus_discovers_the_charts_node_local_pods_and_fires_the_a
         let metrics: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
         worlds.push(
             World::start_with(|c| {
-                c.metrics_listen = metrics;
+                c.admin.listen = metrics;
                 // Port 53 on the pod's address: a real resolver (musl's) can only ask there.
                 c.listen = vec![format!("{ip}:53").parse().unwrap()];
-                c.search = SEARCH.iter().map(|s| s.to_string()).collect();
-                c.ndots = Some(NDOTS as u32);
+                c.search.list = SEARCH.iter().map(|s| s.to_string()).collect();
+                c.search.ndots = Some(NDOTS as u32);
                 c.lookup.window = Duration::from_millis(300);
             })
             .await,

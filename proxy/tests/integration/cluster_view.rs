@@ -41,11 +41,11 @@ async fn spawn_dnslens(dir: &TempDir, name: &str, config: &str, env: &[(&str, &s
     let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let file = dir.0.join(format!("{name}.yaml"));
-    let text = format!("listen: [\"{dns}\"]\nmetrics_listen: \"{metrics}\"\n{config}");
+    let text = format!("listen: [\"{dns}\"]\n{config}");
     std::fs::write(&file, text).unwrap();
     let log = std::fs::File::create(dir.0.join(format!("{name}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_dnslens"))
-        .args(["serve", "--config"])
+        .args(["serve", "--metrics-listen", &metrics.to_string(), "--config"])
         .arg(&file)
         .env_remove("POD_NAME")
         .env_remove("POD_NAMESPACE")
@@ -172,12 +172,15 @@ async fn the_windows_abnormal_lookups_of_every_instance_are_found_again_in_jaege
     let dir = TempDir::new("cluster-view");
     let backend = format!("jaeger={}", jaeger.query);
     let common = format!(
-        "upstreams: [\"{}\"]\nupstream_timeout: 300ms\nlookup:\n  window: 400ms\n\
+        "forward: {{upstreams: [\"{}\"], timeout: 300ms}}\nlookup:\n  window: 400ms\n\
          tracing:\n  endpoint: {}\n  protocol: grpc\n  sample_ratio: 1.0\n  export_timeout: 500ms\n\
-         ui:\n  backend: {backend}\n",
+         admin:\n  ui:\n    backend: {backend}\n",
         upstream.addr, jaeger.otlp_grpc
     );
-    let sidecar = format!("{common}search: [{}]\nndots: {NDOTS}\n", SEARCH.join(", "));
+    let sidecar = format!(
+        "{common}search: {{list: [{}], ndots: {NDOTS}}}\n",
+        SEARCH.join(", ")
+    );
     let web = spawn_dnslens(
         &dir,
         "web",
@@ -442,9 +445,9 @@ async fn a_window_of_more_lookups_than_one_search_returns_is_read_whole() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let endpoint = jaeger.otlp_grpc.clone();
     let world = World::start_with(|c| {
-        c.upstreams = vec![dnslens::config::UpstreamAddr(silent.local_addr().unwrap())];
-        c.upstream_timeout = Duration::from_millis(200);
-        c.attempts = 1;
+        c.forward.upstreams = vec![dnslens::config::UpstreamAddr(silent.local_addr().unwrap())];
+        c.forward.timeout = Duration::from_millis(200);
+        c.forward.attempts = 1;
         c.lookup.window = Duration::from_millis(300);
         c.tracing.endpoint = Some(endpoint);
         c.tracing.protocol = Some(dnslens::telemetry::OtlpProtocol::Grpc);
@@ -495,8 +498,8 @@ async fn an_anomaly_counters_exemplar_kept_by_prometheus_opens_its_trace_in_jaeg
     let jaeger = Jaeger::start();
     let endpoint = jaeger.otlp_grpc.clone();
     let world = World::start_with(|c| {
-        c.search = SEARCH.iter().map(|s| s.to_string()).collect();
-        c.ndots = Some(NDOTS as u32);
+        c.search.list = SEARCH.iter().map(|s| s.to_string()).collect();
+        c.search.ndots = Some(NDOTS as u32);
         c.lookup.window = Duration::from_millis(300);
         c.tracing.endpoint = Some(endpoint);
         c.tracing.protocol = Some(dnslens::telemetry::OtlpProtocol::Grpc);

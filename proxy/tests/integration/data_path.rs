@@ -29,7 +29,7 @@ async fn proxy_with(upstreams: &[SocketAddr], tweak: impl FnOnce(&mut Config)) -
 async fn the_ipv6_wildcard_serves_both_families() {
     let world = World::start_with(|c| {
         c.listen = vec!["[::]:0".parse().unwrap()];
-        c.metrics_listen = "[::]:0".parse().unwrap();
+        c.admin.listen = "[::]:0".parse().unwrap();
     })
     .await;
     let port = world.dns().port();
@@ -61,8 +61,8 @@ async fn the_ipv6_wildcard_serves_both_families() {
 async fn ipv4_and_ipv6_upstreams_both_answer() {
     let (knot, v6) = Knot::start_dual(true).await;
     let proxy = proxy_with(&[knot.addr, v6], |c| {
-        c.upstream_timeout = Duration::from_secs(2);
-        c.attempts = 1;
+        c.forward.timeout = Duration::from_secs(2);
+        c.forward.attempts = 1;
     })
     .await;
     let dns = proxy.dns_addrs[0];
@@ -120,7 +120,7 @@ async fn answers_echo_each_askers_question_and_flags() {
     let relay = UpstreamRelay::start(knot.addr, Duration::from_millis(300)).await;
     let proxy = proxy_with(&[relay.udp], |c| {
         c.cache.enabled = true;
-        c.upstream_timeout = Duration::from_secs(2);
+        c.forward.timeout = Duration::from_secs(2);
     })
     .await;
     let dns = proxy.dns_addrs[0];
@@ -231,7 +231,7 @@ async fn tcp_clients_are_coalesced_and_cached_like_udp_ones() {
     let proxy = proxy_with(&[relay.tcp], |c| {
         c.cache.enabled = true;
         c.forward.force_tcp = true;
-        c.upstream_timeout = Duration::from_secs(2);
+        c.forward.timeout = Duration::from_secs(2);
     })
     .await;
     let dns = proxy.dns_addrs[0];
@@ -275,12 +275,12 @@ async fn autopath_answers_tcp_clients_too() {
     let knot = Knot::start().await;
     let proxy = proxy_with(&[knot.addr], |c| {
         c.mitigations.autopath = true;
-        c.search = vec![
+        c.search.list = vec![
             "default.svc.cluster.local".into(),
             "svc.cluster.local".into(),
             "cluster.local".into(),
         ];
-        c.ndots = Some(5);
+        c.search.ndots = Some(5);
     })
     .await;
     let dns = proxy.dns_addrs[0];
@@ -344,8 +344,8 @@ async fn max_inflight_counts_tcp_fetches() {
     let proxy = proxy_with(&[upstream], |c| {
         c.forward.force_tcp = true;
         c.forward.max_inflight = 2;
-        c.upstream_timeout = Duration::from_secs(1);
-        c.attempts = 1;
+        c.forward.timeout = Duration::from_secs(1);
+        c.forward.attempts = 1;
     })
     .await;
     let dns = proxy.dns_addrs[0];

@@ -379,7 +379,7 @@ async fn answers_through_dnslens_equal_knots_own() {
         // ANY goes through as well: RFC 8482's minimal answer (on by default) is tested in
         // bad_input.rs.
         config.mitigations.minimal_any = false;
-        config.upstream_timeout = Duration::from_secs(2);
+        config.forward.timeout = Duration::from_secs(2);
         let proxy = Proxy::start(&config).await.expect("proxy starts");
         for failure in run_matrix(knot.addr, &proxy, cached).await {
             failures.push(format!(

@@ -63,8 +63,8 @@ fn dropped(upstream: SocketAddr, reason: &str) -> String {
 async fn late_answers_of_a_slow_upstream_are_dropped_as_late_and_never_delivered() {
     let slow = DelayedUpstream::start(Duration::from_millis(400)).await;
     let mut config = test_config(&[slow.addr]);
-    config.upstream_timeout = Duration::from_millis(150);
-    config.attempts = 2;
+    config.forward.timeout = Duration::from_millis(150);
+    config.forward.attempts = 2;
     let proxy = dnslens::Proxy::start(&config).await.unwrap();
     let (rcode, took) = ask_and_watch(
         proxy.dns_addrs[0],
@@ -190,8 +190,8 @@ async fn tcp_upstreams_that_hang_or_close_mid_message_end_in_servfail() {
     for (upstream, outcome) in [(silent_addr, "timeout"), (torn_addr, "error")] {
         let mut config = test_config(&[upstream]);
         config.forward.force_tcp = true;
-        config.upstream_timeout = Duration::from_millis(300);
-        config.attempts = 2;
+        config.forward.timeout = Duration::from_millis(300);
+        config.forward.attempts = 2;
         let proxy = dnslens::Proxy::start(&config).await.unwrap();
         let (rcode, took) = ask_and_watch(
             proxy.dns_addrs[0],

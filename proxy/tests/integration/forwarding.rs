@@ -182,7 +182,7 @@ async fn shutdown_answers_what_is_in_flight() {
     // An upstream that answers only after 400 ms; shutdown starts while the query waits.
     let slow = crate::harness::DelayedUpstream::start(Duration::from_millis(400)).await;
     let mut config = test_config(&[slow.addr]);
-    config.upstream_timeout = Duration::from_secs(2);
+    config.forward.timeout = Duration::from_secs(2);
     let proxy = dnslens::Proxy::start(&config).await.unwrap();
     let dns = proxy.dns_addrs[0];
     let pending = tokio::spawn(async move {
@@ -230,7 +230,7 @@ async fn a_forwarding_loop_is_detected_by_its_probe() {
     let mut config = test_config(&[unused]);
     let mut proxy = dnslens::Proxy::start(&config).await.unwrap();
     let relay = UpstreamRelay::start(proxy.dns_addrs[0], Duration::ZERO).await;
-    config.upstreams = vec![dnslens::config::UpstreamAddr(relay.udp)];
+    config.forward.upstreams = vec![dnslens::config::UpstreamAddr(relay.udp)];
     config.forward.loop_check = true;
     proxy.reload(config).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

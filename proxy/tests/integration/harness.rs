@@ -37,13 +37,13 @@ pub fn scene_alone() -> tokio::sync::MutexGuard<'static, ()> {
 pub fn test_config(upstreams: &[SocketAddr]) -> Config {
     let mut config = Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
-        upstreams: upstreams.iter().map(|a| UpstreamAddr(*a)).collect(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        upstream_timeout: Duration::from_millis(300),
-        attempts: 2,
         shutdown_grace: Duration::from_secs(2),
         ..Config::default()
     };
+    config.forward.upstreams = upstreams.iter().map(|a| UpstreamAddr(*a)).collect();
+    config.forward.timeout = Duration::from_millis(300);
+    config.forward.attempts = 2;
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.listener.udp_workers = 2;
     config
 }

@@ -412,10 +412,10 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
     let text = config["data"]["dnslens.yaml"].as_str().unwrap();
     let mut parsed = dnslens::config::Config::from_yaml(text).expect("dnslens.yaml parses");
     assert!(
-        parsed.upstreams.is_empty(),
+        parsed.forward.upstreams.is_empty(),
         "the node's resolvers, read at start"
     );
-    let zone = &parsed.forward_zones[0];
+    let zone = &parsed.forward.zones[0];
     assert_eq!(
         (
             zone.zone.as_str(),
@@ -424,14 +424,14 @@ fn node_local_service_mode_never_leaves_a_node_without_dns() {
         ),
         ("corp.example", "10.1.0.53:53".to_string(), true)
     );
-    parsed.upstreams = vec!["10.0.0.2".parse().unwrap()];
-    parsed.cluster_dns = Some("10.96.0.10".parse().unwrap());
+    parsed.forward.upstreams = vec!["10.0.0.2".parse().unwrap()];
+    parsed.forward.cluster_dns = Some("10.96.0.10".parse().unwrap());
     parsed
         .validate()
         .expect("dnslens.yaml with the flag is valid");
     // Both families of the pod, where it has them.
     assert_eq!(parsed.listen, ["[::]:53".parse().unwrap()]);
-    assert_eq!(parsed.metrics_listen, "[::]:9253".parse().unwrap());
+    assert_eq!(parsed.admin.listen, "[::]:9253".parse().unwrap());
     assert_eq!(parsed.listener.allow.len(), 2, "the pod CIDR and loopback");
     assert!(parsed.cache.enabled && parsed.mitigations.musl_shield);
 }
@@ -534,6 +534,7 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
         .unwrap()
         .to_string();
     let parsed = dnslens::config::Config::from_yaml(&text).unwrap();
+    assert_eq!(parsed.deprecated, [], "the chart writes no old key names");
     assert_eq!(
         parsed.listen,
         [
@@ -541,7 +542,7 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
             "10.96.0.10:53".parse().unwrap()
         ]
     );
-    assert!(parsed.upstreams.is_empty(), "the upstream comes as a flag");
+    assert!(parsed.forward.upstreams.is_empty(), "the upstream comes as a flag");
     // The probes ask this pod's process over its own socket (the TCP port is shared with the
     // other pod of a surge), in a writable emptyDir of the pod.
     let dnslens = &pod["containers"][0];
@@ -570,7 +571,7 @@ fn node_local_link_local_mode_sets_up_the_address_as_node_cache_does() {
         Some("http://otel.observability:4317")
     );
     assert_eq!(
-        parsed.ui.backend.map(|b| b.to_string()),
+        parsed.admin.ui.backend.map(|b| b.to_string()),
         Some("Jaeger at http://jaeger-query.observability:16686/".to_string())
     );
     assert_eq!(

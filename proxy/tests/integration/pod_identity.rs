@@ -143,8 +143,8 @@ async fn node_local_lookups_carry_the_identity_of_the_pod_that_asked() {
     let world = World::start_with(|c| {
         c.mode = Mode::NodeLocal;
         // As NodeLocal DNSCache: the cluster domain to the cluster DNS over TCP.
-        c.cluster_dns = Some(UpstreamAddr(coredns));
-        c.forward_zones = dnslens::config::node_local_zones("cluster.local", UpstreamAddr(coredns));
+        c.forward.cluster_dns = Some(UpstreamAddr(coredns));
+        c.forward.zones = dnslens::config::node_local_zones("cluster.local", UpstreamAddr(coredns));
         c.listener.allow = vec!["127.0.0.0/8".parse().unwrap()];
         c.lookup.window = Duration::from_millis(500);
         c.tracing.endpoint = Some(endpoint);

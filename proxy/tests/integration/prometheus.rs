@@ -12,8 +12,8 @@ use crate::harness::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_dnslens_and_the_empty_noerror_alert_becomes_active() {
     let world = World::start_with(|c| {
-        c.search = SEARCH.iter().map(|s| s.to_string()).collect();
-        c.ndots = Some(NDOTS as u32);
+        c.search.list = SEARCH.iter().map(|s| s.to_string()).collect();
+        c.search.ndots = Some(NDOTS as u32);
         c.lookup.window = Duration::from_millis(300);
     })
     .await;

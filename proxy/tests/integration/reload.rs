@@ -61,7 +61,7 @@ async fn a_reload_switches_upstreams_under_a_steady_client_and_a_broken_config_i
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut next = config.clone();
-    next.upstreams = vec![dnslens::config::UpstreamAddr(second.addr)];
+    next.forward.upstreams = vec![dnslens::config::UpstreamAddr(second.addr)];
     proxy.reload_from(|| Ok(next.clone())).await;
     assert_eq!(proxy.dns_addrs, [dns], "the same address and port");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -69,7 +69,7 @@ async fn a_reload_switches_upstreams_under_a_steady_client_and_a_broken_config_i
     proxy
         .reload_from(|| {
             let mut broken = next.clone();
-            broken.attempts = 0;
+            broken.forward.attempts = 0;
             Ok(broken)
         })
         .await;
@@ -160,7 +160,7 @@ async fn the_binary_reloads_a_changed_file_and_on_sighup() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let yaml = |upstream: SocketAddr, attempts: u32| {
         format!(
-            "listen: ['{dns}']\nmetrics_listen: '{admin}'\nupstreams: ['{upstream}']\nattempts: {attempts}\n"
+            "listen: ['{dns}']\nadmin: {{listen: '{admin}'}}\nforward: {{upstreams: ['{upstream}'], attempts: {attempts}}}\n"
         )
     };
     std::fs::write(&file, yaml(first.addr, 2)).unwrap();

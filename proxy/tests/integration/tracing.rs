@@ -22,8 +22,8 @@ fn traced(
     config.tracing.protocol = Some(protocol);
     config.tracing.sample_ratio = Some(ratio);
     config.tracing.export_timeout = Duration::from_millis(500);
-    config.search = SEARCH.iter().map(|s| s.to_string()).collect();
-    config.ndots = Some(NDOTS as u32);
+    config.search.list = SEARCH.iter().map(|s| s.to_string()).collect();
+    config.search.ndots = Some(NDOTS as u32);
     config.lookup.window = Duration::from_millis(500);
 }
 
@@ -177,8 +177,8 @@ async fn ordinary_lookups_are_sampled_but_failures_are_always_exported() {
     let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut config = test_config(&[hole.local_addr().unwrap()]);
     traced(&mut config, endpoint, OtlpProtocol::Grpc, 0.0);
-    config.upstream_timeout = Duration::from_millis(100);
-    config.attempts = 1;
+    config.forward.timeout = Duration::from_millis(100);
+    config.forward.attempts = 1;
     let failing = dnslens::Proxy::start(&config).await.unwrap();
     let answer = ask_udp(failing.dns_addrs[0], "github.com.", RecordType::A, None).await;
     assert_eq!(answer.metadata.response_code.low(), 2);

@@ -24,8 +24,8 @@ async fn an_upstream_put_aside_is_still_asked_and_dns_is_back_with_the_first_que
     upstream.on.store(false, Ordering::Relaxed);
     let dead = upstream.addr;
     let mut config = test_config(&[dead]);
-    config.upstream_timeout = Duration::from_millis(200);
-    config.attempts = 2;
+    config.forward.timeout = Duration::from_millis(200);
+    config.forward.attempts = 2;
     config.forward.failure_threshold = 2;
     config.forward.backoff_min = Duration::from_secs(30);
     config.forward.backoff_max = Duration::from_secs(30);
@@ -81,7 +81,7 @@ async fn a_dead_upstream_is_skipped_for_a_live_one() {
     let (_hole, dead) = black_hole().await;
     let live = DelayedUpstream::start(Duration::ZERO).await;
     let mut config = test_config(&[dead, live.addr]);
-    config.upstream_timeout = Duration::from_millis(200);
+    config.forward.timeout = Duration::from_millis(200);
     config.forward.failure_threshold = 2;
     config.forward.backoff_min = Duration::from_secs(30);
     let proxy = dnslens::Proxy::start(&config).await.unwrap();
@@ -113,8 +113,8 @@ async fn an_upstream_put_aside_is_probed_and_comes_back() {
     let flaky = DelayedUpstream::start(Duration::ZERO).await;
     flaky.on.store(false, Ordering::Relaxed);
     let mut config = test_config(&[flaky.addr]);
-    config.upstream_timeout = Duration::from_millis(100);
-    config.attempts = 1;
+    config.forward.timeout = Duration::from_millis(100);
+    config.forward.attempts = 1;
     config.forward.failure_threshold = 1;
     config.forward.backoff_min = Duration::from_millis(300);
     let proxy = dnslens::Proxy::start(&config).await.unwrap();

@@ -60,7 +60,7 @@ async fn cluster_names_go_to_the_cluster_dns_over_tcp_and_the_rest_to_the_node_r
     )
     .await;
     let mut config = test_config(&[node_resolver.addr]);
-    config.forward_zones = dnslens::config::node_local_zones(
+    config.forward.zones = dnslens::config::node_local_zones(
         "cluster.local",
         dnslens::config::UpstreamAddr(cluster_dns.addr),
     );
