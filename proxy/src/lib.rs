@@ -43,7 +43,8 @@ pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod test_messages;
 pub mod udp;
-pub mod wire;
+/// The wire format, a crate of its own below everything here (`crates/wire`).
+pub use dnslens_wire as wire;
 pub mod yaml;
 
 use std::net::SocketAddr;

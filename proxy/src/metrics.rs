@@ -13,23 +13,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-/// Transport a message travelled on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
+pub use dnslens_wire::Transport;
 
 /// Record types worth a series of their own; everything else is `OTHER`.
 const QTYPES: [(u16, &str); 14] = [
@@ -113,7 +97,7 @@ macro_rules! label_value_from_as_str {
     )*};
 }
 pub(crate) use label_value_from_as_str;
-label_value_from_as_str!(Transport, QtypeLabel, RcodeLabel);
+label_value_from_as_str!(QtypeLabel, RcodeLabel);
 
 /// A reason label: a static string from a closed set chosen by the code that counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]

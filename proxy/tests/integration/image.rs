@@ -228,12 +228,14 @@ fn the_image_comes_with_an_sbom_of_its_crates_and_debian_packages() {
         let checksum = locked
             .get(&key)
             .unwrap_or_else(|| panic!("{key:?} is not in Cargo.lock"));
-        assert_eq!(
-            c["hashes"][0]["content"].as_str(),
-            checksum.as_deref(),
-            "{key:?}"
-        );
-        assert_eq!(c["hashes"][0]["alg"], "SHA-256");
+        match checksum {
+            Some(sum) => {
+                assert_eq!(c["hashes"][0]["content"].as_str(), Some(sum.as_str()), "{key:?}");
+                assert_eq!(c["hashes"][0]["alg"], "SHA-256");
+            }
+            // The workspace's own crates (dnslens-wire) come from this source tree.
+            None => assert!(key.0.starts_with("dnslens"), "{key:?} has no checksum"),
+        }
     }
     // Every crate linked into the binary is listed.
     let tree = Command::new(env!("CARGO"))

@@ -1,6 +1,6 @@
 //! The crate's modules depend on each other in one direction: a test fails when a cycle
-//! appears among the top-level modules of `proxy/src` (the wire format below transports
-//! below the server logic, as in hickory-dns). Dependencies are read from the source: every
+//! appears among the top-level modules of `proxy/src` (the wire format, a crate of its own
+//! below them all, then transports below the server logic, as in hickory-dns). Dependencies are read from the source: every
 //! `crate::name` path and `use crate::{…}` group outside comments, in every non-test file of
 //! a module; the crate root (`lib.rs`) is the node `crate`.
 
@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 /// Top-level module → the top-level modules it names.
 type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// Names the root re-exports for crates of the workspace (`pub use dnslens_wire as wire`).
+const OWN_CRATES: [&str; 1] = ["wire"];
 
 fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -116,7 +119,12 @@ fn graph(src: &Path) -> Graph {
             );
         }
         let edges = graph.entry(from.clone()).or_default();
-        for to in names {
+        // Crates of their own re-exported by the root (`crate::wire` is `dnslens-wire`): the
+        // compiler keeps them below everything here.
+        for to in names
+            .into_iter()
+            .filter(|n| !OWN_CRATES.contains(&n.as_str()))
+        {
             // Items of the crate root (`crate::Proxy`) belong to the node `crate`.
             let to = if modules.contains(&to) {
                 to
@@ -176,11 +184,12 @@ fn the_modules_of_proxy_src_have_no_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let graph = graph(&src);
     assert!(graph.len() > 10, "read the crate's modules: {graph:?}");
-    // The layers the data path is built on depend on no behaviour above them.
-    for low in ["wire", "metrics", "record"] {
+    // The layers the data path is built on depend on no behaviour above them (the wire
+    // format is a crate of its own: the compiler sees to it).
+    for low in ["metrics", "record"] {
         let above: Vec<&String> = graph[low]
             .iter()
-            .filter(|m| !["wire", "metrics"].contains(&m.as_str()))
+            .filter(|m| m.as_str() != "metrics")
             .collect();
         assert!(above.is_empty(), "{low} depends on {above:?}");
     }

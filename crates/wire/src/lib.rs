@@ -14,12 +14,42 @@
 //! that it could point to) is malformed; pointers elsewhere end a name and are not followed
 //! (nothing here needs the name they point to). The fuzz tests cover every reader.
 //!
-//! Everything here is a pure function over byte slices; the transports live in `listen` and
-//! `forward`. No configuration keys, no metrics.
+//! Everything here is a pure function over byte slices; the transports live in the proxy's
+//! `listen` and `forward`. No configuration keys, no metrics.
+
+#![forbid(unsafe_code)]
 
 use hickory_proto::rr::Name;
 use hickory_proto::serialize::binary::BinEncodable;
 use std::net::IpAddr;
+
+/// Transport a message travelled on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+#[cfg(feature = "prometheus")]
+impl prometheus_client::encoding::EncodeLabelValue for Transport {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
 
 /// TYPE of the EDNS pseudo-record.
 pub const RTYPE_OPT: u16 = 41;
