@@ -27,13 +27,11 @@ pub mod fuzz;
 #[cfg(test)]
 mod fuzz_bytes;
 pub mod identity;
-pub mod inject;
 pub mod invalid;
 pub mod listen;
 pub mod lookup;
 pub mod metrics;
 pub mod mitigate;
-pub mod node_setup;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod record;
@@ -43,9 +41,12 @@ pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod test_messages;
 pub mod udp;
+/// Sidecar injection and node setup (`crates/k8s`), wired to the command line by `cli`.
+pub use dnslens_k8s::{inject, node_setup};
 /// The wire format, a crate of its own below everything here (`crates/wire`).
 pub use dnslens_wire as wire;
-pub mod yaml;
+/// YAML in and out (`crates/yaml`), shared with the injector.
+pub use dnslens_yaml as yaml;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

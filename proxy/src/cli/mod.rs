@@ -392,7 +392,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 tls_key,
                 cert_check_every: crate::inject::webhook::CERT_CHECK_EVERY,
             };
-            run_async(crate::inject::webhook::serve(settings, config, None))
+            run_async(crate::inject::webhook::serve(
+                settings,
+                config,
+                None,
+                crate::wait_for_signal(),
+            ))
         }
     }
 }

@@ -128,7 +128,7 @@ impl ExportSettings {
 }
 
 /// The name of dnslens's container in its pod (the chart's and the injector's,
-/// `inject::CONTAINER`; a unit test keeps them equal — `telemetry` sits below `inject`).
+/// `dnslens_k8s::inject::CONTAINER`; a unit test keeps them equal).
 pub const CONTAINER: &str = "dnslens";
 
 /// The service's resource: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, service.name

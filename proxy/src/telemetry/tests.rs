@@ -324,3 +324,8 @@ fn a_flood_of_one_name_keeps_an_example_a_second_and_leaves_room_for_others() {
         "the next second"
     );
 }
+
+#[test]
+fn the_traces_instance_id_names_the_container_the_injector_adds() {
+    assert_eq!(super::CONTAINER, dnslens_k8s::inject::CONTAINER);
+}

@@ -989,6 +989,7 @@ async fn the_webhook_serves_admission_reviews_over_https() {
         settings,
         config,
         Some(bound),
+        std::future::pending(),
     ));
     let addr = tokio::time::timeout(std::time::Duration::from_secs(5), listening)
         .await

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// Names the root re-exports for crates of the workspace (`pub use dnslens_wire as wire`).
-const OWN_CRATES: [&str; 1] = ["wire"];
+const OWN_CRATES: [&str; 4] = ["wire", "yaml", "inject", "node_setup"];
 
 fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

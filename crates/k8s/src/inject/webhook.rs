@@ -349,11 +349,13 @@ pub struct WebhookSettings {
     pub cert_check_every: Duration,
 }
 
-/// Serves until SIGTERM/SIGINT. `bound` receives the address once listening (tests).
+/// Serves until `stop` completes (the binary's SIGTERM/SIGINT), then drains for up to 5 s.
+/// `bound` receives the address once listening (tests).
 pub async fn serve(
     settings: WebhookSettings,
     config: InjectConfig,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     // One process-wide crypto provider (ring: no C toolchain beyond cc, no cmake).
@@ -371,7 +373,7 @@ pub async fn serve(
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {
-        crate::wait_for_signal().await;
+        stop.await;
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
     let announce = handle.clone();

@@ -571,7 +571,7 @@ pub fn inject_yaml(
 ) -> Result<(String, Vec<String>), InjectError> {
     let mut out = String::new();
     let mut report = Vec::new();
-    let documents: Vec<Value> = crate::yaml::from_documents(text).map_err(InjectError::Yaml)?;
+    let documents: Vec<Value> = dnslens_yaml::from_documents(text).map_err(InjectError::Yaml)?;
     for mut object in documents {
         if object.is_null() {
             continue;
@@ -594,7 +594,7 @@ pub fn inject_yaml(
         if !out.is_empty() {
             out.push_str("---\n");
         }
-        out.push_str(&crate::yaml::to_string(&object).map_err(InjectError::Yaml)?);
+        out.push_str(&dnslens_yaml::to_string(&object).map_err(InjectError::Yaml)?);
     }
     Ok((out, report))
 }
