@@ -517,6 +517,16 @@ impl Proxy {
             );
         }
         self.shared.stop_all.cancel();
+        // The exporter's last batch (the lookups of the last second) before the process ends.
+        let export = self.shared.trace_export.clone();
+        let export_wait =
+            self.current.config.tracing.export_timeout + std::time::Duration::from_secs(1);
+        if !tokio::task::spawn_blocking(move || export.wait_stopped(export_wait))
+            .await
+            .unwrap_or(false)
+        {
+            tracing::warn!("the trace exporter did not finish its last export in time");
+        }
         self.shared.writers.close();
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(1),

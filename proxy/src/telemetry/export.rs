@@ -34,7 +34,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// SCHED_IDLE: building SpanData, encoding and sending a batch (protobuf, gRPC/HTTP) use
 /// only CPU time no DNS worker and no tracker wants. Traces are sampled anyway: a proxy
 /// saturated for long enough drops spans (counted, `queue_full`) rather than answers late.
-/// Returns once the exporter is built (or failed to be).
+/// Returns once the exporter is built (or failed to be), with what tells when its thread has
+/// ended — after its last export once `stop` is cancelled.
 pub(super) fn spawn_exporter(
     settings: ExportSettings,
     resource: Resource,
@@ -42,16 +43,19 @@ pub(super) fn spawn_exporter(
     queued: Arc<AtomicUsize>,
     metrics: TelemetryMetrics,
     stop: CancellationToken,
-) -> Result<(), TelemetryError> {
+) -> Result<Finished, TelemetryError> {
     let failed = |message: String| TelemetryError::Exporter {
         endpoint: settings.endpoint.clone(),
         message,
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
     let thread_settings = settings.clone();
     std::thread::Builder::new()
         .name("dnslens-otlp".into())
         .spawn(move || {
+            // Dropped when the thread ends, whichever way: `Finished` sees the channel close.
+            let _ended = ended_tx;
             run_as_idle_work();
             let settings = thread_settings;
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -84,7 +88,22 @@ pub(super) fn spawn_exporter(
         .map_err(|e| failed(format!("thread: {e}")))?;
     ready_rx
         .recv()
-        .map_err(|_| failed("the export thread ended".into()))?
+        .map_err(|_| failed("the export thread ended".into()))??;
+    Ok(Finished(std::sync::Mutex::new(ended_rx)))
+}
+
+/// Tells when an export thread has ended.
+pub struct Finished(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+impl Finished {
+    /// Blocks until the thread has ended, or `timeout`; whether it ended.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let ended = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(
+            ended.recv_timeout(timeout),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) | Ok(())
+        )
+    }
 }
 
 fn build_exporter(

@@ -143,16 +143,17 @@ impl TelemetryMetrics {
     }
 }
 
-/// Starts the export thread and returns the observer that feeds it.
+/// Starts the export thread and returns the observer that feeds it, and what tells when the
+/// thread has ended (after `stop`, its last export).
 pub fn start(
     settings: &ExportSettings,
     resource: &Resource,
     metrics: &TelemetryMetrics,
     stop: CancellationToken,
-) -> Result<OtlpObserver, TelemetryError> {
+) -> Result<(OtlpObserver, export::Finished), TelemetryError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
-    export::spawn_exporter(
+    let finished = export::spawn_exporter(
         settings.clone(),
         resource.clone(),
         rx,
@@ -160,7 +161,10 @@ pub fn start(
         metrics.clone(),
         stop,
     )?;
-    Ok(OtlpObserver::new(settings, tx, queued, metrics.clone()))
+    Ok((
+        OtlpObserver::new(settings, tx, queued, metrics.clone()),
+        finished,
+    ))
 }
 
 /// The trace exporter as the proxy holds it for its whole life: the tracker gets one
@@ -180,6 +184,7 @@ struct Running {
     observer: OtlpObserver,
     /// Ends this exporter's thread (after a last flush).
     stop: CancellationToken,
+    finished: Arc<export::Finished>,
 }
 
 impl TraceExport {
@@ -216,11 +221,12 @@ impl TraceExport {
         let next = match settings {
             Some(settings) => {
                 let stop = self.stop_all.child_token();
-                let observer = start(settings, resource, &self.metrics, stop.clone())?;
+                let (observer, finished) = start(settings, resource, &self.metrics, stop.clone())?;
                 Some(Running {
                     settings: settings.clone(),
                     observer,
                     stop,
+                    finished: Arc::new(finished),
                 })
             }
             None => None,
@@ -230,6 +236,14 @@ impl TraceExport {
             previous.stop.cancel();
         }
         Ok(true)
+    }
+
+    /// At shutdown, once `stop_all` is cancelled: waits (blocking, up to `timeout`) for the
+    /// running exporter's last export, so the lookups of the last second reach the
+    /// collector rather than die with the process. Whether it ended in time.
+    pub fn wait_stopped(&self, timeout: std::time::Duration) -> bool {
+        let finished = lock(&self.current).as_ref().map(|r| r.finished.clone());
+        finished.is_none_or(|f| f.wait(timeout))
     }
 }
 

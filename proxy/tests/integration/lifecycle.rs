@@ -334,8 +334,15 @@ async fn each_process_answers_its_own_probe_socket_during_a_handover() {
         pods.push((child, socket));
     }
     let (old_socket, new_socket) = (pods[0].1.clone(), pods[1].1.clone());
-    assert_eq!(probe("ready", &old_socket).0, 0);
-    assert_eq!(probe("ready", &new_socket).0, 0);
+    // `start_serving` saw the shared port ready, which either process may have answered:
+    // each one's own socket says when that one is.
+    for socket in [&old_socket, &new_socket] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while probe("ready", socket).0 != 0 {
+            assert!(Instant::now() < deadline, "{} never ready", socket.display());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     pods[0].0.terminate();
     // The old process's lameduck shows on its own socket (proof the SIGTERM was handled)...
@@ -397,6 +404,12 @@ async fn a_scrape_naming_its_pod_is_answered_by_that_pod_during_a_handover() {
         ask(n).await;
     }
     let mut new = start_serving_as(&config, dns, upstream.addr, admin, Some("dnslens-new")).await;
+    // The shared port said ready, perhaps through the old process: wait for the new one's.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(admin, "/metrics?pod=dnslens-new").await.0 != 200 {
+        assert!(Instant::now() < deadline, "dnslens-new never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Fresh sockets: the kernel spreads these over both processes.
     for n in 7..57 {
         ask(n).await;

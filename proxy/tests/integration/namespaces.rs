@@ -252,8 +252,11 @@ exec 3<>/dev/tcp/127.0.0.1/9253
 printf 'GET /debug/anomalies?since=10m HTTP/1.0\r\n\r\n' >&3
 cat <&3 >journal.txt
 exec 3<&-
-kill $proxy $sink $knot
-wait $proxy $sink $knot 2>/dev/null || true
+# dnslens first: on SIGTERM it exports what its exporter still holds, then exits.
+kill $proxy
+wait $proxy 2>/dev/null || true
+kill $sink $knot
+wait $sink $knot 2>/dev/null || true
 "#,
         d = d.display(),
         setup = if scene.setup.is_empty() {

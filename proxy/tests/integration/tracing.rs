@@ -210,6 +210,42 @@ async fn ordinary_lookups_are_sampled_but_failures_are_always_exported() {
     world.stop().await;
 }
 
+/// At shutdown the exporter's last batch goes out before the proxy stops: a lookup that
+/// ended just before SIGTERM reaches the collector (the exporter sends once a second; the
+/// lookups of that second used to die with the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_lookups_are_exported_at_shutdown() {
+    let receiver = Receiver::start().await;
+    let endpoint = format!("http://{}", receiver.grpc);
+    let world = World::start_with(|c| traced(c, endpoint, OtlpProtocol::Grpc, 1.0)).await;
+    getaddrinfo(world.dns(), "alauda.cn", &SEARCH, NDOTS, Libc::Glibc)
+        .await
+        .unwrap();
+    // The lookup has ended (its window) and was judged; then stop at once.
+    let admin = world.proxy.metrics_addr;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        if metrics.contains("dnslens_lookups_open 0")
+            && metrics.contains("dnslens_lookups_total{outcome=\"answered\"} 1")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lookup never ended:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    world.stop().await;
+    let spans = receiver.spans();
+    assert!(
+        lookup_tree(&spans, "alauda.cn").is_some_and(|(_, q, _)| q.len() == 8),
+        "the last lookup's trace was not exported before the proxy stopped: {} spans",
+        spans.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_never_slows_dns() {
     let closed = free_port();
