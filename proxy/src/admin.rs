@@ -7,7 +7,8 @@
 //!   shutting down (the lameduck period after SIGTERM). Never upstream health: a cluster
 //!   DNS outage must not take every pod's readiness (and every Service's endpoints) with
 //!   it. `?verbose` adds one line per upstream (in service / put aside) and whether a
-//!   forwarding loop was seen (see `pipeline::LoopGuard`);
+//!   forwarding loop was seen — read through [`DataPathHealth`], the one view of the data
+//!   path this module has;
 //! - `GET /debug/anomalies?since=10m&kind=K`: the anomaly journal as JSON, newest first
 //!   (`since` a duration, default 10m, or `from=`/`to=` in RFC 3339 or unix seconds; `kind`
 //!   one of `record::Kind`); `?hints=1` gives the tuning hints instead (base names that
@@ -60,7 +61,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::anomaly::journal::{EntryFilter, Journal, Window};
 use crate::cluster::ClusterView;
-use crate::forward::Forwarder;
 use crate::listen::AccessList;
 use crate::record::Kind;
 
@@ -140,14 +140,21 @@ impl AdminConfig {
     }
 }
 
+/// The data path as the admin endpoints see it: nothing but what `/readyz?verbose` says.
+pub trait DataPathHealth: Send + Sync {
+    /// Each upstream of the forwarder serving now, and whether it is in service.
+    fn upstreams(&self) -> Vec<(std::net::SocketAddr, bool)>;
+    /// The loop probe's verdict: `None` before it came back or when off, else whether the
+    /// upstreams lead back to dnslens.
+    fn forwarding_loop(&self) -> Option<bool>;
+}
+
 /// What the endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
-    /// The forwarder serving now (a reload replaces it).
-    pub forwarder: Arc<arc_swap::ArcSwap<Forwarder>>,
-    /// Whether dnslens's loop probe came back (`?verbose`).
-    pub loop_guard: Arc<crate::pipeline::LoopGuard>,
+    /// What `/readyz?verbose` reports of the data path.
+    pub health: Arc<dyn DataPathHealth>,
     pub debug: DebugState,
     /// Cancelled when shutdown begins: `/readyz` turns 503.
     pub draining: CancellationToken,
@@ -331,7 +338,7 @@ async fn readyz(
         (StatusCode::OK, "ready\n".to_string())
     };
     if params.verbose.is_some() {
-        for (upstream, in_service) in state.forwarder.load().upstream_states() {
+        for (upstream, in_service) in state.health.upstreams() {
             let health = if in_service {
                 "in service"
             } else {
@@ -339,11 +346,12 @@ async fn readyz(
             };
             body.push_str(&format!("upstream {upstream}: {health}\n"));
         }
-        if state.loop_guard.detected() {
+        let forwarding_loop = state.health.forwarding_loop();
+        if forwarding_loop == Some(true) {
             body.push_str(
                 "forwarding loop: detected (the upstreams lead back to dnslens; see the log)\n",
             );
-        } else if state.loop_guard.probed() {
+        } else if forwarding_loop == Some(false) {
             body.push_str("forwarding loop: none seen\n");
         }
     }

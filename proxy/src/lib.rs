@@ -346,8 +346,10 @@ impl Proxy {
         let admin = tokio::spawn({
             let state = admin::AdminState {
                 registry: Arc::new(root),
-                forwarder: forwarder_now.clone(),
-                loop_guard: shared.loop_guard.clone(),
+                health: Arc::new(Health {
+                    forwarder: forwarder_now.clone(),
+                    loop_guard: shared.loop_guard.clone(),
+                }),
                 debug: admin::DebugState {
                     journal: Some(journal.clone()),
                     cluster: config
@@ -628,6 +630,27 @@ impl Generation {
 
 /// Changed keys a reload does not apply: the lookup tracker, the journal and the admin
 /// server are built once.
+/// The data path's health as `admin` reads it: the forwarder serving now (a reload swaps
+/// it) and the loop probe.
+struct Health {
+    forwarder: Arc<ArcSwap<Forwarder>>,
+    loop_guard: Arc<pipeline::LoopGuard>,
+}
+
+impl admin::DataPathHealth for Health {
+    fn upstreams(&self) -> Vec<(SocketAddr, bool)> {
+        self.forwarder.load().upstream_states()
+    }
+
+    fn forwarding_loop(&self) -> Option<bool> {
+        if self.loop_guard.detected() {
+            Some(true)
+        } else {
+            self.loop_guard.probed().then_some(false)
+        }
+    }
+}
+
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
     let mut changed = |key: &'static str, differs: bool| {
