@@ -26,6 +26,7 @@ pub mod forward;
 pub mod fuzz;
 #[cfg(test)]
 mod fuzz_bytes;
+pub mod http1;
 pub mod identity;
 pub mod invalid;
 pub mod listen;

@@ -9,8 +9,8 @@
 //! scrape config sets `pod` from the target's pod name (the chart's ServiceMonitor does).
 //! A pod with no socket there (its process has exited) is 404, a malformed name 400.
 //!
-//! The relay is one HTTP/1.0 GET over the unix socket, written by hand like `dnslens
-//! probe`'s: the answer is bounded in size and time.
+//! The relay is one HTTP/1.0 GET over the unix socket ([`crate::http1`], as `dnslens probe`
+//! asks): the answer is bounded in size and time.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +18,8 @@ use std::time::Duration;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::http1;
 
 /// The most of a peer's metrics read (a node's dnslens with every workload label: a few MiB).
 const MOST: u64 = 64 * 1024 * 1024;
@@ -108,35 +110,26 @@ fn is_gone(e: &std::io::Error) -> bool {
 async fn get(socket: &Path, path: &str) -> std::io::Result<Response> {
     let mut stream = tokio::net::UnixStream::connect(socket).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .write_all(http1::request(path, "localhost").as_bytes())
         .await?;
     let mut answer = Vec::new();
     stream.take(MOST).read_to_end(&mut answer).await?;
-    parse_answer(&answer).ok_or_else(|| {
+    let not_http = || {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "the peer's answer is not HTTP",
         )
-    })
-}
-
-/// An HTTP/1.x answer read to its end (the peer closes after an HTTP/1.0 answer).
-fn parse_answer(answer: &[u8]) -> Option<Response> {
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&answer[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let status = StatusCode::from_u16(status).ok()?;
-    let content_type = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-type"))
-        .map(|(_, value)| value.trim().to_string());
-    let body = answer[split + 4..].to_vec();
-    let mut response = (status, body).into_response();
-    if let Some(value) = content_type.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+    };
+    let answer = http1::parse(&answer).ok_or_else(not_http)?;
+    let status = StatusCode::from_u16(answer.status).map_err(|_| not_http())?;
+    let mut response = (status, answer.body.to_vec()).into_response();
+    if let Some(value) = answer
+        .content_type
+        .and_then(|v| header::HeaderValue::from_str(v).ok())
+    {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
-    Some(response)
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -160,16 +153,5 @@ mod tests {
         ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn an_answer_is_passed_on_with_its_status_and_type() {
-        let answer =
-            b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nab\n";
-        let response = parse_answer(answer).unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/plain");
-        assert!(parse_answer(b"HTTP/1.0 200 OK\r\n").is_none());
-        assert!(parse_answer(b"garbage\r\n\r\n").is_none());
     }
 }

@@ -523,22 +523,16 @@ fn check_config(path: &Path) -> ExitCode {
 
 /// A plain HTTP/1.0 GET with a timeout; the body of a 200 answer.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
     let timeout = Duration::from_secs(5);
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = Vec::new();
-    stream.take(64 << 20).read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        anyhow::bail!("HTTP {status}: {}", body.trim());
+    let response = crate::http1::get_blocking(stream, path, &addr.to_string(), 64 << 20)?;
+    let answer = crate::http1::parse(&response).ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
+    let body = String::from_utf8_lossy(answer.body);
+    if answer.status != 200 {
+        anyhow::bail!("HTTP {}: {}", answer.status, body.trim());
     }
-    Ok(body.to_string())
+    Ok(body.into_owned())
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

@@ -2,10 +2,8 @@
 //! this pod over its probe socket (`admin.probe_socket`) and exits 0 when it answers 200,
 //! 1 otherwise, with the answer's first line on stderr.
 //!
-//! One HTTP/1.0 GET on a unix socket, written by hand: a client library (hyper with a unix
-//! connector) would add a runtime and a dependency to a process that lives for one request.
+//! One HTTP/1.0 GET on a unix socket ([`crate::http1`]).
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
@@ -28,15 +26,17 @@ pub fn run(check: ProbeCheck, socket: &Path, timeout: Duration) -> ExitCode {
         ProbeCheck::Live => "/healthz",
     };
     match ask(socket, path, timeout) {
-        Ok(answer) => {
-            let status = answer.lines().next().unwrap_or("").trim();
-            if status.split_whitespace().nth(1) == Some("200") {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("dnslens probe: {path}: {status}");
+        Ok(answer) => match crate::http1::parse(&answer) {
+            Some(answer) if answer.status == 200 => ExitCode::SUCCESS,
+            Some(answer) => {
+                eprintln!("dnslens probe: {path}: {}", answer.status_line);
                 ExitCode::from(1)
             }
-        }
+            None => {
+                eprintln!("dnslens probe: {path}: not an HTTP answer");
+                ExitCode::from(1)
+            }
+        },
         Err(e) => {
             eprintln!("dnslens probe: {}: {e}", socket.display());
             ExitCode::from(1)
@@ -44,12 +44,9 @@ pub fn run(check: ProbeCheck, socket: &Path, timeout: Duration) -> ExitCode {
     }
 }
 
-fn ask(socket: &Path, path: &str, timeout: Duration) -> std::io::Result<String> {
-    let mut stream = UnixStream::connect(socket)?;
+fn ask(socket: &Path, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut answer = Vec::new();
-    stream.take(MOST).read_to_end(&mut answer)?;
-    Ok(String::from_utf8_lossy(&answer).into_owned())
+    crate::http1::get_blocking(stream, path, "localhost", MOST)
 }

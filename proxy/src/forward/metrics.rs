@@ -132,7 +132,7 @@ impl ForwardMetrics {
         let zone_queries = Family::<ZoneLabels, Counter>::default();
         registry.register(
             "forward_zone_queries",
-            "Queries routed to each zone's upstreams (. is the top-level upstreams)",
+            "Queries routed to each zone's upstreams (. is forward.upstreams)",
             zone_queries.clone(),
         );
         ForwardMetrics {
