@@ -137,6 +137,37 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("lookup_track_walk_of_4_node_local_pod_identity", |b| {
         b.iter(|| track(&mut named))
     });
+
+    // The same walk and a tick after it, with 1,000 to 100,000 other lookups open (a busy
+    // node's clients, each in the middle of a walk): closing what is due must not cost more
+    // with more lookups open.
+    for open in [1_000u32, 10_000, 100_000] {
+        let config = LookupConfig {
+            max_entries: 200_000,
+            ..LookupConfig::default()
+        };
+        let mut busy = Tracker::new(model(), &config, &metrics, Vec::new());
+        let later = Instant::now() + std::time::Duration::from_secs(86_400);
+        let q = query("api.example.org.default.svc.cluster.local.", RecordType::A);
+        let info = wire::parse_query(&q).unwrap();
+        let question = &q[wire::HEADER_LEN..info.question_end];
+        for i in 0..open {
+            let client = std::net::SocketAddr::from((
+                [10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                5353,
+            ));
+            busy.add(QueryTrace::new(client, Transport::Udp, question, 1, later));
+        }
+        assert_eq!(busy.open_lookups(), open as usize);
+        c.bench_function(&format!("lookup_track_walk_of_4_with_{open}_open"), |b| {
+            b.iter(|| track(&mut busy))
+        });
+        assert_eq!(
+            busy.open_lookups(),
+            open as usize,
+            "the busy lookups stay open"
+        );
+    }
 }
 
 /// A pod identity table as a full node has it: 110 running pods of `default` (the walk's

@@ -1,7 +1,9 @@
 //! dnslens: a DNS forwarder for Kubernetes pods (sidecar) and nodes (node-local) that makes
-//! DNS visible.
+//! DNS visible. This crate is the binary and what composes the others: the command line,
+//! the config file, the admin endpoints and page, the demo, and `Proxy` (start, reload,
+//! drain, stop).
 //!
-//! Data path: `listen` (UDP/TCP sockets, access list) → `wire` (header + question) →
+//! Data path (`dnslens-datapath`): `listen` (UDP/TCP sockets, access list) → `wire` (header + question) →
 //! `pipeline` (`cache`, coalescing, the `mitigate` decisions) → `forward` (upstream pool,
 //! matching, retries) → back through `pipeline` and `listen` to the client. Each answered
 //! query is handed as plain data to `lookup`, which correlates lookups (with `search`) for
@@ -13,41 +15,31 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod anomaly;
-pub mod background;
-pub mod cache;
+pub mod build_info;
 pub mod cli;
-pub mod cluster;
 pub mod config;
 pub mod demo;
-pub mod dnstap;
-pub mod forward;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
-#[cfg(test)]
-mod fuzz_bytes;
 pub mod http1;
-pub mod identity;
-pub mod invalid;
-pub mod listen;
-pub mod lookup;
-pub mod metrics;
-pub mod mitigate;
-pub mod pipeline;
-pub mod ratelimit;
-pub mod record;
-pub mod request;
-pub mod search;
-pub mod telemetry;
-#[cfg(test)]
-pub(crate) mod test_messages;
-pub mod udp;
-/// Sidecar injection and node setup (`crates/k8s`), wired to the command line by `cli`.
-pub use dnslens_k8s::{inject, node_setup};
+
+/// The data path (`crates/datapath`): listeners, pipeline, cache, forwarder, and the plain
+/// records it hands to observers.
+pub use dnslens_datapath::{
+    cache, dnstap, forward, listen, metrics, mitigate, pipeline, ratelimit, record, request,
+    search, udp,
+};
+/// Sidecar injection, node setup and pod identity (`crates/k8s`).
+pub use dnslens_k8s::{identity, inject, node_setup};
+/// Observation (`crates/observe`): lookups, anomalies and their journal, traces, the
+/// cluster's window.
+pub use dnslens_observe::{anomaly, background, cluster, lookup, telemetry};
 /// The wire format, a crate of its own below everything here (`crates/wire`).
 pub use dnslens_wire as wire;
-/// YAML in and out (`crates/yaml`), shared with the injector.
+/// YAML in and out (`crates/yaml`), shared with the injector; `Invalid` with it.
 pub use dnslens_yaml as yaml;
+pub use dnslens_yaml::invalid;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -230,7 +222,7 @@ impl Proxy {
         let mut root = Registry::default();
         root.register_collector(Box::new(metrics::ProcessCollector));
         let registry = root.sub_registry_with_prefix("dnslens");
-        metrics::register_build_info(registry);
+        build_info::register(registry);
         if let Some(file) = &config.admin.node_setup_status {
             registry.register_collector(Box::new(node_setup::StatusCollector(file.clone())));
         }

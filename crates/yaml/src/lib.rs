@@ -7,6 +7,8 @@
 //! with the line and column (and the path of a value of the wrong shape), for a config
 //! error's one-line message.
 
+pub mod invalid;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

@@ -48,7 +48,7 @@ async fn endpoints_answer_and_metrics_name_every_family() {
             &format!(
                 "dnslens_build_info{{version=\"{}\",revision=\"{}\"}}",
                 env!("CARGO_PKG_VERSION"),
-                dnslens::metrics::REVISION
+                dnslens::build_info::REVISION
             )
         ),
         1.0

@@ -21,7 +21,6 @@ mod bad_input;
 mod cli;
 mod faults;
 mod forwarding;
-mod module_graph;
 mod reload;
 mod tracing;
 
