@@ -75,7 +75,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::udp::DatagramSocket;
+use crate::udp::{DatagramSocket, RecvBatch};
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -410,24 +410,26 @@ impl Forwarder {
     }
 
     async fn receive_udp(self: Arc<Self>, socket: Arc<PoolSocket>, stop: CancellationToken) {
-        let mut buf = vec![0u8; 65_535];
+        let mut batch = RecvBatch::new(65_535);
         // One wait on each token for the task's life (see `listen::udp_worker`).
         let mut stopped = std::pin::pin!(stop.cancelled());
         let mut retired = std::pin::pin!(socket.retired.cancelled());
         loop {
-            let (len, from) = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = &mut stopped => return,
                 _ = &mut retired => return,
-                received = socket.socket.recv_from(&mut buf) => match received {
-                    Ok(r) => r,
-                    Err(e) => {
+                received = socket.socket.recv_batch(&mut batch, false) => {
+                    if let Err(e) = received {
                         debug!(error = %e, "upstream socket receive error");
                         continue;
                     }
                 },
             };
-            self.on_udp_answer(&socket, &mut buf[..len], from);
+            let RecvBatch { buffers, received } = &mut batch;
+            for r in received.iter() {
+                self.on_udp_answer(&socket, &mut buffers[r.slot][..r.len], r.peer);
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use crate::metrics::Transport;
 use crate::pipeline::Pipeline;
 use crate::ratelimit::Verdict;
 use crate::request::{Arrival, ReplyTo, UdpReply};
+use crate::udp::RecvBatch;
 use dnslens_wire as wire;
 
 /// Largest UDP datagram read from a client.
@@ -31,7 +32,7 @@ pub(super) async fn udp_worker(
     policy: Arc<ClientPolicy>,
     stop: CancellationToken,
 ) {
-    let mut buf = vec![0u8; UDP_RECV_BUFFER];
+    let mut batch = RecvBatch::new(UDP_RECV_BUFFER);
     let serve = |packet: &[u8], peer, arrived| {
         serve_datagram(
             &endpoint, packet, peer, arrived, &pipeline, &metrics, &policy,
@@ -41,25 +42,27 @@ pub(super) async fn udp_worker(
     // registered and removed a waiter under the token's mutex, shared by every worker.
     let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
-        let (len, peer, arrived) = tokio::select! {
+        tokio::select! {
             biased;
             _ = &mut stopped => break,
-            received = endpoint.socket.recv_stamped(&mut buf) => match received {
-                Ok(r) => r,
-                Err(e) => {
+            received = endpoint.socket.recv_batch(&mut batch, true) => {
+                if let Err(e) = received {
                     // ICMP errors and the like surface here on some kernels; keep serving.
                     debug!(error = %e, "udp receive error");
                     continue;
                 }
             },
         };
-        serve(&buf[..len], peer, arrived);
+        for r in &batch.received {
+            serve(&batch.buffers[r.slot][..r.len], r.peer, r.arrived);
+        }
     }
+    let buf = &mut batch.buffers[0];
     // What the kernel queued on this socket before it closes would be lost: with another
     // dnslens on the same address (SO_REUSEPORT, a rolling update) new datagrams go to it
     // once this socket is gone, so answering the queue loses nothing.
     for _ in 0..UDP_DRAIN_MAX {
-        match endpoint.socket.try_recv_stamped(&mut buf) {
+        match endpoint.socket.try_recv_stamped(buf) {
             Ok((len, peer, arrived)) => serve(&buf[..len], peer, arrived),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(_) => continue,
