@@ -560,3 +560,6 @@ impl Clock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

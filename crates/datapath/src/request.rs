@@ -339,3 +339,6 @@ impl Replies {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests;
