@@ -39,7 +39,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::socket::{
-    recvmmsg, recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders,
+    recvmmsg, recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg,
     SockaddrStorage,
 };
 use nix::sys::time::TimeSpec;
@@ -165,16 +165,10 @@ fn recv_many(
         });
         let mut slices = buffers.each_mut().map(|b| [io::IoSliceMut::new(b)]);
         let messages = recvmmsg(fd, headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
-        let (read_at, wall_now) = (Instant::now(), SystemTime::now());
+        let read_at = Instant::now();
         let mut read = 0;
         for (slot, msg) in messages.enumerate() {
             read += 1;
-            let stamp = msg.cmsgs().ok().and_then(|mut cmsgs| {
-                cmsgs.find_map(|c| match c {
-                    ControlMessageOwned::ScmTimestampns(at) => Some(at),
-                    _ => None,
-                })
-            });
             // A datagram without an IP sender cannot be answered: skipped.
             let Some(peer) = msg.address.as_ref().and_then(socket_addr) else {
                 continue;
@@ -183,7 +177,7 @@ fn recv_many(
                 slot,
                 len: msg.bytes,
                 peer,
-                arrived: stamp.map_or(read_at, |at| arrival(at, read_at, wall_now)),
+                arrived: arrived(&msg, read_at),
             });
         }
         Ok(read)
@@ -207,17 +201,22 @@ fn recv_stamped(
     let msg =
         recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control.0), MsgFlags::MSG_DONTWAIT)?;
     let read_at = Instant::now();
+    let peer = msg.address.as_ref().and_then(socket_addr).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP sender")
+    })?;
+    Ok((msg.bytes, peer, arrived(&msg, read_at)))
+}
+
+/// When `msg` reached the host: its kernel stamp (`SO_TIMESTAMPNS`) if it carries one (the
+/// wall clock read only then), else `read_at`.
+fn arrived<S>(msg: &RecvMsg<'_, '_, S>, read_at: Instant) -> Instant {
     let stamp = msg.cmsgs().ok().and_then(|mut cmsgs| {
         cmsgs.find_map(|c| match c {
             ControlMessageOwned::ScmTimestampns(at) => Some(at),
             _ => None,
         })
     });
-    let peer = msg.address.as_ref().and_then(socket_addr).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP sender")
-    })?;
-    let arrived = stamp.map_or(read_at, |at| arrival(at, read_at, SystemTime::now()));
-    Ok((msg.bytes, peer, arrived))
+    stamp.map_or(read_at, |at| arrival(at, read_at, SystemTime::now()))
 }
 
 fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {

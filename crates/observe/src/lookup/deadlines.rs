@@ -60,17 +60,18 @@ pub(super) struct Deadlines {
 }
 
 impl Deadlines {
-    pub fn push(&mut self, due: Due, seq: u64, key: Key) {
-        let heap = if due.plus_grace {
+    fn heap(&mut self, plus_grace: bool) -> &mut BinaryHeap<Reverse<Entry>> {
+        if plus_grace {
             &mut self.graced
         } else {
             &mut self.fixed
-        };
-        heap.push(Reverse(Entry {
-            at: due.at,
-            seq,
-            key,
-        }));
+        }
+    }
+
+    pub fn push(&mut self, due: Due, seq: u64, key: Key) {
+        let at = due.at;
+        self.heap(due.plus_grace)
+            .push(Reverse(Entry { at, seq, key }));
     }
 
     /// The earliest entry due by `now` (with `grace` added to the graced ones), removed.
@@ -90,12 +91,7 @@ impl Deadlines {
             (Some(f), None) => f,
             (None, None) => return None,
         };
-        let heap = if due.plus_grace {
-            &mut self.graced
-        } else {
-            &mut self.fixed
-        };
-        let Reverse(entry) = heap.pop()?;
+        let Reverse(entry) = self.heap(due.plus_grace).pop()?;
         Some((due, entry.seq, entry.key))
     }
 
@@ -105,25 +101,17 @@ impl Deadlines {
 
     /// Keeps only the entries `live` says still stand for their lookup.
     pub fn retain(&mut self, mut live: impl FnMut(Due, u64, &Key) -> bool) {
-        self.fixed.retain(|Reverse(e)| {
-            live(
-                Due {
-                    at: e.at,
-                    plus_grace: false,
-                },
-                e.seq,
-                &e.key,
-            )
-        });
-        self.graced.retain(|Reverse(e)| {
-            live(
-                Due {
-                    at: e.at,
-                    plus_grace: true,
-                },
-                e.seq,
-                &e.key,
-            )
-        });
+        for (heap, plus_grace) in [(&mut self.fixed, false), (&mut self.graced, true)] {
+            heap.retain(|Reverse(e)| {
+                live(
+                    Due {
+                        at: e.at,
+                        plus_grace,
+                    },
+                    e.seq,
+                    &e.key,
+                )
+            });
+        }
     }
 }
